@@ -1,0 +1,3 @@
+"""digitlab: handwritten digit recognition with PyTorch."""
+
+__version__ = "0.1.0"

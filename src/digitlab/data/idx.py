@@ -1,0 +1,98 @@
+"""Read, write and verify IDX files (the MNIST file format), plain or gzipped.
+
+An IDX file is a 4-byte magic (two zero bytes, a type code, the number of dimensions),
+one big-endian uint32 per dimension, then the data. MNIST only uses uint8 (type 0x08):
+images are 3-D [N, 28, 28], labels 1-D [N].
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import struct
+import tempfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from digitlab.errors import DataError
+
+UINT8 = 0x08
+
+
+def decode_idx(raw: bytes, *, name: str = "<bytes>", ndim: int | None = None) -> np.ndarray:
+    """Parse IDX bytes into a uint8 array, refusing anything malformed with a clear message."""
+    if len(raw) < 4:
+        raise DataError(f"{name}: file is only {len(raw)} bytes, too short to be an IDX file")
+    zero1, zero2, dtype_code, dims = raw[0], raw[1], raw[2], raw[3]
+    if zero1 != 0 or zero2 != 0 or dtype_code != UINT8 or dims == 0:
+        raise DataError(
+            f"{name}: bad magic number 0x{raw[:4].hex()} (expected 0x0000080{ndim or 'N'} "
+            "for an IDX file of uint8)"
+        )
+    if ndim is not None and dims != ndim:
+        raise DataError(f"{name}: has {dims} dimensions, expected {ndim}")
+    header = 4 + 4 * dims
+    if len(raw) < header:
+        raise DataError(f"{name}: truncated header ({len(raw)} bytes)")
+    shape = struct.unpack(f">{dims}I", raw[4:header])
+    expected = int(np.prod(shape, dtype=np.int64))
+    body = len(raw) - header
+    if body < expected:
+        raise DataError(
+            f"{name}: truncated: shape {list(shape)} needs {expected} data bytes, found {body}"
+        )
+    if body > expected:
+        raise DataError(f"{name}: {body - expected} unexpected bytes after the data")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def encode_idx(array: np.ndarray) -> bytes:
+    """Serialise a uint8 array as IDX bytes."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, UINT8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.tobytes()
+
+
+def read_raw(path: Path) -> bytes:
+    """Uncompressed bytes of an IDX file, gunzipping `.gz` files."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror})") from exc
+    if data[:2] == b"\x1f\x8b":
+        try:
+            return gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise DataError(f"{path}: corrupt or truncated gzip data ({exc})") from exc
+    return data
+
+
+def read_idx(path: Path, *, ndim: int | None = None) -> np.ndarray:
+    return decode_idx(read_raw(path), name=str(path), ndim=ndim)
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write via a temp file in the same directory and rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_idx_gz(path: Path, array: np.ndarray) -> None:
+    """Atomically write an array as a gzipped IDX file (mtime 0, so the bytes are reproducible)."""
+    atomic_write(path, gzip.compress(encode_idx(array), compresslevel=6, mtime=0))

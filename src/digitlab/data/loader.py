@@ -1,0 +1,92 @@
+"""Datasets as tensors on the training device, and batches as slices of them.
+
+Following airbench: images are loaded once as uint8, normalised once on the device, and a
+batch is an index slice (no per-sample Python, no DataLoader workers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from digitlab.data import sources
+from digitlab.data.idx import read_raw
+
+# MNIST's training-set pixel statistics on the [0, 1] scale.
+MNIST_MEAN = 0.1307
+MNIST_STD = 0.3081
+
+
+@dataclass
+class Split:
+    images: np.ndarray  # uint8 [N, 28, 28]
+    labels: np.ndarray  # uint8 [N]
+
+
+def load_split(name: str, root: Path, split: str) -> Split:
+    """Read one split (train or test) from the verified files under root."""
+    spec = sources.get_spec(name)
+    prefix = "train" if split == "train" else "test"
+    arrays = []
+    for key in (f"{prefix}_images", f"{prefix}_labels"):
+        path = sources.split_path(spec, root, key)
+        arrays.append(sources.check_split(spec, key, read_raw(path), name=str(path)))
+    images, labels = arrays
+    if len(images) != len(labels):
+        raise sources.DataError(
+            f"{spec.folder}/{prefix}: {len(images)} images but {len(labels)} labels"
+        )
+    return Split(images, labels)
+
+
+def normalise(images: torch.Tensor, mode: str) -> torch.Tensor:
+    """uint8 [N, 28, 28] -> float32 [N, 1, 28, 28], scaled as the config says."""
+    x = images.unsqueeze(1).to(torch.float32).div_(255.0)
+    if mode == "standard":
+        x.sub_(MNIST_MEAN).div_(MNIST_STD)
+    return x
+
+
+@dataclass
+class DeviceData:
+    """One split on the device: normalised images and int64 labels."""
+
+    x: torch.Tensor  # float32 [N, 1, 28, 28]
+    y: torch.Tensor  # int64 [N]
+
+    @classmethod
+    def from_split(cls, split: Split, device: torch.device, normalize: str,
+                   limit: int = 0) -> DeviceData:
+        images, labels = split.images, split.labels
+        if limit:
+            images, labels = images[:limit], labels[:limit]
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+        y = torch.from_numpy(labels.astype(np.int64)).to(device)
+        return cls(normalise(x, normalize), y)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def batches(
+    data: DeviceData, batch_size: int, *, order: torch.Tensor | None = None, start: int = 0
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (x, y) batches: slices in stored order, or gathers along `order` (a permutation).
+
+    `start` skips the first batches, so a resumed epoch continues where it stopped.
+    """
+    n = len(data)
+    for i in range(start * batch_size, n, batch_size):
+        if order is None:
+            yield data.x[i : i + batch_size], data.y[i : i + batch_size]
+        else:
+            idx = order[i : i + batch_size]
+            yield data.x[idx], data.y[idx]
+
+
+def num_batches(n: int, batch_size: int) -> int:
+    return -(-n // batch_size)
