@@ -1,0 +1,42 @@
+"""Shared fixtures. Real MNIST comes from the user cache (`make test` fetches it first)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from digitlab.data import sources
+from digitlab.data.loader import DeviceData, load_split
+
+
+@pytest.fixture(scope="session")
+def mnist_root() -> Path:
+    """The verified real MNIST files (fetched through the normal chain if missing)."""
+    root = sources.default_root()
+    sources.fetch("mnist", root=root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def mnist_test_split(mnist_root: Path):
+    return load_split("mnist", mnist_root, "test")
+
+
+@pytest.fixture(scope="session")
+def mnist_train_split(mnist_root: Path):
+    return load_split("mnist", mnist_root, "train")
+
+
+@pytest.fixture()
+def tiny_data() -> DeviceData:
+    """256 synthetic 28x28 images of 10 classes, for fast unit tests."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(256, 28, 28), dtype=np.uint8)
+    labels = (np.arange(256) % 10).astype(np.uint8)
+    from digitlab.data.loader import Split
+
+    import torch
+
+    return DeviceData.from_split(Split(images, labels), torch.device("cpu"), "unit")
