@@ -6,10 +6,11 @@ The resolved config is saved with every run (config.json) and is what `--resume`
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from digitlab.errors import DigitlabError
 
@@ -46,6 +47,9 @@ class TrainConfig:
     log_every: int = 200
     tutorial_log: bool = False  # print the tutorial's own lines (dataset sizes, shapes, Done!!)
     limit_train: int = 0  # use only the first N training images (0: all); for smoke tests
+    # hold out the last N training images for validation (hyperparameter search); the test
+    # set is then only used to report the final result
+    val_split: int = 0
 
     def validate(self) -> TrainConfig:
         checks = [
@@ -62,6 +66,7 @@ class TrainConfig:
             (self.normalize in ("unit", "standard"), "normalize must be 'unit' or 'standard'"),
             (self.loss_average in ("batch", "sample"), "loss_average must be 'batch' or 'sample'"),
             (self.limit_train >= 0, "limit_train must not be negative"),
+            (self.val_split >= 0, "val_split must not be negative"),
         ]
         for ok, message in checks:
             if not ok:

@@ -4,8 +4,8 @@ only on a terminal, and nothing but results with --quiet."""
 from __future__ import annotations
 
 import sys
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class Console:

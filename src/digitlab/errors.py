@@ -11,3 +11,7 @@ class DataError(DigitlabError):
 
 class RunDirError(DigitlabError):
     """A run directory or checkpoint is missing, incomplete or corrupt."""
+
+
+class ImageError(DigitlabError):
+    """A user image is missing, unreadable, too large, too small or not an image."""

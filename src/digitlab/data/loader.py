@@ -64,7 +64,7 @@ class DeviceData:
         images, labels = split.images, split.labels
         if limit:
             images, labels = images[:limit], labels[:limit]
-        x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+        x = torch.from_numpy(np.array(images, copy=True)).to(device)  # the IDX buffer is read-only
         y = torch.from_numpy(labels.astype(np.int64)).to(device)
         return cls(normalise(x, normalize), y)
 

@@ -29,7 +29,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_pe
         return None
     if cfg.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=cfg.lr, total_steps=total, pct_start=cfg.warmup or 0.25,
+            optimizer, max_lr=cfg.lr, total_steps=total + 1, pct_start=cfg.warmup or 0.25,
             anneal_strategy="linear", cycle_momentum=False,
         )
     warm = int(cfg.warmup * total)

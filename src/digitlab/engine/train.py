@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from digitlab.engine import rundir
 from digitlab.engine.evaluate import EvalResult, evaluate
 from digitlab.engine.optim import build_optimizer, build_scheduler
 from digitlab.engine.steps import make_step
+from digitlab.errors import DigitlabError
 from digitlab.models.registry import count_parameters, create_model, model_args
 
 
@@ -38,13 +40,21 @@ def seed_everything(seed: int) -> None:
 
 
 def load_data(cfg: TrainConfig, root: Path | None, device: torch.device, console: Console
-              ) -> tuple[DeviceData, DeviceData]:
+              ) -> tuple[DeviceData, DeviceData, DeviceData | None]:
+    """(train, test, validation): validation is the last cfg.val_split training images."""
     root = root if root is not None else sources.default_root()
     sources.fetch(cfg.dataset, root=root, report=console.note)
     train = DeviceData.from_split(load_split(cfg.dataset, root, "train"), device, cfg.normalize,
                                   cfg.limit_train)
     test = DeviceData.from_split(load_split(cfg.dataset, root, "test"), device, cfg.normalize)
-    return train, test
+    val = None
+    if cfg.val_split:
+        if cfg.val_split >= len(train):
+            raise DigitlabError(f"val_split {cfg.val_split} leaves no training images")
+        keep = len(train) - cfg.val_split
+        val = DeviceData(train.x[keep:], train.y[keep:])
+        train = DeviceData(train.x[:keep], train.y[:keep])
+    return train, test, val
 
 
 def weights_meta(cfg: TrainConfig, args: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -67,12 +77,15 @@ def fit(
     force: bool = False,
     root: Path | None = None,
     console: Console | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> FitResult:
+    """Train as cfg says and write the run directory. on_epoch(row) is called after each
+    epoch's metrics row is written (a hyperparameter search prunes from it by raising)."""
     console = console or Console()
     cfg.validate()
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
-    train, test = load_data(cfg, root, device, console)
+    train, test, val = load_data(cfg, root, device, console)
     if cfg.tutorial_log:
         console.line(str(len(train)))
         console.line(str(len(test)))
@@ -138,6 +151,9 @@ def fit(
             "images_per_second": len(train) / seconds,
             "lr": optimizer.param_groups[0]["lr"],
         }
+        if val is not None:
+            checked = evaluate(model, val, batch_size=cfg.eval_batch_size)
+            row["val_loss"], row["val_accuracy"] = checked.loss, checked.accuracy
         metrics.append(row)
         rundir.append_metrics(run, row)
         rundir.save_weights(run / rundir.WEIGHTS, model, weights_meta(
@@ -148,6 +164,8 @@ def fit(
                 f"test loss {result.loss:.4f}  test accuracy {100 * result.accuracy:.2f}%  "
                 f"{seconds:.2f}s  {row['images_per_second']:,.0f} img/s"
             )
+        if on_epoch is not None:
+            on_epoch(row)
 
     assert result is not None
     if cfg.tutorial_log:
