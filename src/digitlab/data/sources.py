@@ -239,6 +239,16 @@ def _from_local_dir(spec: DatasetSpec, folder: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code} {exc.reason} for {exc.url}"
+    if isinstance(exc, urllib.error.URLError):
+        return str(exc.reason)
+    if isinstance(exc, TimeoutError | subprocess.TimeoutExpired):
+        return f"timed out ({exc})"
+    return str(exc)
+
+
 def fetch(
     name: str = "mnist",
     *,
@@ -285,7 +295,7 @@ def fetch(
             arrays = step()
         except (OSError, urllib.error.URLError, subprocess.SubprocessError, DataError,
                 zipfile.BadZipFile, KeyError, ValueError) as exc:
-            reason = getattr(exc, "reason", None) or exc
+            reason = _describe(exc)
             report(f"  failed: {reason}")
             tried.append(f"{label}: {reason}")
             continue
