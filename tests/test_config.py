@@ -1,0 +1,69 @@
+"""defaults < preset < config file < flags."""
+
+from __future__ import annotations
+
+import pytest
+
+from digitlab.config import PRESETS, TrainConfig, from_dict, resolve
+from digitlab.errors import DigitlabError
+
+
+def test_tutorial_preset_is_the_tutorial():
+    cfg = resolve(preset="tutorial")
+    assert (cfg.model, cfg.optimizer, cfg.lr, cfg.epochs, cfg.batch_size) == (
+        "mlp", "adam", 0.0045, 25, 64)
+    assert cfg.model_args == {"hidden": [128, 256, 128, 64], "activation": "sigmoid"}
+    assert cfg.shuffle is False and cfg.schedule == "none" and cfg.log_every == 200
+    assert cfg.normalize == "unit" and cfg.loss_average == "batch" and cfg.eval_batch_size == 64
+
+
+def test_precedence(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('preset = "tutorial"\nlr = 0.01\nepochs = 3\n[model_args]\nactivation = "relu"\n')
+    cfg = resolve(config_file=path, flags={"epochs": 7, "lr": None})
+    assert cfg.preset == "tutorial"  # preset named in the file
+    assert cfg.lr == 0.01  # file beats preset
+    assert cfg.epochs == 7  # flag beats file
+    assert cfg.model_args == {"hidden": [128, 256, 128, 64], "activation": "relu"}
+    assert resolve(preset="default", config_file=path).preset == "default"  # flag beats file
+
+
+def test_switching_model_family_drops_the_old_family_arguments():
+    cfg = resolve(preset="tutorial", flags={"model": "mlp", "model_args": {"hidden": [10]}})
+    assert cfg.model_args["hidden"] == [10]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"optimizer": "rmsprop"}, "--optimizer must be one of adam, adamw, sgd"),
+        ({"lr": 0.0}, "--lr must be positive"),
+        ({"epochs": 0}, "--epochs must be at least 1"),
+        ({"schedule": "linear"}, "--schedule must be one of"),
+    ],
+)
+def test_bad_values(flags, message):
+    with pytest.raises(DigitlabError, match=message):
+        resolve(flags=flags)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(DigitlabError, match="config file not found"):
+        resolve(config_file=tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("lr = = 3")
+    with pytest.raises(DigitlabError, match="not valid TOML"):
+        resolve(config_file=bad)
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text("learning_rate = 3")
+    with pytest.raises(DigitlabError, match="unknown setting.*learning_rate"):
+        resolve(config_file=unknown)
+    with pytest.raises(DigitlabError, match="unknown preset 'fastest'"):
+        resolve(preset="fastest")
+
+
+def test_saved_config_round_trips():
+    for name in PRESETS:
+        cfg = resolve(preset=name)
+        assert from_dict(cfg.to_dict()) == cfg
+    assert isinstance(from_dict({"lr": 0.1, "git_commit": "abc"}), TrainConfig)
