@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -16,13 +15,15 @@ from digitlab.errors import DigitlabError
 class _Group(TyperGroup):
     """Turns errors a user can cause into one line on stderr and exit code 1."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: typer.Context) -> Any:
         try:
             return super().invoke(ctx)
         except DigitlabError as exc:
-            raise click.ClickException(str(exc)) from None
+            typer.echo(f"Error: {exc}", err=True)
+            raise typer.Exit(1) from None
         except KeyboardInterrupt:
-            raise click.ClickException("interrupted") from None
+            typer.echo("Error: interrupted", err=True)
+            raise typer.Exit(130) from None
 
 
 app = typer.Typer(cls=_Group, no_args_is_help=True, pretty_exceptions_enable=False,

@@ -84,6 +84,7 @@ def fit(
     console = console or Console()
     cfg.validate()
     device = resolve_device(cfg.device)
+    args = model_args(cfg.model, **cfg.model_args)  # refuse bad model options before any work
     seed_everything(cfg.seed)
     train, test, val = load_data(cfg, root, device, console)
     if cfg.tutorial_log:
@@ -94,7 +95,6 @@ def fit(
         console.line(f"shape of y:{y0.shape}{y0.dtype}")
     console.line(f"Using {device.type} device")
 
-    args = model_args(cfg.model, **cfg.model_args)
     model = create_model(cfg.model, **args).to(device)
     console.line(str(model))
     step = make_step(model, cfg.label_smoothing)

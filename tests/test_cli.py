@@ -1,0 +1,119 @@
+"""The CLI through Typer's CliRunner: exact results and every error path as one clean line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from digitlab import __version__
+from digitlab.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def assert_clean_error(result, *fragments: str) -> None:
+    assert result.exit_code != 0
+    text = result.output
+    assert "Traceback" not in text
+    for fragment in fragments:
+        assert fragment in text, text
+
+
+def test_version():
+    result = invoke("--version")
+    assert result.exit_code == 0
+    assert result.output.strip() == (
+        f"digitlab {__version__}, torch {torch.__version__}, device auto -> cpu")
+
+
+def test_python_dash_m_works():
+    out = subprocess.run([sys.executable, "-m", "digitlab", "--version"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.startswith(f"digitlab {__version__}")
+
+
+def test_models_lists_parameter_counts():
+    result = invoke("models")
+    assert result.exit_code == 0
+    assert any(line.split()[:2] == ["mlp", "175,306"] for line in result.output.splitlines())
+
+
+@pytest.mark.slow
+def test_data_info(mnist_root):
+    result = invoke("data", "info", "--root", mnist_root, "--json")
+    assert result.exit_code == 0
+    info = json.loads(result.output)
+    assert info["splits"]["train"]["count"] == 60000
+    assert info["splits"]["test"]["per_class"][1] == 1135
+    assert info["splits"]["train"]["pixel_mean"] == pytest.approx(0.1307, abs=1e-4)
+    assert info["splits"]["train"]["pixel_std"] == pytest.approx(0.3081, abs=1e-4)
+    text = invoke("data", "info", "--root", mnist_root).output
+    assert "shape of x[N,C,H,W]:torch.Size([64, 1, 28, 28])" in text
+
+
+@pytest.mark.slow
+def test_data_show_draws_the_grid(tmp_path, mnist_root):
+    out = tmp_path / "grid.png"
+    result = invoke("data", "show", "--root", mnist_root, "--out", out)
+    assert result.exit_code == 0 and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert_clean_error(invoke("data", "show", "--root", mnist_root, "--start", "60000"),
+                       "--start must be in [0, 59999]")
+    assert_clean_error(invoke("data", "show", "--root", mnist_root, "--split", "val"),
+                       "--split must be train or test")
+
+
+def test_fetch_failure_is_one_clear_message(tmp_path):
+    result = invoke("data", "fetch", "--root", tmp_path, "--mirror", "http://127.0.0.1:9/",
+                    "--no-pip")
+    assert_clean_error(result, "could not fetch mnist", "by hand")
+
+
+@pytest.mark.slow
+def test_train_and_evaluate_through_the_cli(tmp_path, mnist_root):
+    run = tmp_path / "run"
+    result = invoke("train", "--root", mnist_root, "--epochs", "1", "--limit-train", "3000",
+                    "--hidden", "64", "--activation", "relu", "--out", run, "--quiet")
+    assert result.exit_code == 0
+    assert result.output.startswith("Test result: Accuracy: ")
+    assert json.loads((run / "config.json").read_text())["model_args"]["hidden"] == [64]
+    evaluated = invoke("evaluate", run, "--root", mnist_root, "--json")
+    body = json.loads(evaluated.output)
+    assert len(body["per_class_accuracy"]) == 10 and 0.8 < body["accuracy"] <= 1
+    again = invoke("train", "--root", mnist_root, "--epochs", "1", "--out", run)
+    assert_clean_error(again, "already holds files", "--force")
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["train", "--model", "resnet"], ["unknown model 'resnet'", "mlp"]),
+        (["train", "--optimizer", "rmsprop"], ["--optimizer must be one of"]),
+        (["train", "--hidden", "12,x"], ["--hidden takes sizes like"]),
+        (["train", "--activation", "swish"], ["unknown activation 'swish'"]),
+        (["train", "--preset", "nope"], ["unknown preset 'nope'"]),
+        (["train", "--config", "/nonexistent.toml"], ["config file not found"]),
+        (["train", "--device", "cuda"], ["no CUDA device is available"]),
+        (["evaluate", "/nonexistent-run"], ["no such run directory"]),
+        (["data", "fetch", "--dataset", "emnist"], ["unknown dataset 'emnist'"]),
+    ],
+)
+def test_user_errors_end_in_one_line(args, fragments):
+    assert_clean_error(invoke(*args), *fragments)
+
+
+def test_corrupt_weights_are_reported(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.safetensors").write_bytes(b"\x10\x00\x00\x00garbage")
+    assert_clean_error(invoke("evaluate", run), "corrupt or not a digitlab weights file")
+    (run / "model.safetensors").unlink()
+    assert_clean_error(invoke("evaluate", run), "model.safetensors is missing")
