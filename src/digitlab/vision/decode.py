@@ -108,7 +108,7 @@ def _open(data: bytes, name: str, max_pixels: int) -> Image.Image:
             raise ImageError(
                 f"{name} is not a supported image ({', '.join(FORMATS)})"
             ) from None
-        except Exception as err:  # noqa: BLE001 - decoders of hostile files raise anything
+        except Exception as err:  # decoders of hostile files raise anything
             raise ImageError(f"{name} is corrupt or truncated: {_one_line(err)}") from None
 
 

@@ -1,0 +1,387 @@
+"""Turn a grey picture of one handwritten digit into an MNIST-style 28x28 input.
+
+MNIST's recipe (LeCun et al.): bilevel scans, size-normalised to fit a 20x20 box keeping
+the aspect ratio, anti-aliased to grey levels, then placed in a 28x28 field so that the
+centre of mass of the pixels sits at the centre. Photos and drawings differ from those
+scans in polarity, lighting, paper texture, noise and pen width, so those are undone first.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from digitlab.errors import ImageError
+
+MNIST_SIDE = 28
+DIGIT_BOX = 20  # MNIST fits the longer side of every digit into 20 px
+WORK_BOX = 80  # stroke surgery happens at 4x the final resolution, then is averaged down
+# Stroke width as a fraction of the digit box's longer side, measured on MNIST itself
+# with `stroke_width` (median, and the band most digits fall in).
+STROKE_TARGET = 0.11
+STROKE_RANGE = (0.07, 0.18)
+MAX_WORK_SIDE = 2048  # bigger inputs are averaged down first; a digit needs far less
+MIN_CONTRAST = 0.08  # ink must differ from paper by this much (of full scale) to count
+SPECK_FRACTION = 0.02  # components smaller than this share of the largest are dirt
+
+BBox = tuple[int, int, int, int]  # y0, x0, y1, x1 with exclusive ends, in input pixels
+
+
+@dataclass(frozen=True)
+class Preprocessed:
+    """One digit ready for a model: `image` is uint8 [28, 28], white ink on black."""
+
+    image: np.ndarray
+    blank: bool
+    bbox: BBox | None  # where the ink was in the input image; None when blank
+
+
+@dataclass(frozen=True)
+class InkMap:
+    """Cleaned ink of a whole picture, shared by `to_mnist` and the number segmenter."""
+
+    soft: np.ndarray  # float32 [H, W], ink strength in [0, 1] with anti-aliased edges
+    mask: np.ndarray  # bool [H, W], the kept strokes (specks removed)
+    scale: float  # input pixels per map pixel; > 1 when a huge input was reduced
+    blank: bool
+
+    def bbox(self) -> BBox | None:
+        """Bounding box of the kept ink in map pixels."""
+        return mask_bbox(self.mask)
+
+
+def to_mnist(grey: np.ndarray) -> Preprocessed:
+    """Normalise one digit the way MNIST's scans were; a picture without ink is blank."""
+    ink = ink_map(grey)
+    box = ink.bbox()
+    if ink.blank or box is None:
+        return _blank()
+    crop = _crop_soft(ink, box)
+    redrawn = _normalise_stroke(_to_working(crop))
+    # Strokes MNIST would accept are resampled once, straight from the input pixels.
+    image = _paste_centred(_fit_box(crop if redrawn is None else redrawn))
+    return Preprocessed(_to_uint8(image), blank=False, bbox=_scale_box(box, ink.scale))
+
+
+def prepare_batch(images: Iterable[np.ndarray]) -> np.ndarray:
+    """Preprocess many pictures into a uint8 [N, 28, 28] batch; MNIST-like ones pass through."""
+    out = [
+        (from_mnist_like(a) if looks_mnist_like(a) else to_mnist(a)).image for a in images
+    ]
+    if not out:
+        return np.zeros((0, MNIST_SIDE, MNIST_SIDE), dtype=np.uint8)
+    return np.stack(out)
+
+
+def looks_mnist_like(arr: np.ndarray) -> bool:
+    """True for a 28x28 uint8 picture with a black border, i.e. already MNIST-style."""
+    arr = np.asarray(arr)
+    if arr.shape != (MNIST_SIDE, MNIST_SIDE) or arr.dtype != np.uint8:
+        return False
+    border = np.concatenate([arr[:2], arr[-2:], arr[:, :2].T, arr[:, -2:].T], axis=None)
+    return bool(np.median(border) == 0 and arr.max() > 0)
+
+
+def from_mnist_like(arr: np.ndarray) -> Preprocessed:
+    """Pass an already MNIST-style array through untouched (uint8, or floats in [0, 1])."""
+    arr = np.asarray(arr)
+    if arr.shape != (MNIST_SIDE, MNIST_SIDE):
+        raise ImageError(f"expected a 28x28 MNIST-style array, got shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        arr = _to_uint8(np.asarray(arr, dtype=np.float32))
+    box = mask_bbox(arr > 0)
+    return Preprocessed(arr.copy(), blank=box is None, bbox=box)
+
+
+# --- cleaning: polarity, lighting, threshold, specks -------------------------------------
+
+
+def ink_map(grey: np.ndarray) -> InkMap:
+    """Find the ink: bright strokes on a clean black ground, whatever the input looked like."""
+    grey, scale = _limit_size(as_grey(grey), MAX_WORK_SIDE)
+    dark = _dark_ink(grey)
+    ink = 1.0 - grey if dark else grey
+    background = _background(ink)
+    residual = ink - background
+    if dark:
+        # Light scales paper and ink alike, so in a shadow the contrast shrinks with the
+        # paper's brightness; dividing by it makes shaded strokes as strong as lit ones.
+        residual /= np.maximum(1.0 - background, 0.05)
+    return _threshold(residual, scale)
+
+
+def as_grey(image: np.ndarray) -> np.ndarray:
+    """Accept float [0, 1] or uint8, grey or RGB(A); return float32 [H, W] in [0, 1]."""
+    arr = np.asarray(image)
+    if arr.dtype == np.uint8:
+        arr = arr.astype(np.float32) / 255.0
+    arr = arr.astype(np.float32, copy=False)
+    if arr.ndim == 3 and arr.shape[2] in (3, 4):
+        arr = arr[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    if arr.ndim != 2 or min(arr.shape) < 2:
+        raise ImageError(f"expected a grey image [H, W], got shape {np.asarray(image).shape}")
+    return np.clip(arr, 0.0, 1.0)
+
+
+def _limit_size(grey: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    scale = max(grey.shape) / max_side
+    if scale <= 1.0:
+        return grey, 1.0
+    shape = (max(1, round(grey.shape[0] / scale)), max(1, round(grey.shape[1] / scale)))
+    return resize(grey, shape), grey.shape[0] / shape[0]
+
+
+def _dark_ink(grey: np.ndarray) -> bool:
+    """Is the ink darker than the paper? Ink sticks out of the local paper level further.
+
+    The paper level is a median over a large window, so it follows shadows and gradients
+    but not strokes; comparing the most extreme pixels on either side of it finds the ink
+    even when it covers a tiny part of a big photo.
+    """
+    small = _shrink(grey, 32)
+    size = _odd(0.6 * min(small.shape))
+    paper = resize(ndimage.median_filter(small, size=size, mode="nearest"), grey.shape)
+    residual = (grey - paper).ravel()
+    k = max(8, residual.size // 5000)
+    brighter = np.partition(residual, residual.size - k)[residual.size - k]
+    darker = -np.partition(residual, k)[k]
+    return bool(darker > brighter)
+
+
+def _background(ink: np.ndarray) -> np.ndarray:
+    """Paper level under bright ink: a grey opening wider than any stroke removes the ink.
+
+    Done on a reduced copy because lighting varies slowly; that also keeps it cheap.
+    Enlarging it back blurs hard shadow edges, which would leave a false stroke along
+    each edge, so within the range the coarse estimate allows, the pixel is its own paper.
+    """
+    small = _shrink(ink, 64)
+    size = _odd(max(3.0, 0.6 * min(small.shape)))
+    paper = ndimage.grey_opening(small, size=(size, size))
+    low = resize(ndimage.minimum_filter(paper, size=3), ink.shape)
+    high = resize(ndimage.maximum_filter(paper, size=3), ink.shape)
+    return np.clip(ink, low, high)
+
+
+def _threshold(residual: np.ndarray, scale: float) -> InkMap:
+    """Separate ink from paper noise with a half-contrast threshold.
+
+    Otsu's method breaks down when ink is a tiny share of a photo (it splits the noise
+    instead), so the noise level is measured (median absolute deviation), anything well
+    above it is candidate ink, and the cut is halfway between paper and typical ink.
+    """
+    paper = float(np.median(residual))
+    noise = 1.4826 * float(np.median(np.abs(residual - paper)))
+    floor = paper + max(5.0 * noise, MIN_CONTRAST / 2)
+    candidates = residual[residual > floor]
+    if candidates.size < 3:
+        return _blank_map(residual.shape, scale)
+    ink = float(np.percentile(candidates, 90))
+    if ink - paper < MIN_CONTRAST:
+        return _blank_map(residual.shape, scale)
+    mask = _drop_specks(residual > max(floor, (paper + ink) / 2))
+    if not _has_stroke(mask):
+        return _blank_map(residual.shape, scale)
+    soft = np.clip((residual - paper) / (ink - paper), 0.0, 1.0)
+    # Keep the anti-aliased fringe of kept strokes only; the rest is paper noise.
+    soft *= ndimage.binary_dilation(mask, iterations=2)
+    return InkMap(soft.astype(np.float32), mask, scale, blank=False)
+
+
+def _drop_specks(mask: np.ndarray) -> np.ndarray:
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3)))
+    if count == 0:
+        return mask
+    areas = np.bincount(labels.ravel())
+    areas[0] = 0
+    keep = areas >= max(2.0, SPECK_FRACTION * areas.max())
+    keep[0] = False
+    return keep[labels]
+
+
+def _has_stroke(mask: np.ndarray) -> bool:
+    """A digit spans a visible part of the picture; specks of paper grain do not."""
+    box = mask_bbox(mask)
+    if box is None:
+        return False
+    extent = max(box[2] - box[0], box[3] - box[1])
+    return extent >= max(3.0, 0.02 * max(mask.shape))
+
+
+def _blank_map(shape: tuple[int, ...], scale: float) -> InkMap:
+    return InkMap(np.zeros(shape, np.float32), np.zeros(shape, bool), scale, blank=True)
+
+
+# --- geometry: crop, stroke width, 20-px box, centre of mass -----------------------------
+
+
+def _crop_soft(ink: InkMap, box: BBox) -> np.ndarray:
+    # The soft fringe reaches 2 px beyond the mask (see _threshold); keep it.
+    y0, x0, y1, x1 = box
+    h, w = ink.soft.shape
+    return ink.soft[max(0, y0 - 2) : min(h, y1 + 2), max(0, x0 - 2) : min(w, x1 + 2)]
+
+
+def _to_working(crop: np.ndarray) -> np.ndarray:
+    """Resample so the longer side is WORK_BOX px, with a margin for thickening strokes.
+
+    When shrinking, a max filter first spreads each stroke over the pixels that will be
+    averaged together, so a hair-thin line in a huge picture survives as a 1-px line.
+    """
+    factor = max(crop.shape) / WORK_BOX
+    if factor > 1.0:
+        crop = ndimage.maximum_filter(crop, size=math.ceil(factor))
+    shape = (max(1, round(crop.shape[0] / factor)), max(1, round(crop.shape[1] / factor)))
+    return np.pad(resize(crop, shape), WORK_BOX // 4)
+
+
+def stroke_width(mask: np.ndarray) -> float:
+    """Typical stroke width in pixels: twice the depth of the stroke's centre line."""
+    depth = ndimage.distance_transform_edt(mask)
+    # Pixels at least as deep as all eight neighbours lie on the strokes' centre lines.
+    ridge = mask & (depth >= ndimage.maximum_filter(depth, size=3))
+    if not ridge.any():
+        return 0.0
+    return 2.0 * float(np.median(depth[ridge])) - 1.0
+
+
+def _normalise_stroke(work: np.ndarray) -> np.ndarray | None:
+    """Redraw strokes outside MNIST's width range at its typical width, along their skeleton.
+
+    Redrawing from a connected skeleton (rather than eroding) cannot cut a stroke of uneven
+    width, and a hair-thin line is its own skeleton, so one rule serves both cases.
+    Returns None when the strokes are already in range.
+    """
+    mask = work >= 0.5
+    box = mask_bbox(mask)
+    if box is None:
+        return None
+    long_side = max(box[2] - box[0], box[3] - box[1])
+    width = stroke_width(mask)
+    if STROKE_RANGE[0] <= width / long_side <= STROKE_RANGE[1]:
+        return None
+    # The redrawn digit's box shrinks or grows with the stroke, so aim at the new box.
+    target = max(2.0, STROKE_TARGET * (long_side - width) / (1.0 - STROKE_TARGET))
+    distance = ndimage.distance_transform_edt(~skeleton(mask))
+    redrawn = np.clip(target / 2.0 + 0.5 - distance, 0.0, 1.0)
+    if width > target:
+        # Thinning also erodes: a stubby arm shorter than it is wide has no skeleton
+        # branch, but its core survives erosion.
+        depth = ndimage.distance_transform_edt(mask)
+        redrawn = np.maximum(redrawn, np.clip(depth - (width - target) / 2.0, 0.0, 1.0))
+    return redrawn.astype(np.float32)
+
+
+def skeleton(mask: np.ndarray) -> np.ndarray:
+    """One-pixel-wide connected centre lines (Zhang & Suen 1984 thinning, vectorised)."""
+    img = np.pad(mask.astype(np.uint8), 1)
+    changed = True
+    while changed:
+        changed = False
+        for first in (True, False):
+            removable = _zhang_suen_step(img, first)
+            if removable.any():
+                img[1:-1, 1:-1][removable] = 0
+                changed = True
+    return img[1:-1, 1:-1].astype(bool)
+
+
+def _zhang_suen_step(img: np.ndarray, first: bool) -> np.ndarray:
+    """Border pixels whose removal keeps the shape connected and does not shorten a line."""
+    h, w = img.shape
+    # Neighbours clockwise from north: P2..P9 in the paper's notation.
+    offsets = [(-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1)]
+    p = [img[1 + dy : h - 1 + dy, 1 + dx : w - 1 + dx] for dy, dx in offsets]
+    count = sum(q.astype(np.int32) for q in p)
+    transitions = sum(((p[i] == 0) & (p[(i + 1) % 8] == 1)).astype(np.int32) for i in range(8))
+    north, east, south, west = p[0], p[2], p[4], p[6]
+    if first:
+        keep_side = (north * east * south == 0) & (east * south * west == 0)
+    else:
+        keep_side = (north * east * west == 0) & (north * south * west == 0)
+    centre = img[1:-1, 1:-1] == 1
+    return centre & (count >= 2) & (count <= 6) & (transitions == 1) & keep_side
+
+
+def _fit_box(ink: np.ndarray) -> np.ndarray:
+    """Crop to the ink and scale its longer side to 20 px, keeping the aspect ratio."""
+    box = mask_bbox(ink >= 0.5)
+    if box is None:
+        return np.zeros((1, 1), np.float32)
+    y0, x0, y1, x1 = box
+    scale = DIGIT_BOX / max(y1 - y0, x1 - x0)
+    shape = (max(1, round((y1 - y0) * scale)), max(1, round((x1 - x0) * scale)))
+    return resize(ink[y0:y1, x0:x1], shape)
+
+
+def _paste_centred(digit: np.ndarray) -> np.ndarray:
+    """Place the digit so its centre of mass lands on pixel (14, 14), as MNIST did."""
+    out = np.zeros((MNIST_SIDE, MNIST_SIDE), np.float32)
+    if digit.sum() <= 0:
+        return out
+    cy, cx = ndimage.center_of_mass(digit)
+    h, w = digit.shape
+    # Clamping keeps all the ink when an odd shape would push it off the field.
+    top = min(max(round(MNIST_SIDE / 2 - cy), 0), MNIST_SIDE - h)
+    left = min(max(round(MNIST_SIDE / 2 - cx), 0), MNIST_SIDE - w)
+    out[top : top + h, left : left + w] = digit
+    return out
+
+
+# --- small helpers ------------------------------------------------------------------------
+
+
+def resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Float resize: area averaging to shrink (anti-aliased), bicubic to enlarge (sharp)."""
+    if image.shape == shape:
+        return image.astype(np.float32, copy=False)
+    shrinking = shape[0] * shape[1] < image.shape[0] * image.shape[1]
+    method = Image.Resampling.BOX if shrinking else Image.Resampling.BICUBIC
+    pil = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32))
+    out = np.asarray(pil.resize((shape[1], shape[0]), method), dtype=np.float32)
+    # Bicubic overshoots at edges; keep the [lo, hi] range of the input.
+    return out if shrinking else np.clip(out, image.min(), image.max())
+
+
+def _shrink(image: np.ndarray, short_side: int) -> np.ndarray:
+    factor = min(image.shape) / short_side
+    if factor <= 1.0:
+        return image
+    return resize(image, (round(image.shape[0] / factor), round(image.shape[1] / factor)))
+
+
+def _odd(x: float) -> int:
+    n = max(1, int(x))
+    return n if n % 2 else n + 1
+
+
+def mask_bbox(mask: np.ndarray) -> BBox | None:
+    """(y0, x0, y1, x1) of the True pixels, ends exclusive; None when there are none."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
+
+
+def _scale_box(box: BBox, scale: float) -> BBox:
+    y0, x0, y1, x1 = box
+    return (
+        int(y0 * scale),
+        int(x0 * scale),
+        math.ceil(y1 * scale),
+        math.ceil(x1 * scale),
+    )
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _blank() -> Preprocessed:
+    return Preprocessed(np.zeros((MNIST_SIDE, MNIST_SIDE), np.uint8), blank=True, bbox=None)
