@@ -195,8 +195,17 @@ def evaluate_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
     root: Path | None = RootOpt,
+    report: Path | None = typer.Option(None, "--report", help="Also write a report into this "
+                                       "directory: confusion matrix, misclassified images, "
+                                       "curves (PNG), per-class scores (CSV), report.html."),
 ) -> None:
     """Accuracy, average loss and per-class accuracy of a trained model on the test set."""
+    if report is not None:
+        from digitlab.report.evaluation import print_evaluation_report
+
+        print_evaluation_report(run, report, root=root, device=device, as_json=as_json,
+                                echo=typer.echo)
+        return
     from digitlab.engine.evaluate import evaluate_run
 
     result = evaluate_run(run, root=root, device=device)
@@ -207,6 +216,19 @@ def evaluate_cmd(
     typer.echo(result.summary())
     for digit, acc in enumerate(result.per_class):
         typer.echo(f"  class {digit}: {100 * acc:.2f}%")
+
+
+@app.command("report")
+def report_cmd(
+    runs: list[Path] = typer.Argument(..., help="Run directories to compare."),
+    out: Path = typer.Option(Path("report.html"), "--out",
+                             help="HTML page to write (or a .png for the curves alone)."),
+) -> None:
+    """Overlay the loss and accuracy curves of several runs, with a table of their results."""
+    from digitlab.report.compare import compare_runs
+
+    typer.echo(f"wrote {compare_runs(runs, out=out)}")
+
 
 
 def main() -> None:
