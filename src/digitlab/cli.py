@@ -15,7 +15,7 @@ from digitlab.errors import DigitlabError
 class _Group(TyperGroup):
     """Turns errors a user can cause into one line on stderr and exit code 1."""
 
-    def invoke(self, ctx: typer.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except DigitlabError as exc:
@@ -229,6 +229,55 @@ def report_cmd(
 
     typer.echo(f"wrote {compare_runs(runs, out=out)}")
 
+
+# --- using a model ----------------------------------------------------------------------
+
+
+@app.command("predict")
+def predict_cmd(
+    images: list[str] = typer.Argument(..., help="Image files, directories, globs, or - "
+                                       "for one image on stdin."),
+    run: Path | None = typer.Option(None, "--run", help="Run directory or weights file "
+                                    "(default: the model shipped with digitlab)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+    top_k: int = typer.Option(3, "--top-k", help="How many ranked guesses to show."),
+    number: bool = typer.Option(False, "--number", help="Read a whole number: segment the "
+                                "digits, left to right."),
+    show_input: Path | None = typer.Option(None, "--show-input", help="Save the 28x28 image "
+                                           "the model saw for each input in this directory."),
+    device: str = typer.Option("cpu", help="auto, cpu, cuda or mps."),
+) -> None:
+    """Read handwritten digits (or numbers) from photos, scans and drawings."""
+    from digitlab.predict import run_predict
+
+    failures = run_predict(images, run=run, device=device, as_json=as_json, top_k=top_k,
+                           number=number, show_input=show_input,
+                           stdin=typer.get_binary_stream("stdin"), out=typer.echo,
+                           err=lambda line: typer.echo(line, err=True))
+    if failures:
+        raise typer.Exit(1)
+
+
+@app.command("serve")
+def serve_cmd(
+    run: Path | None = typer.Option(None, "--run", help="Run directory or weights file "
+                                    "(default: the model shipped with digitlab)."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every "
+                             "interface)."),
+    port: int = typer.Option(8000, help="Port to listen on (0: any free port)."),
+    workers: int = typer.Option(1, help="Server processes, each with its own model copy."),
+    max_bytes: int = typer.Option(5 * 2**20, "--max-bytes", help="Largest upload accepted, "
+                                  "in bytes (bigger ones get 413)."),
+    cors: str | None = typer.Option(None, "--cors", help="Allow this origin (or '*') to call "
+                                    "the API from its pages; off by default."),
+    access_log: bool = typer.Option(True, "--access-log/--no-access-log",
+                                    help="Log one line per request."),
+) -> None:
+    """Serve the drawing page at / and the HTTP API at /api (docs at /docs)."""
+    from digitlab.serve.run import serve
+
+    serve(run=run, host=host, port=port, workers=workers, max_bytes=max_bytes,
+          cors_origin=cors, access_log=access_log, report=typer.echo)
 
 
 def main() -> None:

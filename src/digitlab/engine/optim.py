@@ -18,7 +18,7 @@ def build_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim
                                weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0,
                                fused=fused)
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
+    return cls(params, lr=cfg.lr, betas=(cfg.betas[0], cfg.betas[1]), weight_decay=cfg.weight_decay,
                fused=fused)
 
 

@@ -71,6 +71,9 @@ class MLPStep:
             p.grad = self.flat.grad[offset : offset + n].view_as(p)
             offset += n
         self.layers = model.linears
+        grads = [p.grad for p in params]  # views into flat.grad, set above
+        self.weight_grads: list[torch.Tensor] = [g for g in grads[0::2] if g is not None]
+        self.bias_grads: list[torch.Tensor] = [g for g in grads[1::2] if g is not None]
         # A weight gradient computed as h.T @ g lands as [in, out]; MKL is much faster at
         # that shape for the 784-wide first layer than at g.T @ h, so compute there and copy.
         self.scratch = [torch.empty_like(layer.weight.t()) for layer in self.layers]
@@ -96,8 +99,8 @@ class MLPStep:
         for k in range(len(self.layers) - 1, -1, -1):
             layer = self.layers[k]
             torch.mm(acts[k].t(), g, out=self.scratch[k])
-            layer.weight.grad.copy_(self.scratch[k].t())
-            torch.sum(g, dim=0, out=layer.bias.grad)
+            self.weight_grads[k].copy_(self.scratch[k].t())
+            torch.sum(g, dim=0, out=self.bias_grads[k])
             if k > 0:
                 g = torch.mm(g, layer.weight).mul_(self.derivative(acts[k]))
         return loss
