@@ -117,3 +117,30 @@ def test_corrupt_weights_are_reported(tmp_path):
     assert_clean_error(invoke("evaluate", run), "corrupt or not a digitlab weights file")
     (run / "model.safetensors").unlink()
     assert_clean_error(invoke("evaluate", run), "model.safetensors is missing")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["truncate", "magic", "count"])
+def test_damaged_data_file_is_named_with_the_fix(tmp_path, mnist_root, damage):
+    import shutil
+
+    from digitlab.data.idx import decode_idx, encode_idx
+
+    raw = tmp_path / "MNIST" / "raw"
+    shutil.copytree(mnist_root / "MNIST" / "raw", raw)
+    for gz in raw.glob("*.gz"):
+        gz.unlink()  # the uncompressed files are read first; keep one copy to damage
+    target = raw / "t10k-labels-idx1-ubyte"
+    data = target.read_bytes()
+    if damage == "truncate":
+        target.write_bytes(data[:-7])
+    elif damage == "magic":
+        target.write_bytes(b"\x00\x00\x08\x07" + data[4:])
+    else:
+        target.write_bytes(encode_idx(decode_idx(data)[:9999]))
+    for args in (["data", "fetch"], ["data", "info"], ["train", "--epochs", "1"]):
+        result = invoke(*args, "--root", tmp_path)
+        assert_clean_error(result, "t10k-labels-idx1-ubyte", "--force")
+    assert invoke("data", "fetch", "--root", tmp_path, "--force", "--no-pip",
+                  "--mirror", "http://127.0.0.1:9/").exit_code == 1
+    assert target.exists()  # a failed refetch leaves the user's files in place
