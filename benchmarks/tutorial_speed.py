@@ -121,10 +121,11 @@ def main() -> None:
     tut_times, tut_acc = tutorial_epochs(root, args.epochs)
     dl_times, dl_acc = digitlab_epochs(root, args.epochs)
     tut, dl = statistics.mean(tut_times), statistics.mean(dl_times)
-    print(f"tutorial code : {tut:6.3f} s/epoch  (epochs: {', '.join(f'{t:.3f}' for t in tut_times)})"
-          f"  test accuracy after {args.epochs} epoch(s): {100 * tut_acc:.2f}%")
-    print(f"digitlab      : {dl:6.3f} s/epoch  (epochs: {', '.join(f'{t:.3f}' for t in dl_times)})"
-          f"  test accuracy after {args.epochs} epoch(s): {100 * dl_acc:.2f}%")
+    for label, mean, times, acc in (("tutorial code", tut, tut_times, tut_acc),
+                                     ("digitlab", dl, dl_times, dl_acc)):
+        each = ", ".join(f"{t:.3f}" for t in times)
+        print(f"{label:<14}: {mean:6.3f} s/epoch  (epochs: {each})  "
+              f"test accuracy after {args.epochs} epoch(s): {100 * acc:.2f}%")
     print(f"speed-up      : {tut / dl:.1f}x")
 
 

@@ -35,8 +35,8 @@ def tiny_data() -> DeviceData:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(256, 28, 28), dtype=np.uint8)
     labels = (np.arange(256) % 10).astype(np.uint8)
-    from digitlab.data.loader import Split
-
     import torch
+
+    from digitlab.data.loader import Split
 
     return DeviceData.from_split(Split(images, labels), torch.device("cpu"), "unit")

@@ -19,7 +19,8 @@ def test_tutorial_preset_is_the_tutorial():
 
 def test_precedence(tmp_path):
     path = tmp_path / "c.toml"
-    path.write_text('preset = "tutorial"\nlr = 0.01\nepochs = 3\n[model_args]\nactivation = "relu"\n')
+    path.write_text(
+        'preset = "tutorial"\nlr = 0.01\nepochs = 3\n[model_args]\nactivation = "relu"\n')
     cfg = resolve(config_file=path, flags={"epochs": 7, "lr": None})
     assert cfg.preset == "tutorial"  # preset named in the file
     assert cfg.lr == 0.01  # file beats preset
