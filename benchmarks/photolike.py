@@ -87,7 +87,8 @@ def _row(inks: list[np.ndarray], height: int, rng: np.random.Generator) -> np.nd
     """Lay digits left to right with gaps from a clear space down to a slight overlap."""
     gaps = rng.uniform(-0.08, 0.45, size=len(inks)) * height
     gaps[0] = 0
-    lefts = np.cumsum([0.0] + [ink.shape[1] + gap for ink, gap in zip(inks[:-1], gaps[1:], strict=True)])
+    widths = np.array([ink.shape[1] for ink in inks], dtype=np.float64)
+    lefts = np.concatenate([[0.0], np.cumsum(widths[:-1] + gaps[1:])])
     lefts = np.maximum.accumulate(np.round(lefts).astype(int))
     tall = max(ink.shape[0] for ink in inks) + height // 5
     wide = int(lefts[-1]) + inks[-1].shape[1]

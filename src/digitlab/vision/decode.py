@@ -105,9 +105,7 @@ def _open(data: bytes, name: str, max_pixels: int) -> Image.Image:
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise ImageError(f"{name} has too many pixels (decompression bomb?)") from None
         except Image.UnidentifiedImageError:
-            raise ImageError(
-                f"{name} is not a supported image ({', '.join(FORMATS)})"
-            ) from None
+            raise ImageError(f"{name} is not a supported image ({', '.join(FORMATS)})") from None
         except Exception as err:  # decoders of hostile files raise anything
             raise ImageError(f"{name} is corrupt or truncated: {_one_line(err)}") from None
 
@@ -178,4 +176,3 @@ def _composite(grey: np.ndarray, alpha: np.ndarray) -> np.ndarray:
         ink = float(np.average(grey, weights=alpha))
         background = 1.0 if ink < 0.5 else 0.0
     return np.asarray(grey * alpha + background * (1.0 - alpha), dtype=np.float32)
-

@@ -1,0 +1,182 @@
+"""Split a picture of a written number into one picture per digit, left to right.
+
+Connected pieces of ink are the starting point; handwriting breaks that in two ways.
+A digit drawn in several strokes (or a stroke that skipped) comes in pieces stacked
+above one another, so pieces that share most of their columns are one digit. Digits
+written close together touch, so a piece much wider than a digit is cut at the columns
+with the least ink near where the digits' boundaries should be.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+from scipy import ndimage
+
+from digitlab.vision.preprocess import BBox, InkMap, ink_map, mask_bbox
+
+MERGE_OVERLAP = 0.5  # shared columns / the narrower piece's width above which pieces join
+DIGIT_ASPECT = 0.75  # median width / height of an MNIST digit
+# A piece this many typical digit widths wide holds touching digits. Below it, it is more
+# likely one wide digit (a slanted 4 or 7 reaches 1.5 digit widths); two touching digits
+# are about 2 widths less their overlap.
+SPLIT_WIDTHS = 1.7
+PART_HEIGHT = 0.6  # each of the touching digits spans at least this share of their height
+CUT_WINDOW = 0.3  # search for a cut within this share of a digit width of where it should be
+MIN_HEIGHT = 0.4  # pieces shorter than this share of the tallest are dots, commas, dashes
+MARGIN = 0.15  # black border around each crop, as a share of its height
+
+
+@dataclass(frozen=True)
+class Digit:
+    """One digit cut out of a number: `image` is float32 grey, white ink on black."""
+
+    image: np.ndarray
+    bbox: BBox  # where it was in the input picture (y0, x0, y1, x1), ends exclusive
+
+
+@dataclass(frozen=True)
+class _Piece:
+    labels: frozenset[int]  # connected components that belong to this digit
+    box: BBox  # in ink-map pixels
+
+
+def segment_number(grey: np.ndarray) -> list[np.ndarray]:
+    """One grey crop per digit, left to right, each ready for `to_mnist`; [] when blank."""
+    return [digit.image for digit in segment_digits(grey)]
+
+
+def segment_digits(grey: np.ndarray) -> list[Digit]:
+    """Like `segment_number`, with each digit's box in the input picture."""
+    ink = ink_map(grey)
+    if ink.blank:
+        return []
+    labels, _ = ndimage.label(ink.mask, structure=np.ones((3, 3)))
+    pieces = _drop_small(_merge_overlapping(_components(labels)))
+    typical = _typical_width(pieces)
+    pieces = [
+        part for piece in pieces for part in _split_touching(piece, typical, ink.soft, labels)
+    ]
+    pieces.sort(key=lambda p: p.box[1] + p.box[3])
+    digits = (_cut_out(piece, ink, labels) for piece in pieces)
+    return [digit for digit in digits if digit is not None]
+
+
+def _components(labels: np.ndarray) -> list[_Piece]:
+    pieces = []
+    for index, found in enumerate(ndimage.find_objects(labels), start=1):
+        if found is not None:
+            rows, cols = found
+            box = (rows.start, cols.start, rows.stop, cols.stop)
+            pieces.append(_Piece(frozenset({index}), box))
+    return pieces
+
+
+def _merge_overlapping(pieces: list[_Piece]) -> list[_Piece]:
+    """Join pieces stacked in the same columns until no two overlap strongly."""
+    pieces = sorted(pieces, key=lambda p: p.box[1])
+    merged = True
+    while merged:
+        merged = False
+        for i in range(len(pieces)):
+            for j in range(i + 1, len(pieces)):
+                if _same_digit(pieces[i], pieces[j]):
+                    pieces[i] = _join(pieces[i], pieces[j])
+                    del pieces[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    return pieces
+
+
+def _same_digit(a: _Piece, b: _Piece) -> bool:
+    shared = min(a.box[3], b.box[3]) - max(a.box[1], b.box[1])
+    narrower = min(a.box[3] - a.box[1], b.box[3] - b.box[1])
+    return shared > 0 and shared >= MERGE_OVERLAP * narrower
+
+
+def _join(a: _Piece, b: _Piece) -> _Piece:
+    box = (
+        min(a.box[0], b.box[0]),
+        min(a.box[1], b.box[1]),
+        max(a.box[2], b.box[2]),
+        max(a.box[3], b.box[3]),
+    )
+    return _Piece(a.labels | b.labels, box)
+
+
+def _drop_small(pieces: list[_Piece]) -> list[_Piece]:
+    if not pieces:
+        return pieces
+    tallest = max(p.box[2] - p.box[0] for p in pieces)
+    return [p for p in pieces if p.box[2] - p.box[0] >= MIN_HEIGHT * tallest]
+
+
+def _typical_width(pieces: list[_Piece]) -> float | None:
+    """Median digit width in this number; narrow 1s count as average-width digits."""
+    if len(pieces) < 3:
+        return None  # too few to tell a wide digit from two touching ones
+    widths = [max(p.box[3] - p.box[1], DIGIT_ASPECT * (p.box[2] - p.box[0])) for p in pieces]
+    return float(np.median(widths))
+
+
+def _split_touching(
+    piece: _Piece, typical: float | None, soft: np.ndarray, labels: np.ndarray
+) -> list[_Piece]:
+    """Cut a piece much wider than one digit where the ink is thinnest between digits."""
+    y0, x0, y1, x1 = piece.box
+    height, width = y1 - y0, x1 - x0
+    digits = width / (typical or DIGIT_ASPECT * height)
+    if digits < SPLIT_WIDTHS:
+        return [piece]
+    count = max(2, round(digits))
+    own = np.isin(labels[y0:y1, x0:x1], list(piece.labels))
+    profile = (soft[y0:y1, x0:x1] * own).sum(axis=0)
+    cuts = [_best_cut(profile, k * width / count, width / count) for k in range(1, count)]
+    edges = [0, *sorted(set(cuts)), width]
+    spans = list(zip(edges[:-1], edges[1:], strict=True))
+    # Touching digits each fill most of the height; a cut through one wide digit (the bar
+    # of a 7, the tail of a 2) leaves a short part, so such cuts are refused.
+    if any(_ink_height(own[:, left:right]) < PART_HEIGHT * height for left, right in spans):
+        return [piece]
+    return [replace(piece, box=(y0, x0 + left, y1, x0 + right)) for left, right in spans]
+
+
+def _ink_height(own: np.ndarray) -> int:
+    rows = np.flatnonzero(own.any(axis=1))
+    return int(rows[-1] - rows[0] + 1) if rows.size else 0
+
+
+def _best_cut(profile: np.ndarray, expected: float, digit_width: float) -> int:
+    """The column with the least ink near `expected`; ties go to the nearest column."""
+    reach = max(1, round(CUT_WINDOW * digit_width))
+    lo = max(1, round(expected) - reach)
+    hi = min(len(profile) - 1, round(expected) + reach + 1)
+    columns = np.arange(lo, hi)
+    if columns.size == 0:
+        return round(expected)
+    cost = profile[lo:hi] + 1e-3 * profile.max() * np.abs(columns - expected)
+    return int(columns[np.argmin(cost)])
+
+
+def _cut_out(piece: _Piece, ink: InkMap, labels: np.ndarray) -> Digit | None:
+    """The piece's own ink (not a neighbour's) with a black margin around it."""
+    y0, x0, y1, x1 = piece.box
+    own = np.isin(labels[y0:y1, x0:x1], list(piece.labels))
+    # The soft anti-aliased fringe lies just outside the mask; keep it.
+    crop = ink.soft[y0:y1, x0:x1] * ndimage.binary_dilation(own, iterations=2)
+    box = mask_bbox(crop > 0)
+    if box is None:
+        return None
+    crop = crop[box[0] : box[2], box[1] : box[3]]
+    margin = max(2, round(MARGIN * crop.shape[0]))
+    image = np.pad(crop, margin).astype(np.float32)
+    found = (y0 + box[0], x0 + box[1], y0 + box[2], x0 + box[3])
+    return Digit(image, _to_input(found, ink.scale))
+
+
+def _to_input(box: BBox, scale: float) -> BBox:
+    y0, x0, y1, x1 = box
+    return (int(y0 * scale), int(x0 * scale), round(y1 * scale), round(x1 * scale))

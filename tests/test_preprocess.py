@@ -1,0 +1,273 @@
+"""MNIST-style normalisation of user pictures, on digits drawn here with Pillow."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+from scipy import ndimage
+
+from digitlab.errors import ImageError
+from digitlab.vision.preprocess import (
+    from_mnist_like,
+    looks_mnist_like,
+    prepare_batch,
+    to_mnist,
+)
+
+
+def draw(
+    digit: str,
+    *,
+    height: int = 200,
+    stroke: int | None = None,
+    canvas: tuple[int, int] = (300, 300),
+    centre: tuple[int, int] | None = None,
+    ink: float = 0.0,
+    paper: float = 1.0,
+) -> np.ndarray:
+    """A 0, 1 or 7 drawn with a pen of `stroke` px; canvas is (width, height)."""
+    image = Image.new("F", canvas, paper)
+    pen = ImageDraw.Draw(image)
+    cx, cy = centre or (canvas[0] // 2, canvas[1] // 2)
+    half = height / 2
+    width = stroke or max(1, height // 10)
+    if digit == "1":
+        pen.line([(cx, cy - half), (cx, cy + half)], fill=ink, width=width)
+    elif digit == "0":
+        pen.ellipse(
+            [cx - 0.6 * half, cy - half, cx + 0.6 * half, cy + half], outline=ink, width=width
+        )
+    elif digit == "7":
+        corners = [
+            (cx - 0.6 * half, cy - half),
+            (cx + 0.6 * half, cy - half),
+            (cx - 0.1 * half, cy + half),
+        ]
+        pen.line(corners, fill=ink, width=width, joint="curve")
+    else:
+        raise ValueError(digit)
+    return np.asarray(image, dtype=np.float32)
+
+
+def centre_of_mass(image: np.ndarray) -> tuple[float, float]:
+    cy, cx = ndimage.center_of_mass(image.astype(np.float64))
+    return float(cy), float(cx)
+
+
+def box_size(image: np.ndarray) -> tuple[int, int]:
+    """Height and width of the pixels at half intensity or more."""
+    rows = np.flatnonzero((image >= 128).any(axis=1))
+    cols = np.flatnonzero((image >= 128).any(axis=0))
+    return int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
+
+
+def row_thickness(image: np.ndarray) -> float:
+    """Pen width of an upright 1 in px: ink per row across its middle."""
+    return float(np.median(image[9:19].sum(axis=1) / 255.0))
+
+
+def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean grey-level difference, allowing a 1-px shift: rounding the centre of mass of
+    two nearly equal pictures can land one pixel apart."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    shifts = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    return min(float(np.abs(np.roll(a64, s, axis=(0, 1)) - b64).mean()) for s in shifts)
+
+
+@pytest.mark.parametrize("digit", ["0", "1", "7"])
+def test_mnist_layout_20px_box_and_centre_of_mass(digit: str) -> None:
+    result = to_mnist(draw(digit))
+    assert result.image.shape == (28, 28) and result.image.dtype == np.uint8
+    assert not result.blank
+    assert max(box_size(result.image)) in (19, 20, 21)
+    cy, cx = centre_of_mass(result.image)
+    assert abs(cy - 14) <= 1.0 and abs(cx - 14) <= 1.0
+    assert result.image.max() >= 250  # white ink ...
+    frame = np.concatenate([result.image[0], result.image[:, 0], result.image[:, -1]])
+    assert frame.max() == 0  # ... on black (a top-heavy 7 may reach the last row, as in MNIST)
+
+
+def test_aspect_ratio_is_kept() -> None:
+    zero = to_mnist(draw("0")).image  # drawn 0.6 as wide as tall
+    one = to_mnist(draw("1", height=200, stroke=20)).image
+    assert box_size(zero)[0] == 20 and 11 <= box_size(zero)[1] <= 14
+    assert box_size(one)[0] == 20 and box_size(one)[1] <= 4
+
+
+@pytest.mark.parametrize("digit", ["0", "1", "7"])
+def test_dark_on_light_and_light_on_dark_agree(digit: str) -> None:
+    dark_on_light = to_mnist(draw(digit, ink=0.0, paper=1.0)).image
+    light_on_dark = to_mnist(draw(digit, ink=1.0, paper=0.0)).image
+    assert mean_abs_diff(dark_on_light, light_on_dark) < 1.0
+
+
+def test_grey_paper_grey_ink_both_polarities() -> None:
+    pencil = to_mnist(draw("7", ink=0.45, paper=0.8)).image
+    chalk = to_mnist(draw("7", ink=0.7, paper=0.25)).image
+    clean = to_mnist(draw("7")).image
+    assert mean_abs_diff(pencil, clean) < 3.0
+    assert mean_abs_diff(chalk, clean) < 3.0
+
+
+def test_polarity_is_not_taken_from_a_corner_pixel() -> None:
+    # The 7's bar starts in the top-left corner, so that corner pixel is ink.
+    corner = draw("7", height=200, canvas=(200, 215), centre=(60, 105), stroke=20)
+    assert corner[0, 0] < 0.5
+    result = to_mnist(corner)
+    assert mean_abs_diff(result.image, to_mnist(draw("7", stroke=20)).image) < 3.0
+
+
+def test_off_centre_digit_is_recentred_and_located() -> None:
+    clean = to_mnist(draw("0", height=100, canvas=(300, 300))).image
+    result = to_mnist(draw("0", height=100, canvas=(300, 300), centre=(70, 220)))
+    assert mean_abs_diff(result.image, clean) < 1.0
+    assert result.bbox is not None
+    y0, x0, y1, x1 = result.bbox
+    # Ellipse from (40, 170) to (100, 270) drawn with a 10 px pen.
+    assert abs(y0 - 170) <= 2 and abs(y1 - 271) <= 2
+    assert abs(x0 - 40) <= 2 and abs(x1 - 101) <= 2
+
+
+def test_shadow_gradient_and_noise_are_removed() -> None:
+    clean = to_mnist(draw("7", ink=0.1, paper=0.9)).image
+    photo = draw("7", ink=0.1, paper=0.9)
+    yy, xx = np.mgrid[0:300, 0:300] / 300.0
+    photo = photo * (0.45 + 0.55 * xx)  # light falls off to the left
+    photo = np.where(yy > 0.6, photo * 0.6, photo)  # a hard shadow across the bottom
+    photo += np.random.default_rng(0).normal(0, 0.02, photo.shape)  # sensor noise
+    result = to_mnist(np.clip(photo, 0, 1).astype(np.float32))
+    assert not result.blank
+    assert box_size(result.image) == box_size(clean)
+    assert mean_abs_diff(result.image, clean) < 6.0
+
+
+def test_paper_texture_and_specks_are_dropped() -> None:
+    rng = np.random.default_rng(1)
+    image = draw("1", stroke=20)
+    image = image + ndimage.gaussian_filter(rng.normal(0, 0.05, image.shape), 2)
+    for y, x in rng.integers(10, 290, size=(40, 2)):
+        image[y : y + 2, x : x + 2] = 0.0  # pepper specks, 2x2 px each
+    result = to_mnist(np.clip(image, 0, 1).astype(np.float32))
+    clean = to_mnist(draw("1", stroke=20))
+    assert box_size(result.image) == box_size(clean.image)
+    assert mean_abs_diff(result.image, clean.image) < 2.0
+
+
+@pytest.mark.parametrize(
+    ("height", "canvas", "stroke"), [(10, (40, 40), 1), (2000, (2100, 2100), 150)]
+)
+def test_tiny_and_huge_digits(height: int, canvas: tuple[int, int], stroke: int) -> None:
+    result = to_mnist(draw("0", height=height, canvas=canvas, stroke=stroke))
+    assert not result.blank
+    assert max(box_size(result.image)) in (19, 20, 21)
+    cy, cx = centre_of_mass(result.image)
+    assert abs(cy - 14) <= 1.0 and abs(cx - 14) <= 1.0
+    assert result.bbox is not None
+    assert max(result.bbox[2] - result.bbox[0], result.bbox[3] - result.bbox[1]) >= height
+
+
+@pytest.mark.parametrize(
+    ("height", "stroke"),
+    [(400, 1), (400, 2), (200, 20), (200, 60), (400, 140), (28, 2)],
+    ids=["hairline", "thin", "pen", "marker", "blob", "small"],
+)
+def test_stroke_width_lands_in_mnist_range(height: int, stroke: int) -> None:
+    # MNIST's upright 1s are 1.8-5 px wide per row; unnormalised, these would be
+    # 0.05 px (hairline) to 7 px (blob) wide.
+    canvas = (height + 100, height + 100)
+    image = to_mnist(draw("1", height=height, stroke=stroke, canvas=canvas)).image
+    assert 1.5 <= row_thickness(image) <= 3.6
+
+
+def test_thick_and_thin_zeros_keep_their_hole() -> None:
+    for stroke in (1, 45):
+        image = to_mnist(draw("0", height=300, stroke=stroke, canvas=(400, 400))).image
+        ink = image >= 128
+        hole = ndimage.binary_fill_holes(ink) & ~ink
+        assert hole.sum() >= 40, stroke  # a 0, not a blob or an open curve
+        assert 60 <= image.sum() / 255 <= 160, stroke  # MNIST 0s hold 85-200 px of ink
+
+
+def test_same_digit_at_any_scale_gives_the_same_input() -> None:
+    small = to_mnist(draw("7", height=60, canvas=(90, 90), stroke=6)).image
+    large = to_mnist(draw("7", height=600, canvas=(700, 700), stroke=60)).image
+    assert mean_abs_diff(small, large) < 6.0
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.ones((100, 100), np.float32),
+        np.zeros((100, 100), np.float32),
+        np.full((64, 64), 0.6, np.float32),
+    ],
+    ids=["white", "black", "grey"],
+)
+def test_blank_pictures(image: np.ndarray) -> None:
+    result = to_mnist(image)
+    assert result.blank and result.bbox is None
+    assert result.image.shape == (28, 28) and result.image.max() == 0
+
+
+def test_blank_paper_photo_with_gradient_noise_and_grain() -> None:
+    rng = np.random.default_rng(2)
+    yy, xx = np.mgrid[0:400, 0:300] / 400.0
+    paper = 0.5 + 0.4 * xx + 0.1 * yy
+    paper += ndimage.gaussian_filter(rng.normal(0, 0.05, paper.shape), 3)
+    paper += rng.normal(0, 0.02, paper.shape)
+    assert to_mnist(np.clip(paper, 0, 1).astype(np.float32)).blank
+
+
+def test_uint8_and_rgb_inputs_are_accepted() -> None:
+    grey = draw("1", stroke=20)
+    expected = to_mnist(grey).image
+    as_uint8 = np.round(grey * 255).astype(np.uint8)
+    as_rgb = np.repeat(as_uint8[..., None], 3, axis=2)
+    assert mean_abs_diff(to_mnist(as_uint8).image, expected) < 1.0
+    assert mean_abs_diff(to_mnist(as_rgb).image, expected) < 1.0
+
+
+def test_bad_arrays_raise_image_error() -> None:
+    with pytest.raises(ImageError, match="expected a grey image"):
+        to_mnist(np.zeros((5, 5, 7), np.float32))
+    with pytest.raises(ImageError, match="expected a grey image"):
+        to_mnist(np.zeros((1, 30), np.float32))
+
+
+def mnist_like_seven() -> np.ndarray:
+    image = np.zeros((28, 28), np.uint8)
+    image[5:8, 7:21] = 255
+    for row in range(8, 24):
+        col = 20 - (row - 8) // 2
+        image[row, col - 1 : col + 2] = 255
+        image[row, col - 2] = 90  # anti-aliased edge
+    return image
+
+
+def test_from_mnist_like_passes_through_untouched() -> None:
+    seven = mnist_like_seven()
+    result = from_mnist_like(seven)
+    assert np.array_equal(result.image, seven) and result.image is not seven
+    assert not result.blank and result.bbox == (5, 7, 24, 22)
+    as_float = from_mnist_like(seven.astype(np.float32) / 255.0)
+    assert np.array_equal(as_float.image, seven)
+    assert from_mnist_like(np.zeros((28, 28), np.uint8)).blank
+    with pytest.raises(ImageError, match="28x28"):
+        from_mnist_like(np.zeros((32, 32), np.uint8))
+
+
+def test_looks_mnist_like() -> None:
+    assert looks_mnist_like(mnist_like_seven())
+    assert not looks_mnist_like(255 - mnist_like_seven())  # black on white
+    assert not looks_mnist_like(mnist_like_seven().astype(np.float32))
+    assert not looks_mnist_like(np.zeros((28, 28), np.uint8))  # empty
+
+
+def test_prepare_batch_mixes_pictures_and_mnist_arrays() -> None:
+    seven = mnist_like_seven()
+    batch = prepare_batch([seven, draw("0"), draw("1", ink=1.0, paper=0.0)])
+    assert batch.shape == (3, 28, 28) and batch.dtype == np.uint8
+    assert np.array_equal(batch[0], seven)  # not re-normalised
+    assert np.array_equal(batch[1], to_mnist(draw("0")).image)
+    assert prepare_batch([]).shape == (0, 28, 28)
