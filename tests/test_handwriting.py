@@ -1,0 +1,96 @@
+"""The handwriting augmentation: thickness, blur, contrast and small affine changes on whole
+batches, never a mirror image, background kept, reproducible from the seed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from digitlab.data import handwriting as hw
+from digitlab.data.loader import MNIST_MEAN, MNIST_STD, normalise
+
+
+def _ell(batch: int = 64) -> torch.Tensor:
+    """An 'L': clearly different from its mirror image. [B, 1, 28, 28] in [0, 1]."""
+    x = torch.zeros(batch, 1, 28, 28)
+    x[:, :, 6:22, 9:12] = 1.0
+    x[:, :, 19:22, 9:20] = 1.0
+    return x
+
+
+def test_dilate_and_erode_change_stroke_width_by_one_pixel_each_side():
+    line = torch.zeros(1, 1, 28, 28)
+    line[..., 5:23, 13:16] = 1.0  # a 3-px-wide vertical stroke
+    assert (hw.dilate(line)[0, 0, 14] > 0).sum() == 5
+    assert (hw.erode(line)[0, 0, 14] > 0).sum() == 1
+
+
+def test_each_change_keeps_shape_and_range_and_changes_some_images():
+    torch.manual_seed(0)
+    x = _ell(256)
+    for change in (hw.affine, hw.thickness, hw.blur, hw.contrast):
+        out = change(x)
+        assert out.shape == x.shape and out.dtype == x.dtype
+        assert out.min() >= 0 and out.max() <= 1 + 1e-6
+        changed = (out - x).abs().flatten(1).amax(1) > 1e-3
+        assert 0 < changed.sum() <= 256, change.__name__
+    thicker = hw.dilate(x).sum() > x.sum() > hw.erode(x).sum()
+    assert thicker
+
+
+def test_thickness_makes_some_strokes_thicker_and_some_thinner():
+    torch.manual_seed(1)
+    x = _ell(512)
+    ink = hw.thickness(x).flatten(1).sum(1)
+    before = x.flatten(1).sum(1)
+    assert (ink > before * 1.1).float().mean() > 0.15
+    assert (ink < before * 0.9).float().mean() > 0.05
+
+
+def test_never_mirrors_a_digit():
+    torch.manual_seed(2)
+    x = _ell(512)
+    out = hw.augment_handwriting(x, normalize="unit")
+    mirror = x.flip(-1)
+
+    def corr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        a, b = a.flatten(1) - a.flatten(1).mean(1, keepdim=True), b.flatten(1) - b.flatten(
+            1).mean(1, keepdim=True)
+        return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + 1e-9)
+
+    assert bool((corr(out, x) > corr(out, mirror)).all())
+
+
+def test_standard_normalisation_round_trips_and_background_stays_black():
+    torch.manual_seed(3)
+    x = normalise((_ell(64) * 255).to(torch.uint8).squeeze(1), "standard")
+    out = hw.augment_handwriting(x, normalize="standard")
+    background = -MNIST_MEAN / MNIST_STD
+    corners = out[..., :2, :2]
+    assert torch.allclose(corners, torch.full_like(corners, background), atol=1e-5)
+    assert out.max() <= (1 - MNIST_MEAN) / MNIST_STD + 1e-5
+
+
+def test_same_seed_same_batch():
+    x = _ell(32)
+    torch.manual_seed(7)
+    a = hw.augment_handwriting(x, normalize="unit")
+    torch.manual_seed(7)
+    b = hw.augment_handwriting(x, normalize="unit")
+    assert torch.equal(a, b)
+    assert not torch.equal(a, hw.augment_handwriting(x, normalize="unit"))
+
+
+@pytest.mark.slow
+def test_real_digits_stay_recognisable_in_shape(mnist_test_split):
+    """Augmented MNIST digits keep most of their ink and nearly all stay inside the frame."""
+    torch.manual_seed(4)
+    images = torch.from_numpy(np.array(mnist_test_split.images[:500]))
+    x = normalise(images, "unit")
+    out = hw.augment_handwriting(x, normalize="unit")
+    ratio = out.flatten(1).sum(1) / x.flatten(1).sum(1)
+    assert float(ratio.min()) > 0.3 and float(ratio.max()) < 4.0
+    border = torch.cat([out[..., 0, :], out[..., -1, :], out[..., :, 0], out[..., :, -1]], -1)
+    touching = (border.flatten(1).amax(1) > 0.5).float().mean()
+    assert float(touching) < 0.04  # MNIST itself: ~1%
