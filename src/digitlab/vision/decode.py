@@ -47,7 +47,7 @@ def decode_image(
 def _describe(source: Source) -> str:
     if isinstance(source, str | os.PathLike):
         return f"'{os.fspath(source)}'"
-    return "the image"
+    return "the image data"
 
 
 def _read_bytes(source: Source, max_bytes: int) -> bytes:
@@ -105,7 +105,9 @@ def _open(data: bytes, name: str, max_pixels: int) -> Image.Image:
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise ImageError(f"{name} has too many pixels (decompression bomb?)") from None
         except Image.UnidentifiedImageError:
-            raise ImageError(f"{name} is not a supported image ({', '.join(FORMATS)})") from None
+            raise ImageError(
+                f"{name} is not in a supported image format ({', '.join(FORMATS)})"
+            ) from None
         except Exception as err:  # decoders of hostile files raise anything
             raise ImageError(f"{name} is corrupt or truncated: {_one_line(err)}") from None
 
