@@ -280,5 +280,72 @@ def serve_cmd(
           cors_origin=cors, access_log=access_log, report=typer.echo)
 
 
+# --- export and search ------------------------------------------------------------------
+
+
+@app.command("export")
+def export_cmd(
+    run: Path | None = typer.Option(None, "--run", help="Run directory or weights file "
+                                    "(default: the model shipped with digitlab)."),
+    fmt: str = typer.Option("onnx", "--format", help="onnx or torchscript."),
+    out: Path | None = typer.Option(None, "--out", help="File to write (default: model.onnx "
+                                    "or model.pt in the run directory)."),
+    exporter: str = typer.Option("auto", help="ONNX exporter: auto (torch.export, falling "
+                                 "back to TorchScript), dynamo or torchscript."),
+    check_images: int = typer.Option(10000, "--check-images", help="Real test images the "
+                                     "export is checked on against PyTorch."),
+    root: Path | None = RootOpt,
+) -> None:
+    """Export a model to ONNX or TorchScript, checked on real test images before it is kept."""
+    from digitlab.export import export_run
+
+    for line in export_run(run=run, fmt=fmt, out=out, exporter=exporter,
+                           check_count=check_images, root=root):
+        typer.echo(line)
+
+
+@app.command("sweep")
+def sweep_cmd(
+    space: Path | None = typer.Option(None, "--space", help="Search space TOML (default: the "
+                                      "tutorial's knobs, assets/sweep_space_tutorial.toml)."),
+    trials: int | None = typer.Option(None, "--trials", help="Finished trials the study should "
+                                      "hold (default 20 when no --timeout)."),
+    timeout: float | None = typer.Option(None, "--timeout", help="Stop after this many "
+                                         "seconds (a running trial is stopped too)."),
+    study: str | None = typer.Option(None, "--study", help="Study name (default: from the "
+                                     "space file's name)."),
+    storage: str | None = typer.Option(None, "--storage", help="Optuna storage URL (default: "
+                                       "sqlite:///<dir>/study.db; postgresql://... to share "
+                                       "a study between machines)."),
+    preset: str | None = typer.Option(None, help="Preset the trials start from (default: the "
+                                      "space file's)."),
+    directory: Path | None = typer.Option(None, "--dir", help="Study directory: trial runs, "
+                                          "table, best config, plots (default sweeps/<study>)."),
+    val_split: int = typer.Option(5000, "--val-split", help="Training images held out to "
+                                  "score trials (the test set is only for the winner)."),
+    limit_train: int | None = typer.Option(None, help="Use only the first N training images."),
+    prune: bool = typer.Option(True, "--prune/--no-prune", help="Stop weak trials early."),
+    final: str = typer.Option("refit", help="How the winner's test accuracy is measured: "
+                              "refit (train best.toml on the whole training set), evaluate "
+                              "(the trial's own weights) or none."),
+    device: str | None = typer.Option(None, help="auto, cpu, cuda or mps."),
+    seed: int = typer.Option(0, help="Seed for the sampler and every trial."),
+    root: Path | None = RootOpt,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the results."),
+) -> None:
+    """Search hyperparameters with Optuna (TPE, pruning); resumable, shareable via PostgreSQL."""
+    from digitlab.console import Console
+    from digitlab.sweep import run_sweep, summary_lines
+
+    result = run_sweep(space_file=space, trials=trials, timeout=timeout, study_name=study,
+                       storage=storage, preset=preset, study_dir=directory, root=root,
+                       val_split=val_split, limit_train=limit_train, device=device, seed=seed,
+                       prune=prune, final=final, console=Console(quiet=quiet))
+    for line in summary_lines(result):
+        typer.echo(line)
+    if result.interrupted:
+        raise typer.Exit(130)
+
+
 def main() -> None:
     app()

@@ -1,0 +1,207 @@
+"""Export to ONNX and TorchScript, the check on real test images, and the onnxruntime backend.
+
+Untrained models are enough here: the check compares the exported file with the same
+PyTorch weights, whatever they are.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from digitlab.backends import BackendError, OnnxBackend
+from digitlab.cli import app
+from digitlab.data.loader import MNIST_MEAN, MNIST_STD
+from digitlab.engine.rundir import WEIGHTS, save_weights
+from digitlab.export import (
+    ExportError,
+    export_model,
+    export_module,
+    onnx_bytes,
+    read_torchscript,
+)
+from digitlab.models.registry import create_model, list_models, model_args
+
+runner = CliRunner()
+
+
+def _meta(name: str, args: dict, normalize: str = "standard") -> dict:
+    return {"model": name, "model_args": args, "normalize": normalize, "dataset": "mnist",
+            "classes": [str(i) for i in range(10)], "digitlab_version": "test"}
+
+
+@pytest.fixture()
+def mlp_run(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    args = model_args("mlp", hidden=[64, 32], activation="gelu")
+    run = tmp_path / "run"
+    save_weights(run / WEIGHTS, create_model("mlp", **args), _meta("mlp", args))
+    return run
+
+
+def _torch_probs(run: Path, images: np.ndarray) -> np.ndarray:
+    from digitlab.engine.rundir import load_model
+
+    model, _ = load_model(run)
+    x = (torch.from_numpy(np.array(images)).float().unsqueeze(1) / 255 - MNIST_MEAN) / MNIST_STD
+    with torch.no_grad():
+        return torch.softmax(model(x), dim=1).numpy()
+
+
+@pytest.mark.slow
+def test_onnx_export_with_dynamo_carries_contract_and_dynamic_batch(
+        mlp_run: Path, mnist_root: Path, mnist_test_split) -> None:
+    result = export_model(run=mlp_run, fmt="onnx", root=mnist_root, check_count=300)
+    assert result.path == mlp_run / "model.onnx" and result.path.is_file()
+    assert result.exporter == "dynamo" and not result.notes
+    assert result.check.images == 300 and result.check.mismatches == 0
+    assert result.check.max_abs_diff <= 1e-4
+
+    proto = onnx.load(str(result.path))
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert props["digitlab.input_name"] == "image"
+    assert json.loads(props["digitlab.input_shape"]) == ["N", 1, 28, 28]
+    assert props["digitlab.input_dtype"] == "float32"
+    assert props["digitlab.normalize"] == "standard"
+    assert json.loads(props["digitlab.mean"]) == MNIST_MEAN
+    assert json.loads(props["digitlab.std"]) == MNIST_STD
+    assert json.loads(props["digitlab.classes"]) == [str(i) for i in range(10)]
+    assert props["digitlab.model"] == "mlp"
+    assert json.loads(props["digitlab.model_args"])["hidden"] == [64, 32]
+    assert props["digitlab.digitlab_version"]
+    batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_dim.dim_param and not batch_dim.dim_value  # symbolic, not fixed
+
+    # Plain onnxruntime, fed by hand from the contract, at two batch sizes.
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    images = mnist_test_split.images[:5]
+    want = _torch_probs(mlp_run, images)
+    for batch in (images[:1], images):
+        x = ((batch.astype(np.float32) / 255 - MNIST_MEAN) / MNIST_STD)[:, None]
+        (got,) = session.run(None, {"image": x})
+        np.testing.assert_allclose(got, want[: len(batch)], atol=1e-5)
+
+    # The backend takes uint8 pixels, as the PyTorch model call in Recognizer does.
+    backend = OnnxBackend(result.path)
+    assert backend.name == "onnxruntime" and backend.classes == [str(i) for i in range(10)]
+    np.testing.assert_allclose(backend(images), want, atol=1e-5)
+    np.testing.assert_allclose(backend(images[:, None].astype(np.float32) / 255), want,
+                               atol=1e-5)
+
+
+@pytest.mark.slow
+def test_torchscript_export_round_trip(mlp_run: Path, mnist_root: Path, mnist_test_split,
+                                       tmp_path: Path) -> None:
+    out = tmp_path / "m.pt"
+    result = export_model(run=mlp_run, fmt="torchscript", out=out, root=mnist_root,
+                          check_count=200)
+    assert result.path == out and result.exporter == "trace" and result.check.ok
+    module, contract = read_torchscript(out)
+    assert contract["normalize"] == "standard" and contract["model"] == "mlp"
+    assert contract["input_shape"] == ["N", 1, 28, 28]
+    images = mnist_test_split.images[:3]
+    x = (torch.from_numpy(np.array(images)).float().unsqueeze(1) / 255 - MNIST_MEAN) / MNIST_STD
+    with torch.no_grad():
+        np.testing.assert_allclose(module(x).numpy(), _torch_probs(mlp_run, images),
+                                   atol=1e-6)
+
+
+class _Branchy(nn.Module):
+    """Data-dependent control flow: torch.export refuses it, the tracer records one branch
+    (the one the all-zero example takes), so the traced export is wrong on real digits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(784, 10)
+        self.b = nn.Linear(784, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        if x.sum() > 0:
+            return self.a(x)
+        return self.b(x)
+
+
+@pytest.mark.slow
+def test_falls_back_to_torchscript_exporter_and_refuses_a_wrong_export(
+        mnist_root: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = _Branchy().eval()
+    notes: list[str] = []
+    blob, used = onnx_bytes(model, notes=notes)
+    assert used == "torchscript" and blob
+    assert "torch.export-based exporter failed" in notes[0]
+
+    out = tmp_path / "branchy.onnx"
+    with pytest.raises(ExportError, match="disagrees with PyTorch") as info:
+        export_module(model, _meta("branchy", {}, "unit"), fmt="onnx", out=out,
+                      root=mnist_root, exporter="torchscript", check_count=50)
+    assert "different predictions" in str(info.value)
+    assert not out.exists() and not list(tmp_path.iterdir())  # no temp file left either
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list_models())
+def test_every_registered_model_exports_to_onnx(name: str, mnist_root: Path,
+                                                tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = create_model(name)
+    result = export_module(model, _meta(name, model_args(name)), fmt="onnx",
+                           out=tmp_path / f"{name}.onnx", root=mnist_root,
+                           exporter="torchscript", check_count=20)
+    assert result.check.ok and result.path.is_file()
+
+
+@pytest.mark.slow
+def test_export_cli(mlp_run: Path, mnist_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cli.onnx"
+    result = runner.invoke(app, ["export", "--run", str(mlp_run), "--out", str(out),
+                                 "--exporter", "torchscript", "--check-images", "100",
+                                 "--root", str(mnist_root)])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"wrote {out} (onnx, torchscript exporter")
+    assert "checked on 100 test images" in result.output and "0 different predictions" in \
+        result.output
+    assert OnnxBackend(out).contract["model"] == "mlp"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--format", "keras"], "--format must be one of onnx, torchscript"),
+    (["--exporter", "magic"], "--exporter must be one of auto, dynamo, torchscript"),
+    (["--format", "torchscript", "--exporter", "dynamo"], "for --format onnx only"),
+    (["--check-images", "0"], "--check-images must be at least 1"),
+])
+def test_export_cli_rejects_bad_options(mlp_run: Path, args: list[str], message: str) -> None:
+    result = runner.invoke(app, ["export", "--run", str(mlp_run), *args])
+    assert result.exit_code == 1
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_export_cli_missing_run(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["export", "--run", str(tmp_path / "nope")])
+    assert result.exit_code == 1
+    assert "no such run directory or weights file" in result.output
+
+
+def test_onnx_backend_refuses_files_that_are_not_digitlab_exports(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not a model")
+    with pytest.raises(BackendError, match="not a loadable ONNX model"):
+        OnnxBackend(garbage)
+    with pytest.raises(BackendError, match="no such ONNX file"):
+        OnnxBackend(tmp_path / "missing.onnx")
+    # A valid ONNX model without digitlab's contract (exported by hand, no metadata).
+    plain = tmp_path / "plain.onnx"
+    blob, _ = onnx_bytes(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)).eval(),
+                         exporter="torchscript")
+    plain.write_bytes(blob)
+    with pytest.raises(BackendError, match="no digitlab preprocessing contract"):
+        OnnxBackend(plain)
