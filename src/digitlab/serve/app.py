@@ -1,0 +1,258 @@
+"""The HTTP API and the drawing page: `create_app(recognizer)` builds the FastAPI app.
+
+The recognizer is loaded once, before the first request. Its work (decoding, preprocessing,
+the model) runs in worker threads behind a limiter, so the event loop keeps accepting and
+answering requests while digits are being read. A request a client got wrong is a 4xx with
+a JSON body {"error": ..., "detail": ...}; only a bug in digitlab is a 500, and even then
+the answer is JSON and the next request is served normally.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import warnings
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from functools import partial
+from importlib import resources
+from typing import Any
+
+import anyio
+import numpy as np
+from fastapi import FastAPI, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from PIL import Image
+from starlette.exceptions import HTTPException
+
+from digitlab import __version__
+from digitlab.api import Recognizer
+from digitlab.errors import DigitlabError, ImageError
+from digitlab.serve.docs import render_docs
+from digitlab.serve.upload import RequestProblem, image_bytes, read_body
+from digitlab.vision.decode import FORMATS, MAX_BYTES, MAX_PIXELS
+
+DEFAULT_MAX_BYTES = 5 * 2**20
+INTERNAL = "internal error in digitlab (see the server log)"
+STATIC_TYPES = {
+    "index.html": "text/html; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
+    "style.css": "text/css; charset=utf-8",
+}
+# The page loads nothing from anywhere else; the browser enforces it.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-cache",
+}
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-]+(:\d{1,5})?$|^https?://\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
+
+log = logging.getLogger("digitlab.serve")
+
+PREDICT_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "The image: a multipart upload in the field `file` (or `image`), or "
+        "the raw bytes of a PNG, JPEG, BMP, GIF, TIFF or WebP file.",
+        "content": {
+            "multipart/form-data": {"schema": {
+                "type": "object", "required": ["file"],
+                "properties": {"file": {"type": "string", "format": "binary"}}}},
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    },
+    "responses": {
+        "413": {"description": "The body is larger than the server's limit (--max-bytes), or "
+                "the image has too many pixels."},
+        "415": {"description": "Not an image, or not one of PNG, JPEG, BMP, GIF, TIFF, WebP."},
+        "422": {"description": "No digit found; an image that is truncated, corrupt or too "
+                "small; no `file` field; or bad parameters."},
+    },
+}
+
+
+def create_app(
+    recognizer: Recognizer | Callable[[], Recognizer],
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    cors_origin: str | None = None,
+    concurrency: int | None = None,
+) -> FastAPI:
+    """The app. `recognizer` may be a loaded Recognizer or a function that loads one at
+    start-up; `concurrency` bounds how many images are read at once (default: CPU count)."""
+    if not 0 < max_bytes <= MAX_BYTES:
+        raise DigitlabError(f"--max-bytes must be between 1 and the decoder's limit of "
+                            f"{MAX_BYTES:,}, got {max_bytes:,}")
+    threads = concurrency or os.cpu_count() or 1
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loaded = recognizer if isinstance(recognizer, Recognizer) else recognizer()
+        # One throw-away prediction, so the first visitor does not pay for lazy set-up.
+        await anyio.to_thread.run_sync(_warm_up, loaded)
+        app.state.recognizer = loaded
+        app.state.limiter = anyio.CapacityLimiter(threads)
+        yield
+
+    app = FastAPI(
+        title="digitlab", version=__version__, lifespan=lifespan,
+        description="Handwritten digit recognition: POST an image to /api/predict.",
+        # FastAPI's own /docs pulls Swagger UI from a CDN; digitlab serves its own page.
+        docs_url=None, redoc_url=None, openapi_url="/openapi.json",
+    )
+    if cors_origin is not None:
+        app.add_middleware(CORSMiddleware, allow_origins=[check_origin(cors_origin)],
+                           allow_methods=["GET", "POST"], allow_headers=["Content-Type"])
+    _add_error_handlers(app)
+    _add_api(app, max_bytes=max_bytes)
+    _add_pages(app)
+    return app
+
+
+def check_origin(origin: str) -> str:
+    """`*` or one origin like https://example.org:8443 (scheme, host, optional port)."""
+    if origin == "*" or _ORIGIN.match(origin):
+        return origin
+    raise DigitlabError(f"--cors takes '*' or an origin like https://example.org "
+                        f"(scheme://host[:port], no path); got {origin!r}")
+
+
+def _warm_up(recognizer: Recognizer) -> None:
+    stroke = np.zeros((28, 28), np.uint8)
+    stroke[6:22, 13:15] = 255
+    recognizer.predict(stroke)
+
+
+def _add_api(app: FastAPI, *, max_bytes: int) -> None:
+    @app.post("/api/predict", summary="Read the digit (or number) in an image",
+              openapi_extra=PREDICT_BODY, response_class=JSONResponse)
+    async def predict(
+        request: Request,
+        number: bool = Query(False, description="Read a whole number (several digits) "
+                             "instead of one digit."),
+        top_k: int = Query(3, ge=1, le=10, description="How many best guesses to list."),
+        include_input: bool = Query(False, description="Add `input_png`: the 28x28 image "
+                                    "the model saw, as a base64 PNG."),
+    ) -> JSONResponse:
+        """The answer `digitlab predict --json` prints for the image."""
+        body = await read_body(request, max_bytes=max_bytes)
+        data = image_bytes(body, request.headers.get("content-type"))
+        work = partial(_read, request.app.state.recognizer, data, top_k=top_k, number=number,
+                       include_input=include_input)
+        try:
+            blank, answer = await anyio.to_thread.run_sync(
+                work, limiter=request.app.state.limiter)
+        except RequestProblem:
+            raise
+        except Exception:
+            # Answered here rather than by the catch-all handler, which makes uvicorn drop
+            # the connection: a keep-alive client's next request must still go through.
+            log.exception("reading an uploaded image failed")
+            raise RequestProblem(500, INTERNAL) from None
+        if blank:
+            raise RequestProblem(422, "no digit found in the image", answer)
+        return JSONResponse(answer)
+
+    @app.get("/api/model", summary="The model: name, size, accuracy, how it was trained")
+    async def model(request: Request) -> dict[str, Any]:
+        return request.app.state.recognizer.info()
+
+    @app.get("/healthz", summary="Liveness: 200 once the model is loaded")
+    async def healthz(request: Request) -> dict[str, Any]:
+        return {"status": "ok", "model": request.app.state.recognizer.info().get("model")}
+
+
+def _read(recognizer: Recognizer, data: bytes, *, top_k: int, number: bool,
+          include_input: bool) -> tuple[bool, dict[str, Any]]:
+    check_header(data)
+    try:
+        prediction = recognizer.predict(data, top_k=top_k, number=number)
+    except ImageError as exc:
+        # The header was fine, so it is an image, but one that cannot be used (truncated,
+        # corrupt, a few pixels wide): the decoder's message says which.
+        raise RequestProblem(422, str(exc)) from None
+    return prediction.blank, prediction.to_json(include_input=include_input)
+
+
+def check_header(data: bytes) -> None:
+    """415 for what is not an image digitlab reads, 413 for too many pixels.
+
+    Only the header is parsed (microseconds), so the status a client gets depends on what
+    the file is, never on the wording of the decoder's messages.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(data), formats=FORMATS) as image:
+                width, height = image.size
+        except Image.UnidentifiedImageError:
+            raise RequestProblem(415, f"not an image digitlab reads ({', '.join(FORMATS)})",
+                                 {"accepted": list(FORMATS)}) from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise RequestProblem(413, "the image has too many pixels",
+                                 {"limit_pixels": MAX_PIXELS}) from None
+        except Exception:  # a damaged header: the decoder will explain it (422)
+            return
+    if width * height > MAX_PIXELS:
+        raise RequestProblem(413, f"the image is {width}x{height} pixels, more than the "
+                             f"{MAX_PIXELS:,} pixel limit", {"limit_pixels": MAX_PIXELS})
+
+
+def _add_pages(app: FastAPI) -> None:
+    # Read once at start-up: requests name one of these three files, never a path.
+    folder = resources.files("digitlab.serve") / "static"
+    static = {name: (folder / name).read_bytes() for name in STATIC_TYPES}
+    docs: list[str] = []
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> Response:
+        return Response(static["index.html"], media_type=STATIC_TYPES["index.html"],
+                        headers=PAGE_HEADERS)
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def asset(name: str) -> Response:
+        if name not in static:
+            raise HTTPException(404, f"no static file {name!r}")
+        return Response(static[name], media_type=STATIC_TYPES[name], headers=PAGE_HEADERS)
+
+    @app.get("/docs", include_in_schema=False)
+    async def api_docs() -> HTMLResponse:
+        if not docs:
+            docs.append(render_docs(app.openapi()))
+        return HTMLResponse(docs[0], headers=PAGE_HEADERS)
+
+
+def _error(status: int, error: str, detail: Any = None,
+           headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": error, "detail": jsonable_encoder(detail)}, status_code=status,
+                        headers=headers)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestProblem)
+    async def problem(request: Request, exc: RequestProblem) -> JSONResponse:
+        return _error(exc.status, exc.error, exc.detail,
+                      {"Connection": "close"} if exc.close else None)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameters(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"where": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg"),
+                   "got": e.get("input")} for e in exc.errors()]
+        summary = "; ".join(f"{e['where']}: {e['message']}" for e in errors)
+        return _error(422, f"bad parameters: {summary}", errors)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), None, getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def bug(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return _error(500, INTERNAL, type(exc).__name__)

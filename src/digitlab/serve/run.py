@@ -1,0 +1,134 @@
+"""`digitlab serve`: check the settings, bind the socket, start uvicorn with one or more workers.
+
+Everything a user can get wrong (the run, the port, the origin) is checked here, before
+uvicorn starts, so it ends in one clear error line instead of a log of tracebacks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from digitlab.errors import DigitlabError
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+SETTINGS_ENV = "DIGITLAB_SERVE_SETTINGS"  # how the parent hands its settings to each worker
+
+
+@dataclass(frozen=True)
+class Settings:
+    run: str | None
+    max_bytes: int
+    cors_origin: str | None
+    concurrency: int
+
+
+def serve(
+    *,
+    run: Path | None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int = 1,
+    max_bytes: int,
+    cors_origin: str | None = None,
+    access_log: bool = True,
+    report: Callable[[str], None] = print,
+) -> None:
+    """Serve the drawing page and the API until Ctrl+C (or SIGTERM)."""
+    import uvicorn
+
+    from digitlab.api import Recognizer
+    from digitlab.serve.app import check_origin, create_app
+    from digitlab.vision.decode import MAX_BYTES
+
+    if workers < 1:
+        raise DigitlabError(f"--workers must be at least 1, got {workers}")
+    if not 0 <= port <= 65535:
+        raise DigitlabError(f"--port must be between 0 and 65535, got {port}")
+    if not 1024 <= max_bytes <= MAX_BYTES:
+        raise DigitlabError(f"--max-bytes must be between 1024 and {MAX_BYTES:,} (the image "
+                            f"decoder's own limit), got {max_bytes:,}")
+    if cors_origin is not None:
+        check_origin(cors_origin)
+    recognizer = Recognizer.load(run)  # a bad run fails here, before anything listens
+    settings = Settings(run=None if run is None else str(run), max_bytes=max_bytes,
+                        cors_origin=cors_origin, concurrency=_concurrency(workers))
+    sock = _listen(host, port)
+    info = recognizer.info()
+    report(f"digitlab serve: {_url(sock)}  (model {info['model']} from {info['source']}, "
+           f"{workers} worker{'s' * (workers > 1)}, uploads up to {max_bytes:,} bytes; "
+           "Ctrl+C stops it)")
+    options = {"log_level": "info", "access_log": access_log, "timeout_graceful_shutdown": 5}
+    if workers == 1:
+        _tune_torch()
+        app = create_app(recognizer, max_bytes=max_bytes, cors_origin=cors_origin,
+                         concurrency=settings.concurrency)
+        server = uvicorn.Server(uvicorn.Config(app, **options))  # type: ignore[arg-type]
+        # uvicorn re-raises the Ctrl+C it has already handled; stopping is the normal end.
+        with contextlib.suppress(KeyboardInterrupt):
+            server.run(sockets=[sock])
+        return
+    from uvicorn.supervisors import Multiprocess
+
+    del recognizer  # each worker loads its own copy
+    os.environ[SETTINGS_ENV] = json.dumps(asdict(settings))
+    config = uvicorn.Config("digitlab.serve.run:app_from_env", factory=True, workers=workers,
+                            **options)  # type: ignore[arg-type]
+    Multiprocess(config, sockets=[sock]).run()
+
+
+def app_from_env() -> FastAPI:
+    """The app factory each worker process calls; settings come from the parent."""
+    from digitlab.api import Recognizer
+    from digitlab.serve.app import create_app
+
+    settings = Settings(**json.loads(os.environ[SETTINGS_ENV]))
+    _tune_torch()
+    return create_app(partial(Recognizer.load, settings.run), max_bytes=settings.max_bytes,
+                      cors_origin=settings.cors_origin, concurrency=settings.concurrency)
+
+
+def _tune_torch() -> None:
+    import torch
+
+    # Each request is one 28x28 image: splitting its few matrix products across threads
+    # costs more than it saves, and the cores are better spent on concurrent requests.
+    torch.set_num_threads(1)
+
+
+def _concurrency(workers: int) -> int:
+    """Images read at once per worker: enough to keep every core busy, no more."""
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise DigitlabError(f"--host {host}: {exc.strerror}") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise DigitlabError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    # Listening now queues early connections until a worker has loaded its model.
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
