@@ -31,12 +31,7 @@ def register_model(name: str, description: str = "") -> Callable:
 
 def _load_families() -> None:
     # Importing a family module registers its models.
-    from digitlab.models import mlp  # noqa: F401
-
-    try:
-        from digitlab.models import cnn  # noqa: F401
-    except ImportError:
-        pass
+    from digitlab.models import cnn, mlp  # noqa: F401
 
 
 def list_models() -> list[str]:
