@@ -67,12 +67,12 @@ def serve(
     report(f"digitlab serve: {_url(sock)}  (model {info['model']} from {info['source']}, "
            f"{workers} worker{'s' * (workers > 1)}, uploads up to {max_bytes:,} bytes; "
            "Ctrl+C stops it)")
-    options = {"log_level": "info", "access_log": access_log, "timeout_graceful_shutdown": 5}
     if workers == 1:
         _tune_torch()
         app = create_app(recognizer, max_bytes=max_bytes, cors_origin=cors_origin,
                          concurrency=settings.concurrency)
-        server = uvicorn.Server(uvicorn.Config(app, **options))  # type: ignore[arg-type]
+        server = uvicorn.Server(uvicorn.Config(app, log_level="info", access_log=access_log,
+                                               timeout_graceful_shutdown=5))
         # uvicorn re-raises the Ctrl+C it has already handled; stopping is the normal end.
         with contextlib.suppress(KeyboardInterrupt):
             server.run(sockets=[sock])
@@ -82,7 +82,8 @@ def serve(
     del recognizer  # each worker loads its own copy
     os.environ[SETTINGS_ENV] = json.dumps(asdict(settings))
     config = uvicorn.Config("digitlab.serve.run:app_from_env", factory=True, workers=workers,
-                            **options)  # type: ignore[arg-type]
+                            log_level="info", access_log=access_log,
+                            timeout_graceful_shutdown=5)
     Multiprocess(config, sockets=[sock]).run()
 
 

@@ -4,6 +4,7 @@
 
 (() => {
   const SIZE = 280;            // logical canvas size; strokes are stored in these units
+  const SEND = 140;            // side of the PNG sent to the server
   const PEN = 20;              // marker width at SIZE: thick like MNIST's strokes after scaling
   const INK = "#111";
   const PAPER = "#fff";
@@ -170,7 +171,14 @@
   }
 
   function padBlob() {
-    return new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+    // The server's preprocessing costs grow with the pixel count, and a digit needs far
+    // fewer pixels than a high-DPI pad has: send a fixed, modest size.
+    const small = document.createElement("canvas");
+    small.width = small.height = SEND;
+    const c = small.getContext("2d");
+    c.imageSmoothingQuality = "high";
+    c.drawImage(canvas, 0, 0, SEND, SEND);
+    return new Promise((resolve) => small.toBlob(resolve, "image/png"));
   }
 
   async function predict() {

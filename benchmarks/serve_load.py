@@ -1,0 +1,292 @@
+"""Load test for `digitlab serve`: a bounded number of single-digit requests, then figures.
+
+    .venv/bin/python benchmarks/serve_load.py                       # 2,000 requests, 32 clients
+    .venv/bin/python benchmarks/serve_load.py --workers 2
+    .venv/bin/python benchmarks/serve_load.py --rate 200            # open loop: 200 requests/s
+    .venv/bin/python benchmarks/serve_load.py --url http://127.0.0.1:8000 --pid 1234
+
+Starts `digitlab serve` on a free port of 127.0.0.1 (or targets --url, which must be on
+this machine), warms it up, then sends --requests POSTs of real MNIST test digits drawn the
+way the page sends them (dark ink on white, a 140x140 PNG) from --concurrency clients, each
+on one keep-alive connection. It stops by itself after the last request or --max-seconds.
+
+Closed loop (default): each client sends its next request as soon as the answer arrives, so
+latency includes the queue that 32 eager clients build. Open loop (--rate): requests are
+due at fixed times whatever the server does, and latency counts from when each was due.
+
+Prints requests/s, p50/p95/p99/max latency, errors, how many answers were right, and the
+resident memory (VmRSS from /proc) of the server and its workers before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+from PIL import Image
+
+from digitlab.data.loader import load_split
+from digitlab.data.sources import default_root, fetch
+
+LOCAL = ("127.0.0.1", "localhost", "::1")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", help="Server to target (default: start digitlab serve).")
+    parser.add_argument("--pid", type=int, help="With --url: the server's pid, for its memory.")
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rate", type=float, help="Open loop: requests per second in all.")
+    parser.add_argument("--workers", type=int, default=1, help="digitlab serve --workers.")
+    parser.add_argument("--run", help="digitlab serve --run (default: the shipped model).")
+    parser.add_argument("--size", type=int, default=140,
+                        help="Side of each PNG, in pixels (the page sends 140x140).")
+    parser.add_argument("--warmup", type=int, default=200, help="Unmeasured requests first.")
+    parser.add_argument("--max-seconds", type=float, default=180.0, help="Hard time cap.")
+    parser.add_argument("--json", action="store_true", help="Also print the figures as JSON.")
+    args = parser.parse_args()
+    if not 1 <= args.requests <= 100_000 or not 1 <= args.concurrency <= 512:
+        parser.error("--requests must be 1..100000 and --concurrency 1..512")
+
+    bodies, labels = digit_pngs(args.size)
+    server = None
+    if args.url:
+        host = urlsplit(args.url).hostname
+        if host not in LOCAL:
+            parser.error("--url must point at this machine (127.0.0.1, localhost or ::1)")
+        url, pid = args.url.rstrip("/"), args.pid
+    else:
+        server, url = start_server(args.workers, args.run)
+        pid = server.pid
+    try:
+        figures = asyncio.run(measure(url, pid, bodies, labels, args))
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(30)
+    print(report(figures, args, url))
+    if args.json:
+        print(json.dumps(figures))
+
+
+def digit_pngs(size: int, count: int = 500) -> tuple[list[bytes], list[int]]:
+    """The first `count` MNIST test digits as dark-on-white PNGs of size x size pixels."""
+    root = default_root()
+    fetch("mnist", root=root)
+    split = load_split("mnist", root, "test")
+    bodies = []
+    for image in split.images[:count]:
+        buf = io.BytesIO()
+        Image.fromarray(255 - image).resize((size, size), Image.BILINEAR).save(buf, "PNG")
+        bodies.append(buf.getvalue())
+    return bodies, [int(v) for v in split.labels[:count]]
+
+
+def start_server(workers: int, run: str | None) -> tuple[subprocess.Popen[str], str]:
+    cmd = [sys.executable, "-m", "digitlab", "serve", "--port", "0", "--no-access-log",
+           "--workers", str(workers)] + (["--run", run] if run else [])
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    found = re.search(r"http://127\.0\.0\.1:\d+", line)
+    if not found:
+        proc.kill()
+        sys.exit(f"digitlab serve did not start: {line.strip()}")
+    return proc, found.group(0)
+
+
+# --- a minimal HTTP/1.1 client: the load generator shares the two cores with the server,
+# so it must cost as little CPU per request as possible -----------------------------------
+
+
+class Connection:
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: image/png\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        self.writer.write(head + body)
+        status_line = await self.reader.readuntil(b"\r\n")
+        length, close = 0, False
+        while (line := await self.reader.readuntil(b"\r\n")) != b"\r\n":
+            name, _, value = line.decode("latin-1").partition(":")
+            if name.lower() == "content-length":
+                length = int(value)
+            elif name.lower() == "connection" and "close" in value.lower():
+                close = True
+        payload = await self.reader.readexactly(length)
+        if close:
+            await self.close()
+        return int(status_line.split()[1]), payload
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+async def measure(url: str, pid: int | None, bodies: list[bytes], labels: list[int],
+                  args: argparse.Namespace) -> dict:
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    await wait_ready(host, port, args.max_seconds)
+    await run_load(host, port, bodies, labels, args.warmup, min(args.concurrency, 8), None,
+                   args.max_seconds)
+    rss_before = rss_mib(pid)
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    result = await run_load(host, port, bodies, labels, args.requests, args.concurrency,
+                            args.rate, args.max_seconds)
+    wall = time.perf_counter() - started
+    lat = np.array(result["latencies"]) * 1000
+    done = len(lat)
+    return {
+        "requests": done, "wanted": args.requests, "concurrency": args.concurrency,
+        "rate": args.rate, "workers": None if args.url else args.workers,
+        "seconds": round(wall, 3), "requests_per_s": round(done / wall, 1),
+        "p50_ms": pct(lat, 50), "p95_ms": pct(lat, 95), "p99_ms": pct(lat, 99),
+        "max_ms": round(float(lat.max()), 2) if done else None,
+        "errors": result["errors"], "error_kinds": result["kinds"],
+        "right": result["right"], "timed_out": result["timed_out"],
+        "rss_before_mib": rss_before, "rss_after_mib": rss_mib(pid),
+        "load_before": [round(v, 2) for v in load_before], "cpus": os.cpu_count(),
+    }
+
+
+def pct(values: np.ndarray, q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 2) if len(values) else None
+
+
+async def wait_ready(host: str, port: int, limit: float) -> None:
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+                         .encode())
+            if (await reader.read(12)).endswith(b"200"):
+                writer.close()
+                return
+            writer.close()
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            sys.exit("the server did not become ready")
+        await asyncio.sleep(0.2)
+
+
+async def run_load(host: str, port: int, bodies: list[bytes], labels: list[int], total: int,
+                   clients: int, rate: float | None, limit: float) -> dict:
+    state = {"next": 0, "latencies": [], "errors": 0, "kinds": {}, "right": 0,
+             "timed_out": False}
+    start = time.perf_counter()
+    path = "/api/predict?top_k=1"
+
+    async def client(k: int) -> None:
+        conn = Connection(host, port)
+        try:
+            while state["next"] < total:
+                i = state["next"]
+                state["next"] += 1
+                due = time.perf_counter()
+                if rate:
+                    due = start + i / rate
+                    await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                try:
+                    status, payload = await conn.post(path, bodies[i % len(bodies)])
+                except (OSError, asyncio.IncompleteReadError) as exc:
+                    await conn.close()
+                    count_error(state, type(exc).__name__)
+                    continue
+                state["latencies"].append(time.perf_counter() - due)
+                if status != 200:
+                    count_error(state, str(status))
+                elif json.loads(payload)["digit"] == labels[i % len(labels)]:
+                    state["right"] += 1
+        finally:
+            await conn.close()
+
+    tasks = [asyncio.create_task(client(k)) for k in range(clients)]
+    done, pending = await asyncio.wait(tasks, timeout=limit)
+    for task in pending:
+        task.cancel()
+    state["timed_out"] = bool(pending)
+    for task in done:
+        task.result()
+    return state
+
+
+def count_error(state: dict, kind: str) -> None:
+    state["errors"] += 1
+    state["kinds"][kind] = state["kinds"].get(kind, 0) + 1
+
+
+def rss_mib(pid: int | None) -> float | None:
+    """VmRSS of the server and every process below it (uvicorn's workers), in MiB."""
+    if pid is None:
+        return None
+    total_kib = 0
+    for p in [pid, *descendants(pid)]:
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+        except OSError:
+            continue
+        found = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
+        total_kib += int(found.group(1)) if found else 0
+    return round(total_kib / 1024, 1)
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def report(f: dict, args: argparse.Namespace, url: str) -> str:
+    mode = f"open loop at {f['rate']:g} requests/s" if f["rate"] else "closed loop"
+    lines = [
+        f"target     {url}  ({'--workers ' + str(f['workers']) if f['workers'] else 'external'},"
+        f" {f['cpus']} CPUs, load average before {f['load_before'][0]:.2f})",
+        f"load       {f['requests']}/{f['wanted']} requests of {args.size}x{args.size} PNG "
+        f"digits, {f['concurrency']} clients, {mode}"
+        + ("  [STOPPED AT --max-seconds]" if f["timed_out"] else ""),
+        f"throughput {f['requests_per_s']:.1f} requests/s over {f['seconds']:.2f} s",
+        f"latency    p50 {f['p50_ms']} ms  p95 {f['p95_ms']} ms  p99 {f['p99_ms']} ms  "
+        f"max {f['max_ms']} ms",
+        f"errors     {f['errors']} {f['error_kinds'] or ''}".rstrip(),
+        f"answers    {f['right']}/{f['requests'] - f['errors']} right (MNIST labels)",
+        f"memory     server RSS {f['rss_before_mib']} MiB before, {f['rss_after_mib']} MiB after",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,384 @@
+"""The HTTP API against a real uvicorn on 127.0.0.1: answers, every error, CORS, the CLI."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+from PIL import Image
+from typer.testing import CliRunner
+
+from digitlab.api import Recognizer
+from digitlab.cli import app as cli_app
+from digitlab.serve.app import create_app
+
+LIMIT = 256 * 1024  # the test server's --max-bytes; small so 413s are cheap to provoke
+
+
+@contextmanager
+def running(app) -> Iterator[str]:
+    """A real uvicorn serving `app` on a free port of 127.0.0.1, in a thread."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        assert thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def recognizer() -> Recognizer:
+    return Recognizer.load()  # the model shipped with digitlab, as `digitlab serve` uses
+
+
+@pytest.fixture(scope="module")
+def url(recognizer) -> Iterator[str]:
+    with running(create_app(recognizer, max_bytes=LIMIT)) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def client(url) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=url, timeout=30) as c:
+        yield c
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def drawn(mnist_digit: np.ndarray, size: int = 140) -> bytes:
+    """An MNIST digit as the drawing page sends one: dark ink on white, 140x140."""
+    return png(np.asarray(Image.fromarray(255 - mnist_digit).resize((size, size),
+                                                                   Image.BILINEAR)))
+
+
+@pytest.fixture(scope="module")
+def digits(mnist_test_split) -> list[tuple[int, bytes]]:
+    return [(int(mnist_test_split.labels[i]), drawn(mnist_test_split.images[i]))
+            for i in range(10)]
+
+
+# --- answers ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_raw_png_gets_the_same_answer_as_the_python_api(client, recognizer, digits):
+    right = 0
+    for label, data in digits:
+        r = client.post("/api/predict", content=data, headers={"Content-Type": "image/png"})
+        assert r.status_code == 200, r.text
+        assert r.json() == recognizer.predict(data).to_json()
+        right += r.json()["digit"] == label
+    assert right >= 9  # the shipped model is ~99% accurate on MNIST
+
+
+@pytest.mark.slow
+def test_multipart_file_or_image_field_octet_stream_and_no_type_agree(client, digits):
+    _, data = digits[0]
+    answers = [
+        client.post("/api/predict", files={"file": ("a.png", data, "image/png")}),
+        client.post("/api/predict", files={"image": ("a.png", data, "application/x-whatever")}),
+        client.post("/api/predict", content=data,
+                    headers={"Content-Type": "application/octet-stream"}),
+        client.post("/api/predict", content=data, headers={"Content-Type": ""}),
+    ]
+    assert [a.status_code for a in answers] == [200] * 4
+    assert all(a.json() == answers[0].json() for a in answers)
+
+
+@pytest.mark.slow
+def test_top_k_and_the_input_the_model_saw(client, recognizer, digits):
+    _, data = digits[3]
+    r = client.post("/api/predict?top_k=5&include_input=true", content=data)
+    assert r.status_code == 200
+    body = r.json()
+    assert len(body["top_k"]) == 5
+    assert body["top_k"][0][0] == body["digit"]
+    seen = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["input_png"]))))
+    assert seen.shape == (28, 28)
+    assert np.array_equal(seen, recognizer.predict(data).model_input)
+    assert "input_png" not in client.post("/api/predict", content=data).json()
+
+
+@pytest.mark.slow
+def test_number_reads_the_digits_left_to_right(client, mnist_test_split):
+    images, labels = mnist_test_split.images, mnist_test_split.labels
+    picks = [int(np.flatnonzero(labels == d)[0]) for d in (4, 0, 7)]
+    row = np.zeros((28, 28 * 4), np.uint8)
+    for slot, i in enumerate(picks):
+        row[:, slot * 36: slot * 36 + 28] = images[i]
+    data = png(np.asarray(Image.fromarray(255 - row).resize((112 * 4, 112))))
+    r = client.post("/api/predict?number=true&include_input=true", content=data)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["number"] == "407"
+    assert [d["digit"] for d in body["digits"]] == [4, 0, 7]
+    assert all("input_png" in d for d in body["digits"])
+
+
+def test_model_info_and_health(client, recognizer):
+    info = client.get("/api/model").json()
+    assert info == json.loads(json.dumps(recognizer.info()))
+    assert info["model"] and info["parameters"] > 0
+    assert 0.9 < info["test_accuracy"] <= 1.0
+    assert client.get("/healthz").json() == {"status": "ok", "model": info["model"]}
+
+
+# --- errors: 4xx with a JSON body, and the server carries on ------------------------------
+
+
+def problem(r: httpx.Response, status: int, *fragments: str) -> dict:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error", "detail"}
+    for fragment in fragments:
+        assert fragment in body["error"], body
+    return body
+
+
+def fake_png(width: int, height: int) -> bytes:
+    """A PNG header that claims a huge picture, with no pixel data at all."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+def test_not_an_image_is_415(client):
+    problem(client.post("/api/predict", content=b"hello", headers={"Content-Type": "text/plain"}),
+            415, "text/plain")
+    problem(client.post("/api/predict", content=b"no picture in here"), 415, "not an image")
+    problem(client.post("/api/predict", files={"file": ("a.txt", b"words", "text/plain")}), 415)
+    problem(client.post("/api/predict", content=b"%PDF-1.4\n"), 415, "PNG, JPEG")
+
+
+def test_no_digit_and_unusable_images_are_422(client):
+    blank = problem(client.post("/api/predict?include_input=true",
+                                content=png(np.full((100, 100), 255, np.uint8))),
+                    422, "no digit")
+    assert blank["detail"]["blank"] is True
+    problem(client.post("/api/predict", content=b""), 422, "no image")
+    problem(client.post("/api/predict", content=png(np.zeros((2, 2), np.uint8))), 422, "2x2")
+    white = png(np.full((50, 50), 255, np.uint8))
+    problem(client.post("/api/predict", content=white[: len(white) // 2]), 422)
+    missing = problem(client.post("/api/predict", files={"picture": ("a.png", b"x")}), 422,
+                      "'file'")
+    assert missing["detail"] == {"fields": ["picture"]}
+
+
+@pytest.mark.parametrize("query", ["top_k=0", "top_k=11", "top_k=three", "number=maybe",
+                                   "include_input=2"])
+def test_bad_parameters_are_422(client, query):
+    body = problem(client.post(f"/api/predict?{query}", content=b"x"), 422, "bad parameters")
+    assert body["detail"][0]["where"].startswith("query.")
+
+
+def test_malformed_multipart_is_400(client):
+    problem(client.post("/api/predict", content=b"--x\r\nnonsense",
+                        headers={"Content-Type": "multipart/form-data"}), 400, "boundary")
+
+
+def test_too_many_pixels_is_413(client):
+    problem(client.post("/api/predict", content=fake_png(10_000, 5_000)), 413, "pixel limit")
+    problem(client.post("/api/predict", content=fake_png(20_000, 20_000)), 413, "pixel")
+
+
+def test_over_the_size_limit_is_413_and_the_connection_is_reused(client, digits):
+    body = problem(client.post("/api/predict", content=b"\0" * (2 * LIMIT)), 413, "256 KiB")
+    assert body["detail"] == {"limit_bytes": LIMIT}
+    assert client.post("/api/predict", content=digits[0][1]).status_code == 200
+
+
+def raw_request(url: str, head: str, body_chunks: list[bytes] = ()) -> tuple[int, dict]:
+    """Speak HTTP/1.1 by hand, for bodies no polite client would send."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(head.encode() + b"\r\n")
+        for chunk in body_chunks:
+            s.sendall(chunk)
+        reply = b""
+        while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+            data = s.recv(65536)
+            if not data:
+                break
+            reply += data
+    status = int(reply.split(b" ", 2)[1])
+    return status, json.loads(reply.split(b"\r\n\r\n", 1)[1])
+
+
+def test_a_huge_declared_body_is_refused_without_reading_it(url):
+    status, body = raw_request(url, "POST /api/predict HTTP/1.1\r\nHost: x\r\n"
+                                    "Content-Type: image/png\r\nContent-Length: 1000000000\r\n")
+    assert status == 413 and body["detail"] == {"limit_bytes": LIMIT}
+
+
+def test_a_streamed_body_is_counted_while_it_arrives(url):
+    chunk = b"\0" * 65536
+    chunks = [b"%x\r\n%s\r\n" % (len(chunk), chunk)] * (LIMIT // len(chunk) + 2) + [b"0\r\n\r\n"]
+    status, body = raw_request(url, "POST /api/predict HTTP/1.1\r\nHost: x\r\n"
+                                    "Content-Type: image/png\r\nTransfer-Encoding: chunked\r\n",
+                               chunks)
+    assert status == 413 and "limit" in body["error"]
+
+
+def test_unknown_paths_and_methods_are_json(client):
+    problem(client.get("/api/nothing"), 404)
+    problem(client.get("/api/predict"), 405)
+    problem(client.get("/static/../api.py"), 404)
+    problem(client.get("/static/api.py"), 404)
+
+
+def test_a_bug_is_a_json_500_and_the_next_request_is_fine(recognizer, digits):
+    calls = []
+
+    def broken_backend(images: np.ndarray) -> np.ndarray:
+        calls.append(len(images))
+        if len(calls) == 2:  # the start-up warm-up is call 1
+            raise RuntimeError("a bug in the model call")
+        return recognizer.backend(images)
+
+    broken = Recognizer(broken_backend, info=recognizer.info())
+    with running(create_app(broken)) as base, httpx.Client(base_url=base) as c:
+        problem(c.post("/api/predict", content=digits[0][1]), 500, "internal error")
+        assert c.post("/api/predict", content=digits[0][1]).status_code == 200
+
+
+def test_the_event_loop_answers_while_a_digit_is_being_read(recognizer, digits):
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_backend(images: np.ndarray) -> np.ndarray:
+        entered.set()
+        release.wait(30)
+        return recognizer.backend(images)
+
+    slow = Recognizer(slow_backend, info=recognizer.info())
+    release.set()  # let the start-up warm-up through
+    with running(create_app(slow, concurrency=1)) as base, httpx.Client(base_url=base) as c:
+        entered.clear()
+        release.clear()
+        result: dict[str, httpx.Response] = {}
+        thread = threading.Thread(target=lambda: result.update(
+            r=c.post("/api/predict", content=digits[0][1])))
+        thread.start()
+        assert entered.wait(30)
+        with httpx.Client(base_url=base) as other:  # while the model call is stuck
+            assert other.get("/healthz").status_code == 200
+            assert other.get("/api/model").status_code == 200
+        assert thread.is_alive()
+        release.set()
+        thread.join(30)
+        assert result["r"].status_code == 200
+
+
+# --- pages, docs, CORS ----------------------------------------------------------------------
+
+
+def test_page_and_assets_come_from_digitlab_itself(client):
+    page = client.get("/")
+    assert page.status_code == 200
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    refs = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert "/static/app.js" in refs and "/static/style.css" in refs
+    assert not [r for r in refs if "//" in r]  # nothing from another host
+    for ref in ("/static/app.js", "/static/style.css"):
+        assert client.get(ref).status_code == 200
+
+
+def test_openapi_schema_and_offline_docs(client):
+    schema = client.get("/openapi.json").json()
+    predict = schema["paths"]["/api/predict"]["post"]
+    assert {"multipart/form-data", "image/*"} <= set(predict["requestBody"]["content"])
+    assert {"413", "415", "422"} <= set(predict["responses"])
+    assert {"/api/model", "/healthz"} <= set(schema["paths"])
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "/api/predict" in docs.text and "top_k" in docs.text
+    assert not [r for r in re.findall(r'(?:src|href)="([^"]+)"', docs.text) if "//" in r]
+
+
+def test_cors_is_off_unless_asked_for(client, recognizer):
+    preflight = {"Origin": "https://example.org", "Access-Control-Request-Method": "POST"}
+    assert "access-control-allow-origin" not in client.options("/api/predict",
+                                                               headers=preflight).headers
+    assert "access-control-allow-origin" not in client.get(
+        "/healthz", headers={"Origin": "https://example.org"}).headers
+    app = create_app(recognizer, cors_origin="https://example.org")
+    with running(app) as base, httpx.Client(base_url=base) as c:
+        ok = c.options("/api/predict", headers=preflight)
+        assert ok.headers["access-control-allow-origin"] == "https://example.org"
+        other = c.get("/healthz", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
+
+
+# --- the command ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--cors", "example.org/path"], "--cors takes"),
+    (["--workers", "0"], "--workers must be at least 1"),
+    (["--port", "70000"], "--port must be between"),
+    (["--max-bytes", "10"], "--max-bytes must be between"),
+    (["--max-bytes", str(2**30)], "decoder's own limit"),
+    (["--run", "/nonexistent/run"], "/nonexistent/run"),
+])
+def test_serve_refuses_bad_options_in_one_line(args, message):
+    result = CliRunner().invoke(cli_app, ["serve", *args])
+    assert result.exit_code == 1
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_serve_refuses_a_busy_port():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = CliRunner().invoke(cli_app, ["serve", "--port", str(port)])
+    assert result.exit_code == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.output
+
+
+@pytest.mark.slow
+def test_digitlab_serve_with_two_workers_answers_and_stops_on_ctrl_c(digits):
+    proc = subprocess.Popen([sys.executable, "-m", "digitlab", "serve", "--port", "0",
+                             "--workers", "2", "--no-access-log"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        first = proc.stdout.readline()
+        base = re.search(r"http://127\.0\.0\.1:\d+", first).group(0)
+        with httpx.Client(base_url=base, timeout=60) as c:
+            # The socket is bound before the workers start; they answer once loaded.
+            for _, data in digits[:4]:
+                assert c.post("/api/predict", content=data).status_code == 200
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out
+    assert "Traceback" not in out
