@@ -167,6 +167,14 @@ def test_tiny_and_huge_digits(height: int, canvas: tuple[int, int], stroke: int)
     assert max(result.bbox[2] - result.bbox[0], result.bbox[3] - result.bbox[1]) >= height
 
 
+def test_box_of_a_huge_picture_is_in_input_pixels() -> None:
+    # 2100 px is reduced before cleaning; the box must still be in the caller's pixels.
+    result = to_mnist(draw("0", height=2000, canvas=(2100, 2100), stroke=150))
+    assert result.bbox is not None
+    expected = (50, 450, 2051, 1651)  # the ellipse's outline, drawn inside its box
+    assert all(abs(got - want) <= 4 for got, want in zip(result.bbox, expected, strict=True))
+
+
 @pytest.mark.parametrize(
     ("height", "stroke"),
     [(400, 1), (400, 2), (200, 20), (200, 60), (400, 140), (28, 2)],
@@ -219,13 +227,14 @@ def test_blank_paper_photo_with_gradient_noise_and_grain() -> None:
     assert to_mnist(np.clip(paper, 0, 1).astype(np.float32)).blank
 
 
-def test_uint8_and_rgb_inputs_are_accepted() -> None:
+def test_integer_rgb_and_0_255_inputs_are_accepted() -> None:
     grey = draw("1", stroke=20)
     expected = to_mnist(grey).image
     as_uint8 = np.round(grey * 255).astype(np.uint8)
     as_rgb = np.repeat(as_uint8[..., None], 3, axis=2)
-    assert mean_abs_diff(to_mnist(as_uint8).image, expected) < 1.0
-    assert mean_abs_diff(to_mnist(as_rgb).image, expected) < 1.0
+    as_uint16 = as_uint8.astype(np.uint16) * 257
+    for variant in (as_uint8, as_rgb, as_uint16, as_uint8[..., None], grey * 255.0):
+        assert mean_abs_diff(to_mnist(variant).image, expected) < 1.0
 
 
 def test_bad_arrays_raise_image_error() -> None:

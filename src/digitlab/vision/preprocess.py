@@ -47,12 +47,24 @@ class InkMap:
 
     soft: np.ndarray  # float32 [H, W], ink strength in [0, 1] with anti-aliased edges
     mask: np.ndarray  # bool [H, W], the kept strokes (specks removed)
-    scale: float  # input pixels per map pixel; > 1 when a huge input was reduced
+    input_shape: tuple[int, int]  # larger than [H, W] when a huge input was reduced
     blank: bool
 
     def bbox(self) -> BBox | None:
         """Bounding box of the kept ink in map pixels."""
         return mask_bbox(self.mask)
+
+    def to_input(self, box: BBox) -> BBox:
+        """A box in map pixels -> the same box in the input picture's pixels."""
+        sy = self.input_shape[0] / self.mask.shape[0]
+        sx = self.input_shape[1] / self.mask.shape[1]
+        y0, x0, y1, x1 = box
+        return (
+            int(y0 * sy),
+            int(x0 * sx),
+            min(self.input_shape[0], math.ceil(y1 * sy)),
+            min(self.input_shape[1], math.ceil(x1 * sx)),
+        )
 
 
 def to_mnist(grey: np.ndarray) -> Preprocessed:
@@ -65,7 +77,7 @@ def to_mnist(grey: np.ndarray) -> Preprocessed:
     redrawn = _normalise_stroke(_to_working(crop))
     # Strokes MNIST would accept are resampled once, straight from the input pixels.
     image = _paste_centred(_fit_box(crop if redrawn is None else redrawn))
-    return Preprocessed(_to_uint8(image), blank=False, bbox=_scale_box(box, ink.scale))
+    return Preprocessed(_to_uint8(image), blank=False, bbox=ink.to_input(box))
 
 
 def prepare_batch(images: Iterable[np.ndarray]) -> np.ndarray:
@@ -101,7 +113,8 @@ def from_mnist_like(arr: np.ndarray) -> Preprocessed:
 
 def ink_map(grey: np.ndarray) -> InkMap:
     """Find the ink: bright strokes on a clean black ground, whatever the input looked like."""
-    grey, scale = _limit_size(as_grey(grey), MAX_WORK_SIDE)
+    original = as_grey(grey)
+    grey = _limit_size(original, MAX_WORK_SIDE)
     dark = _dark_ink(grey)
     ink = 1.0 - grey if dark else grey
     background = _background(ink)
@@ -110,28 +123,44 @@ def ink_map(grey: np.ndarray) -> InkMap:
         # Light scales paper and ink alike, so in a shadow the contrast shrinks with the
         # paper's brightness; dividing by it makes shaded strokes as strong as lit ones.
         residual /= np.maximum(1.0 - background, 0.05)
-    return _threshold(residual, scale)
+    found = _threshold(residual)
+    if found is None:
+        empty = np.zeros(grey.shape, np.float32)
+        return InkMap(empty, empty.astype(bool), original.shape, blank=True)
+    soft, mask = found
+    return InkMap(soft, mask, (original.shape[0], original.shape[1]), blank=False)
 
 
 def as_grey(image: np.ndarray) -> np.ndarray:
-    """Accept float [0, 1] or uint8, grey or RGB(A); return float32 [H, W] in [0, 1]."""
+    """Grey [H, W], [H, W, 1] or RGB(A) [H, W, 3|4] -> float32 [H, W] in [0, 1].
+
+    Integers are scaled by their type's range; floats are taken as [0, 1] unless they
+    exceed 1, in which case they are taken as [0, 255].
+    """
     arr = np.asarray(image)
-    if arr.dtype == np.uint8:
-        arr = arr.astype(np.float32) / 255.0
-    arr = arr.astype(np.float32, copy=False)
-    if arr.ndim == 3 and arr.shape[2] in (3, 4):
+    shape = arr.shape
+    if np.issubdtype(arr.dtype, np.integer):
+        arr = arr.astype(np.float32) / np.float32(np.iinfo(arr.dtype).max)
+    else:
+        arr = np.nan_to_num(arr.astype(np.float32))
+        if arr.size and arr.max() > 1.0:
+            arr = arr / np.float32(255.0)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    elif arr.ndim == 3 and arr.shape[2] in (3, 4):
         arr = arr[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
     if arr.ndim != 2 or min(arr.shape) < 2:
-        raise ImageError(f"expected a grey image [H, W], got shape {np.asarray(image).shape}")
-    return np.clip(arr, 0.0, 1.0)
+        raise ImageError(f"expected a grey image [H, W], got shape {shape}")
+    return np.clip(arr, 0.0, 1.0).astype(np.float32, copy=False)
 
 
-def _limit_size(grey: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+def _limit_size(grey: np.ndarray, max_side: int) -> np.ndarray:
     scale = max(grey.shape) / max_side
     if scale <= 1.0:
-        return grey, 1.0
-    shape = (max(1, round(grey.shape[0] / scale)), max(1, round(grey.shape[1] / scale)))
-    return resize(grey, shape), grey.shape[0] / shape[0]
+        return grey
+    return resize(
+        grey, (max(1, round(grey.shape[0] / scale)), max(1, round(grey.shape[1] / scale)))
+    )
 
 
 def _dark_ink(grey: np.ndarray) -> bool:
@@ -183,29 +212,30 @@ def _lighting_plane(image: np.ndarray) -> np.ndarray:
     return (design @ coef).reshape(h, w).astype(np.float32)
 
 
-def _threshold(residual: np.ndarray, scale: float) -> InkMap:
+def _threshold(residual: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """Separate ink from paper noise with a half-contrast threshold.
 
     Otsu's method breaks down when ink is a tiny share of a photo (it splits the noise
     instead), so the noise level is measured (median absolute deviation), anything well
     above it is candidate ink, and the cut is halfway between paper and typical ink.
+    Returns the soft ink map and the mask of kept strokes; None when there is no ink.
     """
     paper = float(np.median(residual))
     noise = 1.4826 * float(np.median(np.abs(residual - paper)))
     floor = paper + max(5.0 * noise, MIN_CONTRAST / 2)
     candidates = residual[residual > floor]
     if candidates.size < 3:
-        return _blank_map(residual.shape, scale)
+        return None
     ink = float(np.percentile(candidates, 90))
     if ink - paper < MIN_CONTRAST:
-        return _blank_map(residual.shape, scale)
+        return None
     mask = _drop_specks(residual > max(floor, (paper + ink) / 2))
     if not _has_stroke(mask):
-        return _blank_map(residual.shape, scale)
+        return None
     soft = np.clip((residual - paper) / (ink - paper), 0.0, 1.0)
     # Keep the anti-aliased fringe of kept strokes only; the rest is paper noise.
     soft *= ndimage.maximum_filter(mask, size=5)
-    return InkMap(soft.astype(np.float32), mask, scale, blank=False)
+    return soft.astype(np.float32), mask
 
 
 def _drop_specks(mask: np.ndarray) -> np.ndarray:
@@ -226,10 +256,6 @@ def _has_stroke(mask: np.ndarray) -> bool:
         return False
     extent = max(box[2] - box[0], box[3] - box[1])
     return extent >= max(3.0, 0.02 * max(mask.shape))
-
-
-def _blank_map(shape: tuple[int, ...], scale: float) -> InkMap:
-    return InkMap(np.zeros(shape, np.float32), np.zeros(shape, bool), scale, blank=True)
 
 
 # --- geometry: crop, stroke width, 20-px box, centre of mass -----------------------------
@@ -385,16 +411,6 @@ def mask_bbox(mask: np.ndarray) -> BBox | None:
         return None
     cols = np.flatnonzero(mask.any(axis=0))
     return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
-
-
-def _scale_box(box: BBox, scale: float) -> BBox:
-    y0, x0, y1, x1 = box
-    return (
-        int(y0 * scale),
-        int(x0 * scale),
-        math.ceil(y1 * scale),
-        math.ceil(x1 * scale),
-    )
 
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:

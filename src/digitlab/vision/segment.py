@@ -185,9 +185,4 @@ def _cut_out(piece: _Piece, ink: InkMap, labels: np.ndarray) -> Digit | None:
     margin = max(2, round(MARGIN * crop.shape[0]))
     image = np.pad(crop, margin).astype(np.float32)
     found = (y0 + box[0], x0 + box[1], y0 + box[2], x0 + box[3])
-    return Digit(image, _to_input(found, ink.scale))
-
-
-def _to_input(box: BBox, scale: float) -> BBox:
-    y0, x0, y1, x1 = box
-    return (int(y0 * scale), int(x0 * scale), round(y1 * scale), round(x1 * scale))
+    return Digit(image, ink.to_input(found))
