@@ -273,3 +273,21 @@ def test_sweep_rejects_bad_options(args: list[str], message: str, tiny_space: Pa
     assert result.exit_code == 1, result.output
     assert message in result.output and "Traceback" not in result.output
 
+
+
+@pytest.mark.slow
+def test_timeout_stops_a_running_trial(tmp_path: Path, mnist_root: Path) -> None:
+    space = tmp_path / "two_epochs.toml"
+    space.write_text(TINY_SPACE.replace("low = 1\nhigh = 2", "low = 2\nhigh = 2"))
+    study_dir = tmp_path / "study"
+    result = runner.invoke(app, ["sweep", "--space", str(space), "--timeout", "0.01",
+                                 "--dir", str(study_dir), "--root", str(mnist_root),
+                                 *TINY_ARGS])
+    assert result.exit_code == 0, result.output
+    assert "trial   0  failed (--timeout reached during the trial)" in result.output
+    assert "0 finished trials (1 run by this process)" in result.output
+    study = optuna.load_study(study_name="two_epochs",
+                              storage=f"sqlite:///{study_dir / 'study.db'}")
+    (trial,) = study.trials
+    assert trial.state == TrialState.FAIL and trial.user_attrs["epochs_run"] == 1
+    assert not (study_dir / "best.toml").exists()

@@ -333,6 +333,25 @@ class _TrialConsole(Console):
         pass
 
 
+class _DataCache:
+    """Trials that share a dataset and normalisation share its tensors: loading and checking
+    MNIST again for every trial would cost a second or more each time."""
+
+    def __init__(self, *, root: Path | None, console: Console) -> None:
+        self.root, self.console = root, console
+        self.loaded: dict[tuple, Any] = {}
+
+    def get(self, cfg: TrainConfig) -> Any:
+        from digitlab.device import resolve_device
+        from digitlab.engine.train import load_data
+
+        device = resolve_device(cfg.device)
+        key = (cfg.dataset, cfg.normalize, cfg.limit_train, cfg.val_split, str(device))
+        if key not in self.loaded:
+            self.loaded[key] = load_data(cfg, self.root, device, self.console)
+        return self.loaded[key]
+
+
 @dataclass
 class SweepResult:
     study_dir: Path
@@ -426,7 +445,8 @@ def run_sweep(
     import optuna
     from optuna.trial import TrialState
 
-    from digitlab.engine.train import fit
+    from digitlab.engine.checkpoint import CHECKPOINT, PREVIOUS
+    from digitlab.engine.train import Interrupted, fit
 
     console = console or Console()
     if final not in FINALS:
@@ -449,7 +469,8 @@ def run_sweep(
     study_dir = study_dir if study_dir is not None else Path("sweeps") / name
     study_dir.mkdir(parents=True, exist_ok=True)
     url = storage_url(storage, study_dir)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Optuna logs a failed trial's traceback as a warning; the sweep's own line says why.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     store = open_storage(url)
     # A fresh sampler seeded only by --seed would replay the same first suggestions on
@@ -471,6 +492,7 @@ def run_sweep(
     worker = _worker_id()
     deadline = time.monotonic() + timeout if timeout else None
     trial_console = _TrialConsole()
+    data = _DataCache(root=root, console=trial_console)
     progress = _Progress(console, remaining)
     ran_here = 0
 
@@ -495,8 +517,20 @@ def run_sweep(
                 raise _OutOfTime("--timeout reached during the trial")
 
         progress.status(f"trial {trial.number}: starting")
-        result = fit(cfg, out=run, force=True, root=root, console=trial_console,
-                     on_epoch=on_epoch)
+        try:
+            result = fit(cfg, out=run, force=True, root=root, console=trial_console,
+                         on_epoch=on_epoch, preloaded=data.get(cfg))
+        except Interrupted:
+            # fit() turns Ctrl-C into a clean stop of its own; for the sweep it ends the study
+            trial.set_user_attr("error", "interrupted")
+            raise KeyboardInterrupt from None
+        except (DigitlabError, _OutOfTime) as exc:
+            trial.set_user_attr("error", str(exc))
+            raise
+        finally:
+            # A trial is never resumed: its weights and metrics are what the study needs.
+            for name in (CHECKPOINT, PREVIOUS):
+                (run / name).unlink(missing_ok=True)
         return float(result.metrics[-1]["val_accuracy"])
 
     def after_trial(study: Any, frozen: Any) -> None:
@@ -570,7 +604,7 @@ def _trial_line(study: Any, frozen: Any) -> str:
         what = (f"pruned    val {100 * last:.2f}% after epoch "
                 f"{frozen.user_attrs.get('epochs_run', '?')}")
     else:
-        what = "failed   "
+        what = f"failed ({frozen.user_attrs.get('error', 'see the log')})"
     return (f"trial {frozen.number:>3}  {what}  {seconds:6.1f}s  {best_text}  "
             f"{_short(frozen.params)}")
 
