@@ -529,8 +529,8 @@ def run_sweep(
             raise
         finally:
             # A trial is never resumed: its weights and metrics are what the study needs.
-            for name in (CHECKPOINT, PREVIOUS):
-                (run / name).unlink(missing_ok=True)
+            for leftover in (CHECKPOINT, PREVIOUS):
+                (run / leftover).unlink(missing_ok=True)
         return float(result.metrics[-1]["val_accuracy"])
 
     def after_trial(study: Any, frozen: Any) -> None:
