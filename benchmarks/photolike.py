@@ -41,22 +41,28 @@ def random_look(rng: np.random.Generator) -> Look:
         ink=np.clip(ink, 0, 1),
         blur=float(rng.uniform(0.0, 0.012)),
         noise=float(rng.uniform(0.003, 0.03)),
-        quality=int(rng.integers(QUALITY_RANGE[0], QUALITY_RANGE[1] + 1)),
+        quality=_quality(rng),
     )
 
 
-def photo(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One MNIST digit (uint8 [28, 28], white on black) as a uint8 RGB photo [H, W, 3]."""
-    height = int(rng.integers(HEIGHT_RANGE[0], HEIGHT_RANGE[1] + 1))
+def photo(digit: np.ndarray, rng: np.random.Generator, height: int | None = None) -> np.ndarray:
+    """One MNIST digit (uint8 [28, 28], white on black) as a uint8 RGB photo [H, W, 3].
+
+    The digit is `height` px tall, or a random 30-300 px.
+    """
+    if height is None:
+        height = int(rng.integers(HEIGHT_RANGE[0], HEIGHT_RANGE[1] + 1))
     ink = digit_alpha(digit, height)
-    canvas = _canvas_shape(ink.shape, rng, spare=(1.3, 2.5))
+    # People frame a digit roughly square, even a narrow 1.
+    framed = (ink.shape[0], max(ink.shape[1], int(0.75 * ink.shape[0])))
+    canvas = _canvas_shape(framed, rng, spare=(1.3, 2.5))
     alpha = _place(ink, canvas, rng)
     return _shoot(alpha, random_look(rng), height, rng)
 
 
 def photo_jpeg(digit: np.ndarray, rng: np.random.Generator) -> bytes:
     """`photo`, encoded as the JPEG file a phone would hand over."""
-    return to_jpeg(photo(digit, rng), int(rng.integers(QUALITY_RANGE[0], QUALITY_RANGE[1] + 1)))
+    return to_jpeg(photo(digit, rng), _quality(rng))
 
 
 def strip(digits: Sequence[np.ndarray], rng: np.random.Generator) -> np.ndarray:
@@ -68,6 +74,15 @@ def strip(digits: Sequence[np.ndarray], rng: np.random.Generator) -> np.ndarray:
     row = _row(inks, height, rng)
     alpha = _place(row, _canvas_shape(row.shape, rng, spare=(1.15, 1.6)), rng)
     return _shoot(alpha, random_look(rng), height, rng)
+
+
+def strip_jpeg(digits: Sequence[np.ndarray], rng: np.random.Generator) -> bytes:
+    """`strip`, encoded as a JPEG file."""
+    return to_jpeg(strip(digits, rng), _quality(rng))
+
+
+def _quality(rng: np.random.Generator) -> int:
+    return int(rng.integers(QUALITY_RANGE[0], QUALITY_RANGE[1] + 1))
 
 
 def digit_alpha(digit: np.ndarray, height: int) -> np.ndarray:

@@ -123,12 +123,12 @@ def ink_map(grey: np.ndarray) -> InkMap:
         # Light scales paper and ink alike, so in a shadow the contrast shrinks with the
         # paper's brightness; dividing by it makes shaded strokes as strong as lit ones.
         residual /= np.maximum(1.0 - background, 0.05)
+    shape = (original.shape[0], original.shape[1])
     found = _threshold(residual)
     if found is None:
         empty = np.zeros(grey.shape, np.float32)
-        return InkMap(empty, empty.astype(bool), original.shape, blank=True)
-    soft, mask = found
-    return InkMap(soft, mask, (original.shape[0], original.shape[1]), blank=False)
+        return InkMap(empty, empty.astype(bool), shape, blank=True)
+    return InkMap(found[0], found[1], shape, blank=False)
 
 
 def as_grey(image: np.ndarray) -> np.ndarray:
@@ -174,7 +174,7 @@ def _dark_ink(grey: np.ndarray) -> bool:
     size = _odd(0.6 * min(small.shape))
     paper = resize(ndimage.median_filter(small, size=size, mode="nearest"), grey.shape)
     residual = (grey - paper).ravel()
-    k = max(8, residual.size // 5000)
+    k = min(max(8, residual.size // 5000), residual.size // 4)
     brighter = np.partition(residual, residual.size - k)[residual.size - k]
     darker = -np.partition(residual, k)[k]
     return bool(darker > brighter)
