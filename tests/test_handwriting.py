@@ -1,5 +1,6 @@
-"""The handwriting augmentation: thickness, blur, contrast and small affine changes on whole
-batches, never a mirror image, background kept, reproducible from the seed."""
+"""The handwriting augmentation: thickness, blur and contrast changes on whole batches after
+the affine map, never a mirror image, background kept, reproducible from the seed, and
+hooked into training by the `robust` preset."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def test_dilate_and_erode_change_stroke_width_by_one_pixel_each_side():
 def test_each_change_keeps_shape_and_range_and_changes_some_images():
     torch.manual_seed(0)
     x = _ell(256)
-    for change in (hw.affine, hw.thickness, hw.blur, hw.contrast):
+    for change in (hw.thickness, hw.blur, hw.contrast):
         out = change(x)
         assert out.shape == x.shape and out.dtype == x.dtype
         assert out.min() >= 0 and out.max() <= 1 + 1e-6
@@ -48,10 +49,17 @@ def test_thickness_makes_some_strokes_thicker_and_some_thinner():
     assert (ink < before * 0.9).float().mean() > 0.05
 
 
+def _hook(normalize: str = "unit") -> hw.HandwritingAugment:
+    from digitlab.data.augment import Augment, AugmentSpec, background_value
+
+    geometry = Augment(AugmentSpec(rotate=10, translate=1.5, scale=0.1, shear=8),
+                       background=background_value(normalize))
+    return hw.HandwritingAugment(geometry, normalize=normalize)
+
+
 def test_never_mirrors_a_digit():
-    torch.manual_seed(2)
     x = _ell(512)
-    out = hw.augment_handwriting(x, normalize="unit")
+    out = _hook()(x, torch.Generator().manual_seed(2))
     mirror = x.flip(-1)
 
     def corr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -63,9 +71,8 @@ def test_never_mirrors_a_digit():
 
 
 def test_standard_normalisation_round_trips_and_background_stays_black():
-    torch.manual_seed(3)
     x = normalise((_ell(64) * 255).to(torch.uint8).squeeze(1), "standard")
-    out = hw.augment_handwriting(x, normalize="standard")
+    out = _hook("standard")(x, torch.Generator().manual_seed(3))
     background = -MNIST_MEAN / MNIST_STD
     corners = out[..., :2, :2]
     assert torch.allclose(corners, torch.full_like(corners, background), atol=1e-5)
@@ -74,12 +81,10 @@ def test_standard_normalisation_round_trips_and_background_stays_black():
 
 def test_same_seed_same_batch():
     x = _ell(32)
-    torch.manual_seed(7)
-    a = hw.augment_handwriting(x, normalize="unit")
-    torch.manual_seed(7)
-    b = hw.augment_handwriting(x, normalize="unit")
+    a = _hook()(x, torch.Generator().manual_seed(7))
+    b = _hook()(x, torch.Generator().manual_seed(7))
     assert torch.equal(a, b)
-    assert not torch.equal(a, hw.augment_handwriting(x, normalize="unit"))
+    assert not torch.equal(a, _hook()(x, torch.Generator().manual_seed(8)))
 
 
 @pytest.mark.slow
@@ -88,9 +93,32 @@ def test_real_digits_stay_recognisable_in_shape(mnist_test_split):
     torch.manual_seed(4)
     images = torch.from_numpy(np.array(mnist_test_split.images[:500]))
     x = normalise(images, "unit")
-    out = hw.augment_handwriting(x, normalize="unit")
+    out = _hook()(x, torch.Generator().manual_seed(4))
     ratio = out.flatten(1).sum(1) / x.flatten(1).sum(1)
-    assert float(ratio.min()) > 0.3 and float(ratio.max()) < 4.0
+    assert float(ratio.min()) > 0.2 and float(ratio.max()) < 4.0
     border = torch.cat([out[..., 0, :], out[..., -1, :], out[..., :, 0], out[..., :, -1]], -1)
     touching = (border.flatten(1).amax(1) > 0.5).float().mean()
-    assert float(touching) < 0.04  # MNIST itself: ~1%
+    assert float(touching) < 0.06  # MNIST itself: ~1%; the ink is cut off, not lost
+
+
+@pytest.mark.slow
+def test_robust_preset_trains_with_the_hook(mnist_root, tmp_path):
+    from digitlab.config import resolve
+    from digitlab.console import Console
+    from digitlab.engine.rundir import read_json
+    from digitlab.engine.train import Trainer, fit
+
+    cfg = resolve(preset="robust", flags={"epochs": 1, "limit_train": 512, "device": "cpu"})
+    assert cfg.handwriting_augment and cfg.aug_rotate > 0
+    trainer = Trainer(cfg, torch.device("cpu"))
+    assert isinstance(trainer.augment, hw.HandwritingAugment)
+    data = normalise(torch.from_numpy(np.array(_ell(16).squeeze(1) * 255, dtype=np.uint8)),
+                     cfg.normalize)
+    from digitlab.data.loader import DeviceData
+
+    shown = trainer.samples(DeviceData(data, torch.zeros(16, dtype=torch.long)))
+    assert not torch.equal(shown, data)  # the model sees changed digits
+    assert not resolve(preset="fast").handwriting_augment
+
+    run = fit(cfg, out=tmp_path / "run", root=mnist_root, console=Console(quiet=True)).run_dir
+    assert read_json(run / "config.json")["handwriting_augment"] is True

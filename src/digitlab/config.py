@@ -60,6 +60,9 @@ class TrainConfig:
     aug_scale: float = 0.0
     aug_shear: float = 0.0
     aug_elastic: float = 0.0
+    # Stroke thickness, blur and contrast changes for reading people's own handwriting
+    # (digitlab.data.handwriting), after the aug_* affine map.
+    handwriting_augment: bool = False
     ema: float = 0.0  # decay of the weights' moving average, evaluated and saved (0: off)
     amp: str = "none"  # none, auto (bf16/fp16 on CUDA, none on CPU), bf16, fp16
     channels_last: bool = True  # NHWC layout for convolutions (no effect on an MLP)
@@ -172,6 +175,30 @@ PRESETS: dict[str, dict[str, Any]] = {
         "aug_scale": 0.1,
         "aug_shear": 8.0,
         "ema": 0.999,
+        "amp": "auto",
+        "log_every": 0,
+    },
+    # The model shipped in the package (`make default-model`): reads photos and drawings
+    # after MNIST-style preprocessing. A lean CNN trained on digits with varied slant, size,
+    # stroke width, blur and ink contrast. See benchmarks/realworld.py.
+    "robust": {
+        "model": "cnn-fast",
+        "model_args": {},
+        "optimizer": "adam",
+        "lr": 5e-3,
+        "schedule": "onecycle",
+        "warmup": 0.2,
+        "epochs": 4,
+        "batch_size": 256,
+        "eval_batch_size": 2000,
+        "shuffle": True,
+        "normalize": "standard",
+        "label_smoothing": 0.05,
+        "aug_rotate": 10.0,
+        "aug_translate": 1.5,
+        "aug_scale": 0.1,
+        "aug_shear": 8.0,
+        "handwriting_augment": True,
         "amp": "auto",
         "log_every": 0,
     },

@@ -29,6 +29,7 @@ from digitlab.config import TrainConfig, differences, from_dict, resolve
 from digitlab.console import Console
 from digitlab.data import sources
 from digitlab.data.augment import Augment, background_value, step_seed
+from digitlab.data.handwriting import HandwritingAugment
 from digitlab.data.loader import DeviceData, batches, load_split, num_batches
 from digitlab.device import resolve_device
 from digitlab.engine import checkpoint, distributed, rundir
@@ -120,8 +121,10 @@ class Trainer:
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
         self.ema = EMA(self.model, cfg.ema) if cfg.ema else None
         spec = cfg.augment_spec()
-        self.augment = (Augment(spec, background=background_value(cfg.normalize))
-                        if spec.active else None)
+        self.augment: Augment | HandwritingAugment | None = (
+            Augment(spec, background=background_value(cfg.normalize)) if spec.active else None)
+        if cfg.handwriting_augment:
+            self.augment = HandwritingAugment(self.augment, normalize=cfg.normalize)
         self.augment_rng = torch.Generator(device=device)
         self.permutation_rng = torch.Generator().manual_seed(cfg.seed)
         # Position: completed epochs, batches done in the current one, optimizer steps.
