@@ -28,5 +28,15 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/mypy
 
+# The model shipped inside the package (src/digitlab/assets): the robust preset, measured on
+# MNIST and on the photo-like benchmark; the figures are stored beside the weights.
+default-model: $(STAMP)
+	$(PY) -m digitlab data fetch
+	$(PY) -m digitlab train --preset robust --device cpu --out runs/default-model --force
+	$(PY) benchmarks/realworld.py --run runs/default-model --singles 2000 --numbers 500 \
+		--json runs/default-model/realworld.json
+	$(PY) -m digitlab.default_model runs/default-model \
+		--benchmark runs/default-model/realworld.json
+
 clean-venv:
 	rm -rf $(VENV)

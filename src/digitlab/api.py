@@ -1,0 +1,363 @@
+"""digitlab from Python: load a model once, read digits and numbers from images.
+
+    from digitlab.api import Recognizer
+
+    recognizer = Recognizer.load()                  # the model shipped in the package
+    result = recognizer.predict("photo.jpg")        # or bytes, a PIL image, a numpy array
+    print(result.digit, result.confidence)
+    print(recognizer.predict("cheque.png", number=True).number)
+
+Every input takes the same path the CLI and the HTTP server use: decode (vision/decode.py),
+MNIST-style preprocessing (vision/preprocess.py), or segmentation into digits first for
+numbers (vision/segment.py), then one batched model call.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from digitlab.errors import ImageError, RunDirError
+
+# Below this probability an answer is flagged low_confidence. MNIST test digits the default
+# model gets right score above 0.9 in all but a few cases; the ones it gets wrong mostly fall
+# below 0.6, so the flag catches most mistakes while rarely crying wolf on good answers.
+LOW_CONFIDENCE = 0.6
+BATCH_SIZE = 256  # images per model call in predict_many
+
+DEFAULT_WEIGHTS = "default-model.safetensors"
+DEFAULT_CARD = "default-model.json"  # how the shipped model was trained, and its figures
+
+ImageInput = str | os.PathLike[str] | bytes | bytearray | Image.Image | np.ndarray
+
+
+@dataclass
+class DigitResult:
+    """One classified digit."""
+
+    digit: int
+    confidence: float
+    probabilities: list[float]
+    low_confidence: bool
+    model_input: np.ndarray = field(repr=False)  # uint8 [28, 28], what the model saw
+
+    def to_json(self, *, include_input: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "digit": self.digit, "confidence": _round(self.confidence),
+            "probabilities": [_round(p) for p in self.probabilities],
+            "low_confidence": self.low_confidence,
+        }
+        if include_input:
+            out["input_png"] = png_base64(self.model_input)
+        return out
+
+
+@dataclass
+class Prediction:
+    """The answer for one input image.
+
+    Single digit: digit, confidence, probabilities and top_k describe it; blank means no ink
+    was found (digit is then None). With number=True, `number` is the digits read left to
+    right and `digits` holds each one; the top-level digit fields are filled only when the
+    number has exactly one digit, confidence is the product of the digits' confidences (the
+    chance the whole number is right) and low_confidence is set when any digit is low.
+    A failed input has `error` set and nothing else.
+    """
+
+    path: str | None
+    digit: int | None
+    confidence: float | None
+    probabilities: list[float] | None
+    top_k: list[tuple[int, float]]
+    low_confidence: bool
+    blank: bool
+    number: str | None = None
+    digits: list[DigitResult] | None = None
+    error: str | None = None
+    model_input: np.ndarray | None = field(default=None, repr=False)
+
+    def to_json(self, *, include_input: bool = False) -> dict[str, Any]:
+        """The object `digitlab predict --json` prints for this input."""
+        out: dict[str, Any] = {
+            "path": self.path,
+            "digit": self.digit,
+            "confidence": None if self.confidence is None else _round(self.confidence),
+            "probabilities": (None if self.probabilities is None
+                              else [_round(p) for p in self.probabilities]),
+            "top_k": [[d, _round(p)] for d, p in self.top_k],
+            "low_confidence": self.low_confidence,
+            "blank": self.blank,
+        }
+        if self.digits is not None:
+            out["number"] = self.number
+            out["digits"] = [d.to_json(include_input=include_input) for d in self.digits]
+        if self.error is not None:
+            out["error"] = self.error
+        if include_input and self.model_input is not None:
+            out["input_png"] = png_base64(self.model_input)
+        return out
+
+
+def _round(p: float) -> float:
+    return round(float(p), 6)
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), mode="L").save(buf, "PNG")
+    return buf.getvalue()
+
+
+def png_base64(image: np.ndarray) -> str:
+    return base64.b64encode(png_bytes(image)).decode("ascii")
+
+
+# --- the model call ---------------------------------------------------------------------
+
+
+class TorchBackend:
+    """`backend(images) -> probabilities`: uint8 [N, 28, 28] -> float32 [N, classes].
+
+    The one place a model is called. Another backend (onnxruntime for exported files, see
+    digitlab.backends) is any object with the same call, `name` and `classes`."""
+
+    name = "torch"
+
+    def __init__(self, model: torch.nn.Module, *, normalize: str, classes: list[str],
+                 device: torch.device) -> None:
+        self.model = model.eval()
+        self.normalize = normalize
+        self.classes = classes
+        self.device = device
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        from digitlab.data.loader import normalise
+
+        x = normalise(torch.from_numpy(np.array(images, dtype=np.uint8)).to(self.device),
+                      self.normalize)
+        with torch.inference_mode():
+            return torch.softmax(self.model(x).float(), dim=1).cpu().numpy()
+
+
+# --- inputs -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Prepared:
+    """One input after preprocessing: the 28x28 images to classify (one, or one per digit)."""
+
+    path: str | None
+    inputs: list[np.ndarray]  # uint8 [28, 28] each; empty when blank
+    number: bool
+
+
+def _path_of(image: ImageInput) -> str | None:
+    return os.fspath(image) if isinstance(image, str | os.PathLike) else None
+
+
+def load_grey(image: ImageInput) -> np.ndarray:
+    """Any accepted input -> float32 grey [H, W] in [0, 1], decoded as the CLI decodes files.
+
+    PIL images and arrays go through the same decoder as files (as a lossless PNG), so
+    transparency, palettes and 16-bit data are treated alike whatever the input's form.
+    """
+    from digitlab.vision.decode import decode_image
+
+    if isinstance(image, str | os.PathLike | bytes | bytearray):
+        return decode_image(image)
+    if isinstance(image, np.ndarray):
+        image = _array_to_pil(image)
+    if isinstance(image, Image.Image):
+        buf = io.BytesIO()
+        try:
+            image.save(buf, format="PNG", compress_level=1)
+        except (OSError, ValueError) as exc:
+            raise ImageError(f"cannot use a PIL image of mode {image.mode}: {exc}") from None
+        return decode_image(buf.getvalue())
+    raise ImageError(f"cannot read an image from a {type(image).__name__}; pass a path, "
+                     "bytes, a PIL image or a numpy array")
+
+
+def _array_to_pil(array: np.ndarray) -> Image.Image:
+    """uint8/uint16 or float in [0, 1]; [H, W] grey or [H, W, 3|4] RGB(A)."""
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
+        raise ImageError(f"expected an array [H, W], [H, W, 3] or [H, W, 4], "
+                         f"got shape {list(array.shape)}")
+    if array.dtype == np.uint16 and array.ndim == 2:
+        return Image.fromarray(array, mode="I;16")
+    if array.dtype != np.uint8:
+        if not np.issubdtype(array.dtype, np.number):
+            raise ImageError(f"expected a numeric array, got dtype {array.dtype}")
+        values = np.nan_to_num(array.astype(np.float32))
+        if values.max(initial=0.0) > 1.0:
+            raise ImageError("float arrays must hold values in [0, 1] (or pass uint8 0..255)")
+        array = np.round(np.clip(values, 0.0, 1.0) * 255).astype(np.uint8)
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+def _prepare(image: ImageInput, *, number: bool) -> _Prepared:
+    from digitlab.vision.preprocess import from_mnist_like, looks_mnist_like, to_mnist
+
+    grey = load_grey(image)
+    path = _path_of(image)
+    if number:
+        from digitlab.vision.segment import segment_number
+
+        crops = [to_mnist(crop) for crop in segment_number(grey)]
+        return _Prepared(path, [c.image for c in crops if not c.blank], number=True)
+    # An image that already is a 28x28 MNIST digit (white on black, empty border) is fed
+    # as is: preprocessing it again could only move it away from what the model learnt.
+    pixels = np.round(grey * 255).astype(np.uint8)
+    done = from_mnist_like(pixels) if looks_mnist_like(pixels) else to_mnist(grey)
+    return _Prepared(path, [] if done.blank else [done.image], number=False)
+
+
+# --- the recognizer -----------------------------------------------------------------------
+
+
+class Recognizer:
+    """A loaded model plus the preprocessing in front of it. Load once, predict many times."""
+
+    def __init__(self, backend: Callable[[np.ndarray], np.ndarray], *,
+                 info: dict[str, Any]) -> None:
+        self.backend = backend
+        self._info = info
+
+    @classmethod
+    def load(cls, run: str | Path | None = None, *, device: str = "cpu") -> Recognizer:
+        """A run directory or weights file; None: the model shipped in the package."""
+        from digitlab.device import resolve_device
+        from digitlab.engine.rundir import CONFIG, load_model, read_json
+
+        dev = resolve_device(device)
+        if run is None:
+            with resources.as_file(resources.files("digitlab") / "assets") as assets:
+                weights = assets / DEFAULT_WEIGHTS
+                if not weights.is_file():
+                    raise RunDirError("the package's default model is missing "
+                                      f"({weights}); run `make default-model` or pass --run")
+                model, meta = load_model(weights, dev)
+                card = json.loads((assets / DEFAULT_CARD).read_text()) if (
+                    assets / DEFAULT_CARD).is_file() else {}
+            config, source = card.get("config", {}), "package default"
+        else:
+            path = Path(run)
+            model, meta = load_model(path, dev)
+            config = read_json(path / CONFIG) if (path / CONFIG).is_file() else {}
+            card, source = {}, str(path)
+        classes = [str(c) for c in meta.get("classes", range(10))]
+        backend = TorchBackend(model, normalize=meta.get("normalize", "unit"), classes=classes,
+                               device=dev)
+        info = {
+            "source": source,
+            "model": meta["model"],
+            "model_args": meta.get("model_args", {}),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "dataset": meta.get("dataset", "mnist"),
+            "classes": classes,
+            "normalize": meta.get("normalize", "unit"),
+            "test_accuracy": meta.get("test_accuracy"),
+            "epochs": meta.get("epoch"),
+            "preset": config.get("preset"),
+            "trained": config.get("started"),
+            "trained_with": {k: config.get(k) for k in ("digitlab_version", "torch_version",
+                                                        "device_used", "git_commit")
+                             if config.get(k) is not None},
+            "config": config or None,
+            "figures": card.get("figures"),
+            "command": card.get("command"),
+            "backend": backend.name,
+            "low_confidence_below": LOW_CONFIDENCE,
+        }
+        return cls(backend, info=info)
+
+    def info(self) -> dict[str, Any]:
+        """What the model is, how it was trained and how well it did."""
+        return dict(self._info)
+
+    def classify(self, images: np.ndarray) -> np.ndarray:
+        """uint8 [N, 28, 28] MNIST-style images -> probabilities float32 [N, classes]."""
+        if len(images) == 0:
+            return np.zeros((0, len(self._info["classes"])), np.float32)
+        return np.concatenate([np.asarray(self.backend(images[i : i + BATCH_SIZE]))
+                               for i in range(0, len(images), BATCH_SIZE)])
+
+    def predict(self, image: ImageInput, *, top_k: int = 3, number: bool = False
+                ) -> Prediction:
+        """Read one image; raises ImageError when it cannot be used."""
+        return self._answer([_prepare(image, number=number)], top_k=top_k)[0]
+
+    def predict_many(self, images: Sequence[ImageInput], *, top_k: int = 3,
+                     number: bool = False) -> list[Prediction]:
+        """Read many images in batched model calls; a bad input gets Prediction.error
+        instead of stopping the rest."""
+        prepared: list[_Prepared | Prediction] = []
+        for image in images:
+            try:
+                prepared.append(_prepare(image, number=number))
+            except ImageError as exc:
+                prepared.append(failed(_path_of(image), str(exc), number=number))
+        good = [p for p in prepared if isinstance(p, _Prepared)]
+        answers = iter(self._answer(good, top_k=top_k))
+        return [p if isinstance(p, Prediction) else next(answers) for p in prepared]
+
+    def _answer(self, prepared: list[_Prepared], *, top_k: int) -> list[Prediction]:
+        flat = [img for p in prepared for img in p.inputs]
+        probs = self.classify(np.stack(flat) if flat else np.zeros((0, 28, 28), np.uint8))
+        out, at = [], 0
+        for p in prepared:
+            rows = probs[at : at + len(p.inputs)]
+            at += len(p.inputs)
+            digits = [_digit(img, row) for img, row in zip(p.inputs, rows, strict=True)]
+            out.append(_prediction(p, digits, rows, top_k))
+        return out
+
+
+def _digit(image: np.ndarray, probs: np.ndarray) -> DigitResult:
+    best = int(probs.argmax())
+    return DigitResult(best, float(probs[best]), [float(v) for v in probs],
+                       low_confidence=bool(probs[best] < LOW_CONFIDENCE), model_input=image)
+
+
+def _prediction(p: _Prepared, digits: list[DigitResult], probs: np.ndarray,
+                top_k: int) -> Prediction:
+    blank = not digits
+    single = digits[0] if len(digits) == 1 else None
+    ranked = ([] if single is None else
+              [(int(d), float(probs[0][d])) for d in np.argsort(-probs[0], kind="stable")[:top_k]])
+    if p.number:
+        confidence = float(np.prod([d.confidence for d in digits])) if digits else None
+        model_input = (np.concatenate([d.model_input for d in digits], axis=1) if digits
+                       else np.zeros((28, 28), np.uint8))
+        return Prediction(
+            path=p.path, digit=single.digit if single else None, confidence=confidence,
+            probabilities=single.probabilities if single else None, top_k=ranked,
+            low_confidence=any(d.low_confidence for d in digits), blank=blank,
+            number="".join(str(d.digit) for d in digits) or None, digits=digits,
+            model_input=model_input,
+        )
+    if single is None:
+        return Prediction(p.path, None, None, None, [], low_confidence=False, blank=True,
+                          model_input=np.zeros((28, 28), np.uint8))
+    return Prediction(p.path, single.digit, single.confidence, single.probabilities, ranked,
+                      low_confidence=single.low_confidence, blank=False,
+                      model_input=single.model_input)
+
+
+def failed(path: str | None, error: str, *, number: bool = False) -> Prediction:
+    """The Prediction of an input that could not be read."""
+    return Prediction(path, None, None, None, [], low_confidence=False, blank=False,
+                      digits=[] if number else None, error=error)

@@ -1,0 +1,66 @@
+"""Install a trained run as the model shipped inside the package (`make default-model`).
+
+    python -m digitlab.default_model runs/default-model \
+        --benchmark runs/default-model/realworld.json
+
+copies the run's weights to src/digitlab/assets/default-model.safetensors and writes
+default-model.json beside them: how the model was trained (the run's config and the
+command) and its figures (MNIST test accuracy, the photo-like benchmark), which
+`Recognizer.info()` reports and the README quotes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from digitlab.api import DEFAULT_CARD, DEFAULT_WEIGHTS
+from digitlab.data.idx import atomic_write
+from digitlab.engine.rundir import CONFIG, WEIGHTS, read_json, read_weights
+
+ASSETS = Path(__file__).parent / "assets"
+COMMAND = "make default-model"
+MAX_BYTES = 4 * 2**20  # the wheel carries this file: keep the model compact
+
+
+def install(run: Path, *, benchmark: dict[str, Any] | None = None,
+            assets: Path = ASSETS) -> dict[str, Any]:
+    """Copy run's weights into assets and write the card; returns the card."""
+    _, meta = read_weights(run)
+    blob = (run / WEIGHTS).read_bytes()
+    if len(blob) > MAX_BYTES:
+        raise SystemExit(f"{run / WEIGHTS} is {len(blob) / 2**20:.1f} MiB; the shipped model "
+                         f"must stay under {MAX_BYTES / 2**20:.0f} MiB")
+    config = read_json(run / CONFIG)
+    card = {
+        "command": COMMAND,
+        "config": config,
+        "figures": {
+            "mnist_test_accuracy": meta.get("test_accuracy"),
+            "mnist_test_loss": meta.get("test_loss"),
+            **(benchmark or {}),
+        },
+        "weights_bytes": len(blob),
+    }
+    atomic_write(assets / DEFAULT_WEIGHTS, blob)
+    atomic_write(assets / DEFAULT_CARD, (json.dumps(card, indent=2, sort_keys=True) + "\n")
+                 .encode())
+    return card
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", type=Path, help="the trained run directory")
+    parser.add_argument("--benchmark", type=Path, default=None,
+                        help="JSON figures written by benchmarks/realworld.py --json")
+    args = parser.parse_args()
+    figures = json.loads(args.benchmark.read_text()) if args.benchmark else None
+    card = install(args.run, benchmark=figures)
+    print(f"installed {ASSETS / DEFAULT_WEIGHTS} ({card['weights_bytes']:,} bytes)")
+    print(json.dumps(card["figures"], indent=2))
+
+
+if __name__ == "__main__":
+    main()

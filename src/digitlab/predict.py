@@ -1,0 +1,181 @@
+"""`digitlab predict`: read digits (or whole numbers) from image files, directories, globs
+and stdin, one line per image, carrying on past images that cannot be read."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from digitlab.api import Prediction, Recognizer, failed, png_bytes
+from digitlab.data.idx import atomic_write
+from digitlab.errors import DigitlabError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+CHUNK = 64  # images preprocessed and classified together; output appears chunk by chunk
+STDIN = "-"
+
+
+@dataclass
+class Item:
+    """One thing to read: a file path, or stdin ('-'); error when it cannot even be listed."""
+
+    path: str
+    error: str | None = None
+
+
+def expand_inputs(args: list[str]) -> list[Item]:
+    """Files as given; a directory becomes the images directly inside it (sorted); a pattern
+    with * ? or [ is globbed (for shells that did not, and for quoted patterns)."""
+    items: list[Item] = []
+    for arg in args:
+        if arg == STDIN:
+            items.append(Item(STDIN))
+        elif os.path.isdir(arg):
+            items.extend(_directory(arg))
+        elif not os.path.exists(arg) and glob.has_magic(arg):
+            matches = sorted(glob.glob(arg, recursive=True))
+            if not matches:
+                items.append(Item(arg, f"no files match {arg!r}"))
+            for match in matches:
+                items.extend(_directory(match) if os.path.isdir(match) else [Item(match)])
+        else:
+            items.append(Item(arg))  # a missing file is reported when it is read
+    return items
+
+
+def _directory(folder: str) -> list[Item]:
+    found = sorted(
+        os.path.join(folder, name) for name in os.listdir(folder)
+        if name.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(os.path.join(folder, name))
+    )
+    if not found:
+        return [Item(folder, f"no images ({', '.join(IMAGE_SUFFIXES)}) in directory '{folder}'")]
+    return [Item(path) for path in found]
+
+
+def predict_files(
+    args: list[str],
+    *,
+    recognizer: Recognizer,
+    top_k: int = 3,
+    number: bool = False,
+    stdin: BinaryIO | None = None,
+) -> Iterator[Prediction]:
+    """Predictions in input order, batched CHUNK images at a time."""
+    items = expand_inputs(args)
+    for start in range(0, len(items), CHUNK):
+        chunk = items[start : start + CHUNK]
+        sources: list[str | bytes] = []
+        for item in chunk:
+            sources.append(_read_stdin(stdin) if item.path == STDIN else item.path)
+        readable = [(i, s) for i, (item, s) in enumerate(zip(chunk, sources, strict=True))
+                    if item.error is None]
+        answers = recognizer.predict_many([s for _, s in readable], top_k=top_k, number=number)
+        by_index = dict(zip((i for i, _ in readable), answers, strict=True))
+        for i, item in enumerate(chunk):
+            if item.error is not None:
+                yield failed(item.path, item.error, number=number)
+                continue
+            answer = by_index[i]
+            answer.path = item.path
+            if item.path == STDIN and answer.error:
+                answer.error = answer.error.replace("the image", "stdin", 1)
+            yield answer
+
+
+def _read_stdin(stdin: BinaryIO | None) -> bytes:
+    if stdin is None:
+        raise DigitlabError("'-' reads an image from stdin, but there is no stdin")
+    return stdin.read()
+
+
+def format_prediction(p: Prediction) -> str:
+    """One human-readable line (errors are written by the caller to stderr)."""
+    flag = "  [low confidence]" if p.low_confidence else ""
+    if p.digits is not None:
+        if p.blank:
+            return f"{p.path}: no digits found"
+        each = ", ".join(f"{d.digit} {100 * d.confidence:.1f}%"
+                         + (" (low)" if d.low_confidence else "") for d in p.digits)
+        return f"{p.path}: {p.number}  (digits: {each}){flag}"
+    if p.blank or p.digit is None or p.confidence is None:
+        return f"{p.path}: no digit found"
+    ranked = ", ".join(f"{d} {100 * q:.1f}%" for d, q in p.top_k)
+    return f"{p.path}: {p.digit}  ({100 * p.confidence:.1f}%)  top-{len(p.top_k)}: {ranked}{flag}"
+
+
+class InputSaver:
+    """--show-input: writes what the model saw as 28x28 PNGs named after each input."""
+
+    def __init__(self, folder: Path) -> None:
+        if folder.exists() and not folder.is_dir():
+            raise DigitlabError(f"--show-input {folder} exists and is not a directory")
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+        self.used: set[str] = set()
+
+    def _name(self, path: str | None, suffix: str = "") -> Path:
+        stem = "stdin" if path in (None, STDIN) else Path(path).stem or "image"
+        name, n = f"{stem}{suffix}", 2
+        while name in self.used:
+            name, n = f"{stem}{suffix}-{n}", n + 1
+        self.used.add(name)
+        return self.folder / f"{name}.png"
+
+    def save(self, p: Prediction) -> list[Path]:
+        if p.error is not None:
+            return []
+        if p.digits:  # one file per digit of a number: each is what the model saw
+            images = [(f"-{i}", d.model_input) for i, d in enumerate(p.digits)]
+        elif p.model_input is not None:
+            images = [("", p.model_input)]
+        else:
+            return []
+        written = []
+        for suffix, image in images:
+            target = self._name(p.path, suffix)
+            atomic_write(target, png_bytes(image))
+            written.append(target)
+        return written
+
+
+def run_predict(
+    args: list[str],
+    *,
+    run: Path | None = None,
+    device: str = "cpu",
+    as_json: bool = False,
+    top_k: int = 3,
+    number: bool = False,
+    show_input: Path | None = None,
+    stdin: BinaryIO | None = None,
+    out: Callable[[str], None],
+    err: Callable[[str], None],
+) -> int:
+    """The whole command; returns how many inputs failed."""
+    if not 1 <= top_k <= 10:
+        raise DigitlabError(f"--top-k must be between 1 and 10, got {top_k}")
+    if sum(a == STDIN for a in args) > 1:
+        raise DigitlabError("'-' (stdin) can be given only once")
+    recognizer = Recognizer.load(run, device=device)
+    saver = InputSaver(show_input) if show_input is not None else None
+    failures = 0
+    for p in predict_files(args, recognizer=recognizer, top_k=top_k, number=number,
+                           stdin=stdin):
+        if p.error is not None:
+            failures += 1
+            err(f"{p.path}: error: {p.error}")
+        if saver is not None:
+            saver.save(p)
+        if as_json:
+            out(json.dumps(p.to_json()))
+        elif p.error is None:
+            out(format_prediction(p))
+    if saver is not None and not as_json:
+        err(f"model inputs saved in {show_input}")
+    return failures
