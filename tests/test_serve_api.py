@@ -212,7 +212,8 @@ def test_too_many_pixels_is_413(client):
 
 
 def test_over_the_size_limit_is_413_and_the_connection_is_reused(client, digits):
-    body = problem(client.post("/api/predict", content=b"\0" * (2 * LIMIT)), 413, "256 KiB")
+    body = problem(client.post("/api/predict", content=b"\0" * (2 * LIMIT)), 413,
+                   "262,144 bytes")
     assert body["detail"] == {"limit_bytes": LIMIT}
     assert client.post("/api/predict", content=digits[0][1]).status_code == 200
 

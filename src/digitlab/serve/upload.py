@@ -158,4 +158,4 @@ def _text(value: bytes | None) -> str | None:
 
 
 def _size(n: int) -> str:
-    return f"{n / 2**20:g} MiB" if n >= 2**20 else f"{n / 2**10:g} KiB"
+    return f"{n / 2**20:.3g} MiB ({n:,} bytes)" if n >= 2**20 else f"{n:,} bytes"
