@@ -147,7 +147,8 @@ def mnist_drawing(images: np.ndarray, indices: list[int], path: Path) -> Path:
     return path
 
 
-def test_upload_by_keyboard_and_whole_number_mode(open_page, mnist_test_split, tmp_path):
+def test_upload_by_keyboard_whole_number_mode_and_drag_and_drop(open_page, mnist_test_split,
+                                                                 tmp_path):
     images, labels = mnist_test_split.images, mnist_test_split.labels
     first = {d: int(np.flatnonzero(labels == d)[0]) for d in range(10)}
     page = open_page(viewport={"width": 1000, "height": 800})
@@ -168,6 +169,17 @@ def test_upload_by_keyboard_and_whole_number_mode(open_page, mnist_test_split, t
     shown(page, "258")
     assert "3 digits" in page.locator("#status").inner_text()
     page.screenshot(path=str(ARTIFACTS / "serve-number.png"), full_page=True)
+
+    page.keyboard.press("n")  # back to one digit, and a file dropped onto the pad
+    seven = mnist_drawing(images, [first[7]], tmp_path / "seven.png").read_bytes()
+    page.evaluate("""bytes => {
+        const file = new File([new Uint8Array(bytes)], 'seven.png', {type: 'image/png'});
+        const drop = new DataTransfer();
+        drop.items.add(file);
+        document.getElementById('dropzone').dispatchEvent(
+            new DragEvent('drop', {dataTransfer: drop, bubbles: true, cancelable: true}));
+    }""", list(seven))
+    shown(page, "7")
 
 
 def test_phone_screen_touch_drawing_and_a_lost_server(open_page):

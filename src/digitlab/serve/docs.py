@@ -9,6 +9,7 @@ full machine-readable schema stays at /openapi.json for tools that want it.
 
 from __future__ import annotations
 
+import json
 from html import escape
 from typing import Any
 
@@ -50,7 +51,7 @@ def _operation(path: str, method: str, op: dict[str, Any]) -> str:
     rows = "".join(
         f"<tr><td><code>{escape(p['name'])}</code></td><td>{escape(p.get('in', ''))}</td>"
         f"<td>{escape(_type(p.get('schema', {})))}</td>"
-        f"<td>{escape(str(p.get('schema', {}).get('default', '')))}</td>"
+        f"<td>{escape(_default(p.get('schema', {})))}</td>"
         f"<td>{escape(p.get('description', ''))}</td></tr>"
         for p in params
     )
@@ -63,7 +64,7 @@ def _operation(path: str, method: str, op: dict[str, Any]) -> str:
         body_html = f"<p>Body ({kinds}): {escape(body.get('description', ''))}</p>"
     responses = "".join(
         f"<li><code>{escape(code)}</code> {escape(r.get('description', ''))}</li>"
-        for code, r in op.get("responses", {}).items()
+        for code, r in sorted(op.get("responses", {}).items())
     )
     example = _example(path, method, body is not None)
     return f"""<section>
@@ -74,6 +75,10 @@ def _operation(path: str, method: str, op: dict[str, Any]) -> str:
 <pre><code>{escape(example)}</code></pre>
 </section>
 """
+
+
+def _default(schema: dict[str, Any]) -> str:
+    return json.dumps(schema["default"]) if "default" in schema else ""
 
 
 def _type(schema: dict[str, Any]) -> str:
