@@ -205,3 +205,109 @@ def test_onnx_backend_refuses_files_that_are_not_digitlab_exports(tmp_path: Path
     plain.write_bytes(blob)
     with pytest.raises(BackendError, match="no digitlab preprocessing contract"):
         OnnxBackend(plain)
+
+
+# --- inference through onnxruntime: the Python API, predict and serve ---------------------
+
+
+@pytest.fixture()
+def exported(mlp_run: Path, mnist_root: Path) -> Path:
+    """mlp_run with model.onnx beside its weights, as `digitlab export --run RUN` leaves it."""
+    export_model(run=mlp_run, fmt="onnx", root=mnist_root, exporter="torchscript",
+                 check_count=50)
+    return mlp_run / "model.onnx"
+
+
+@pytest.mark.slow
+def test_recognizer_on_onnxruntime_answers_as_on_torch(mlp_run: Path, exported: Path,
+                                                       mnist_test_split) -> None:
+    from digitlab.api import Recognizer
+
+    torch_side = Recognizer.load(mlp_run)
+    images = [np.array(mnist_test_split.images[i]) for i in range(8)]
+    want = torch_side.predict_many(images)
+    for recognizer in (Recognizer.load(exported), Recognizer.load(mlp_run,
+                                                                  backend="onnxruntime")):
+        info = recognizer.info()
+        assert info["backend"] == "onnxruntime" and info["source"] == str(exported)
+        assert info["model"] == "mlp" and info["normalize"] == "standard"
+        assert info["parameters"] == torch_side.info()["parameters"]
+        got = recognizer.predict_many(images)
+        assert [p.digit for p in got] == [p.digit for p in want]
+        np.testing.assert_allclose([p.probabilities for p in got],
+                                   [p.probabilities for p in want], atol=1e-5)
+
+
+def test_recognizer_backend_errors(mlp_run: Path, tmp_path: Path) -> None:
+    from digitlab.api import Recognizer
+    from digitlab.errors import DigitlabError
+
+    with pytest.raises(DigitlabError, match="no model.onnx in .*digitlab export --run"):
+        Recognizer.load(mlp_run, backend="onnxruntime")
+    with pytest.raises(DigitlabError, match="needs an exported model"):
+        Recognizer.load(None, backend="onnxruntime")
+    with pytest.raises(DigitlabError, match="runs ONNX files; export"):
+        Recognizer.load(mlp_run / WEIGHTS, backend="onnxruntime")
+    with pytest.raises(DigitlabError, match="--backend must be one of torch, onnxruntime"):
+        Recognizer.load(mlp_run, backend="tensorrt")
+    fake = tmp_path / "x.onnx"
+    fake.write_bytes(b"nope")
+    with pytest.raises(DigitlabError, match="is an ONNX export: use --backend onnxruntime"):
+        Recognizer.load(fake, backend="torch")
+
+
+@pytest.mark.slow
+def test_predict_cli_with_onnxruntime(mlp_run: Path, exported: Path, mnist_test_split,
+                                      tmp_path: Path) -> None:
+    from PIL import Image
+
+    from digitlab.api import Recognizer
+
+    image = tmp_path / "digit.png"
+    Image.fromarray(np.array(mnist_test_split.images[0])).save(image)
+    want = Recognizer.load(mlp_run).predict(image).to_json()
+    for args in (["--run", str(exported)], ["--run", str(mlp_run), "--backend", "onnxruntime"]):
+        result = runner.invoke(app, ["predict", str(image), "--json", *args])
+        assert result.exit_code == 0, result.output
+        got = json.loads(result.output)
+        assert got["digit"] == want["digit"] and got["path"] == str(image)
+        np.testing.assert_allclose(got["probabilities"], want["probabilities"], atol=1e-5)
+    result = runner.invoke(app, ["predict", str(image), "--run", str(exported), "--backend",
+                                 "torch"])
+    assert result.exit_code == 1 and "use --backend onnxruntime" in result.output
+
+
+@pytest.mark.slow
+def test_serve_with_onnxruntime(mlp_run: Path, exported: Path, mnist_test_split,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+    import io
+
+    import httpx
+    from PIL import Image
+
+    from digitlab.api import Recognizer
+    from digitlab.serve.run import SETTINGS_ENV, Settings, app_from_env
+    from test_serve_api import running
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.array(mnist_test_split.images[0])).save(buffer, "PNG")
+    want = Recognizer.load(mlp_run).predict(buffer.getvalue()).to_json()
+    # The app each worker of `digitlab serve --backend onnxruntime --workers N` builds.
+    settings = Settings(run=str(mlp_run), backend="onnxruntime", max_bytes=1 << 20,
+                        cors_origin=None, concurrency=1)
+    monkeypatch.setenv(SETTINGS_ENV, json.dumps(dataclasses.asdict(settings)))
+    with running(app_from_env()) as base, httpx.Client(base_url=base, timeout=30) as client:
+        model = client.get("/api/model").json()
+        assert model["backend"] == "onnxruntime" and model["source"] == str(exported)
+        answer = client.post("/api/predict", content=buffer.getvalue(),
+                             headers={"Content-Type": "image/png"}).json()
+        assert answer["digit"] == want["digit"]
+        np.testing.assert_allclose(answer["probabilities"], want["probabilities"], atol=1e-5)
+
+
+def test_serve_cli_backend_errors(mlp_run: Path) -> None:
+    result = runner.invoke(app, ["serve", "--run", str(mlp_run), "--backend", "onnxruntime",
+                                 "--port", "0"])
+    assert result.exit_code == 1
+    assert "no model.onnx in" in result.output and "Traceback" not in result.output

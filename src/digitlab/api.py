@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from digitlab.errors import ImageError, RunDirError
+from digitlab.errors import DigitlabError, ImageError, RunDirError
 
 # Below this probability an answer is flagged low_confidence. MNIST test digits the default
 # model gets right score above 0.9 in all but a few cases; the ones it gets wrong mostly fall
@@ -237,8 +237,22 @@ class Recognizer:
         self._info = info
 
     @classmethod
-    def load(cls, run: str | Path | None = None, *, device: str = "cpu") -> Recognizer:
-        """A run directory or weights file; None: the model shipped in the package."""
+    def load(cls, run: str | Path | None = None, *, device: str = "cpu",
+             backend: str | None = None) -> Recognizer:
+        """A run directory or weights file; None: the model shipped in the package.
+        backend: "torch", or "onnxruntime" for a file made by `digitlab export` (an .onnx
+        run, or the model.onnx inside a run directory); None picks by the file."""
+        from digitlab.backends import BACKENDS
+
+        if backend is not None and backend not in BACKENDS:
+            raise DigitlabError(f"--backend must be one of {', '.join(BACKENDS)}; "
+                                f"got {backend!r}")
+        is_onnx = run is not None and Path(run).suffix.lower() == ".onnx"
+        if backend == "onnxruntime" or (backend is None and is_onnx):
+            return cls._load_onnx(run)
+        if is_onnx:
+            raise DigitlabError(f"{run} is an ONNX export: use --backend onnxruntime")
+
         from digitlab.device import resolve_device
         from digitlab.engine.rundir import CONFIG, load_model, read_json
 
@@ -279,6 +293,46 @@ class Recognizer:
             "config": config or None,
             "figures": card.get("figures"),
             "command": card.get("command"),
+            "backend": backend.name,
+            "low_confidence_below": LOW_CONFIDENCE,
+        }
+        return cls(backend, info=info)
+
+    @classmethod
+    def _load_onnx(cls, run: str | Path | None) -> Recognizer:
+        """onnxruntime on an exported file; its preprocessing contract is in the file."""
+        from digitlab.backends import OnnxBackend
+
+        if run is None:
+            raise DigitlabError("--backend onnxruntime needs an exported model: "
+                                "`digitlab export` writes default-model.onnx; pass it as --run")
+        path = Path(run)
+        if path.is_dir():
+            path = path / "model.onnx"  # where `digitlab export --run RUN` puts it
+            if not path.is_file():
+                raise RunDirError(f"no {path.name} in {run}: export it first with "
+                                  f"`digitlab export --run {run}`")
+        elif path.suffix.lower() != ".onnx":
+            raise DigitlabError(f"--backend onnxruntime runs ONNX files; export {run} first "
+                                "with `digitlab export`")
+        backend = OnnxBackend(path)
+        contract = backend.contract
+        info = {
+            "source": str(path),
+            "model": contract["model"],
+            "model_args": contract.get("model_args", {}),
+            "parameters": contract.get("parameters"),
+            "dataset": contract.get("dataset", "mnist"),
+            "classes": backend.classes,
+            "normalize": contract["normalize"],
+            "test_accuracy": contract.get("test_accuracy"),
+            "epochs": contract.get("epoch"),
+            "preset": None,
+            "trained": None,
+            "trained_with": {"digitlab_version": contract.get("digitlab_version")},
+            "config": None,
+            "figures": None,
+            "command": None,
             "backend": backend.name,
             "low_confidence_below": LOW_CONFIDENCE,
         }

@@ -19,7 +19,8 @@ BACKENDS = ("torch", "onnxruntime")
 # Every key digitlab writes into an ONNX file's metadata_props starts with this.
 PREFIX = "digitlab."
 # Keys whose values are JSON (lists, tables, numbers); the rest are plain strings.
-_JSON_KEYS = ("input_shape", "classes", "model_args", "mean", "std", "format_version")
+_JSON_KEYS = ("input_shape", "classes", "model_args", "mean", "std", "format_version",
+              "parameters", "test_accuracy", "epoch")
 
 
 class BackendError(DigitlabError):

@@ -237,8 +237,9 @@ def report_cmd(
 def predict_cmd(
     images: list[str] = typer.Argument(..., help="Image files, directories, globs, or - "
                                        "for one image on stdin."),
-    run: Path | None = typer.Option(None, "--run", help="Run directory or weights file "
-                                    "(default: the model shipped with digitlab)."),
+    run: Path | None = typer.Option(None, "--run", help="Run directory, weights file or "
+                                    "exported .onnx (default: the model shipped with "
+                                    "digitlab)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
     top_k: int = typer.Option(3, "--top-k", help="How many ranked guesses to show."),
     number: bool = typer.Option(False, "--number", help="Read a whole number: segment the "
@@ -246,12 +247,14 @@ def predict_cmd(
     show_input: Path | None = typer.Option(None, "--show-input", help="Save the 28x28 image "
                                            "the model saw for each input in this directory."),
     device: str = typer.Option("cpu", help="auto, cpu, cuda or mps."),
+    backend: str | None = typer.Option(None, help="torch, or onnxruntime for a file made by "
+                                       "`digitlab export` (default: by the --run file)."),
 ) -> None:
     """Read handwritten digits (or numbers) from photos, scans and drawings."""
     from digitlab.predict import run_predict
 
-    failures = run_predict(images, run=run, device=device, as_json=as_json, top_k=top_k,
-                           number=number, show_input=show_input,
+    failures = run_predict(images, run=run, device=device, backend=backend, as_json=as_json,
+                           top_k=top_k, number=number, show_input=show_input,
                            stdin=typer.get_binary_stream("stdin"), out=typer.echo,
                            err=lambda line: typer.echo(line, err=True))
     if failures:
@@ -260,8 +263,11 @@ def predict_cmd(
 
 @app.command("serve")
 def serve_cmd(
-    run: Path | None = typer.Option(None, "--run", help="Run directory or weights file "
-                                    "(default: the model shipped with digitlab)."),
+    run: Path | None = typer.Option(None, "--run", help="Run directory, weights file or "
+                                    "exported .onnx (default: the model shipped with "
+                                    "digitlab)."),
+    backend: str | None = typer.Option(None, help="torch, or onnxruntime for a file made by "
+                                       "`digitlab export` (default: by the --run file)."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every "
                              "interface)."),
     port: int = typer.Option(8000, help="Port to listen on (0: any free port)."),
@@ -276,8 +282,8 @@ def serve_cmd(
     """Serve the drawing page at / and the HTTP API at /api (docs at /docs)."""
     from digitlab.serve.run import serve
 
-    serve(run=run, host=host, port=port, workers=workers, max_bytes=max_bytes,
-          cors_origin=cors, access_log=access_log, report=typer.echo)
+    serve(run=run, backend=backend, host=host, port=port, workers=workers,
+          max_bytes=max_bytes, cors_origin=cors, access_log=access_log, report=typer.echo)
 
 
 # --- export and search ------------------------------------------------------------------

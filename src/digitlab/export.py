@@ -80,8 +80,9 @@ class _Probabilities(nn.Module):
         return torch.softmax(self.model(x).float(), dim=1)  # [N, 1, 28, 28] -> [N, C]
 
 
-def make_contract(meta: dict[str, Any]) -> dict[str, Any]:
-    """The preprocessing contract of a model, from its weights metadata."""
+def make_contract(meta: dict[str, Any], *, parameters: int | None = None) -> dict[str, Any]:
+    """The preprocessing contract of a model, from its weights metadata (plus what the
+    model is and how well it did, for `info()` of whoever loads the file)."""
     from digitlab.data.loader import MNIST_MEAN, MNIST_STD
 
     normalize = meta.get("normalize", "unit")
@@ -104,6 +105,8 @@ def make_contract(meta: dict[str, Any]) -> dict[str, Any]:
         "model": meta["model"],
         "model_args": meta.get("model_args", {}),
         "digitlab_version": digitlab.__version__,
+        **({"parameters": parameters} if parameters is not None else {}),
+        **{k: meta[k] for k in ("test_accuracy", "epoch") if meta.get(k) is not None},
     }
 
 
@@ -309,7 +312,7 @@ def export_module(
     dataset, classes), check the file against the model, and only then write `out`."""
     _check_options(fmt, exporter, check_count)
     model = model.eval()
-    contract = make_contract(meta)
+    contract = make_contract(meta, parameters=sum(p.numel() for p in model.parameters()))
     wrapped = _Probabilities(model).eval()
     if out.is_dir():
         raise ExportError(f"--out {out} is a directory; give a file name")

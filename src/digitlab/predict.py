@@ -149,6 +149,7 @@ def run_predict(
     *,
     run: Path | None = None,
     device: str = "cpu",
+    backend: str | None = None,
     as_json: bool = False,
     top_k: int = 3,
     number: bool = False,
@@ -162,7 +163,7 @@ def run_predict(
         raise DigitlabError(f"--top-k must be between 1 and 10, got {top_k}")
     if sum(a == STDIN for a in args) > 1:
         raise DigitlabError("'-' (stdin) can be given only once")
-    recognizer = Recognizer.load(run, device=device)
+    recognizer = Recognizer.load(run, device=device, backend=backend)
     saver = InputSaver(show_input) if show_input is not None else None
     failures = 0
     for p in predict_files(args, recognizer=recognizer, top_k=top_k, number=number,

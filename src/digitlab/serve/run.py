@@ -27,6 +27,7 @@ SETTINGS_ENV = "DIGITLAB_SERVE_SETTINGS"  # how the parent hands its settings to
 @dataclass(frozen=True)
 class Settings:
     run: str | None
+    backend: str | None
     max_bytes: int
     cors_origin: str | None
     concurrency: int
@@ -35,6 +36,7 @@ class Settings:
 def serve(
     *,
     run: Path | None,
+    backend: str | None = None,
     host: str = "127.0.0.1",
     port: int = 8000,
     workers: int = 1,
@@ -59,12 +61,15 @@ def serve(
                             f"decoder's own limit), got {max_bytes:,}")
     if cors_origin is not None:
         check_origin(cors_origin)
-    recognizer = Recognizer.load(run)  # a bad run fails here, before anything listens
-    settings = Settings(run=None if run is None else str(run), max_bytes=max_bytes,
+    # a bad run fails here, before anything listens
+    recognizer = Recognizer.load(run, backend=backend)
+    settings = Settings(run=None if run is None else str(run), backend=backend,
+                        max_bytes=max_bytes,
                         cors_origin=cors_origin, concurrency=_concurrency(workers))
     sock = _listen(host, port)
     info = recognizer.info()
-    report(f"digitlab serve: {_url(sock)}  (model {info['model']} from {info['source']}, "
+    report(f"digitlab serve: {_url(sock)}  (model {info['model']} from {info['source']}"
+           f"{', onnxruntime' if info['backend'] == 'onnxruntime' else ''}, "
            f"{workers} worker{'s' * (workers > 1)}, uploads up to {max_bytes:,} bytes; "
            "Ctrl+C stops it)")
     if workers == 1:
@@ -94,7 +99,8 @@ def app_from_env() -> FastAPI:
 
     settings = Settings(**json.loads(os.environ[SETTINGS_ENV]))
     _tune_torch()
-    return create_app(partial(Recognizer.load, settings.run), max_bytes=settings.max_bytes,
+    return create_app(partial(Recognizer.load, settings.run, backend=settings.backend),
+                      max_bytes=settings.max_bytes,
                       cors_origin=settings.cors_origin, concurrency=settings.concurrency)
 
 
