@@ -90,9 +90,11 @@ def test_two_workers_share_one_study(postgres_url: str, tmp_path: Path,
         args = ["--space", str(space), "--study", "shared", "--storage", postgres_url,
                 "--trials", "6", "--final", "none", "--dir", str(tmp_path / f"machine{number}"),
                 "--root", str(mnist_root), *TINY_ARGS]
+        # One thread each: two workers with two OpenMP threads apiece on two cores spend
+        # their time spinning on each other's cores.
         workers.append(subprocess.Popen([sys.executable, "-m", "digitlab", "sweep", *args],
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        text=True))
+                                        text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}))
     outputs = [w.communicate(timeout=300) for w in workers]
     for worker, (out, err) in zip(workers, outputs, strict=True):
         assert worker.returncode == 0, out + err

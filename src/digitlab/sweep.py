@@ -480,7 +480,7 @@ def run_sweep(
     existing = len(study.trials)
     sampler_seed = seed * 1_000_003 + existing + (os.getpid() if storage else 0)
     study.sampler = optuna.samplers.TPESampler(seed=sampler_seed % 2**32,
-                                               n_startup_trials=8, multivariate=True,
+                                               n_startup_trials=6, multivariate=True,
                                                group=True)
     _check_same_space(study, space, base)
 
@@ -803,9 +803,15 @@ def _report(study: Any, result: SweepResult, base: TrainConfig, space: Space,
     result.best_params = dict(best.params)
     cfg = best_config(study, space, base)
     if not result.interrupted and final != "none":
-        result.final = final
-        result.test_accuracy = _final_test(best, cfg, study_dir, root=root, final=final,
-                                           fit=fit, notes=result.notes)
+        from digitlab.engine.train import Interrupted
+
+        try:
+            result.test_accuracy = _final_test(best, cfg, study_dir, root=root, final=final,
+                                               fit=fit, notes=result.notes)
+            result.final = final
+        except Interrupted as exc:
+            result.interrupted = True
+            result.notes.append(f"the winner's {final} was {exc}")
     header = [f"digitlab sweep: best of study {result.study_name!r}, trial #{best.number}, "
               f"validation accuracy {100 * best.value:.2f}% "
               f"(on {base.val_split} held-out training images)"]
