@@ -15,7 +15,7 @@ latency includes the queue that 32 eager clients build. Open loop (--rate): requ
 due at fixed times whatever the server does, and latency counts from when each was due.
 
 Prints requests/s, p50/p95/p99/max latency, errors, how many answers were right, and the
-resident memory (VmRSS from /proc) of the server and its workers before and after.
+memory of the server and its workers (VmRSS and Pss from /proc) before and after.
 """
 
 from __future__ import annotations
@@ -52,6 +52,10 @@ def main() -> None:
     parser.add_argument("--run", help="digitlab serve --run (default: the shipped model).")
     parser.add_argument("--size", type=int, default=140,
                         help="Side of each PNG, in pixels (the page sends 140x140).")
+    parser.add_argument("--style", choices=("drawn", "mnist"), default="drawn",
+                        help="drawn: dark on white, --size pixels, fully preprocessed; mnist: "
+                        "the raw 28x28 white-on-black digit, which skips preprocessing (to "
+                        "see what HTTP and the model cost alone).")
     parser.add_argument("--warmup", type=int, default=200, help="Unmeasured requests first.")
     parser.add_argument("--max-seconds", type=float, default=180.0, help="Hard time cap.")
     parser.add_argument("--json", action="store_true", help="Also print the figures as JSON.")
@@ -59,7 +63,7 @@ def main() -> None:
     if not 1 <= args.requests <= 100_000 or not 1 <= args.concurrency <= 512:
         parser.error("--requests must be 1..100000 and --concurrency 1..512")
 
-    bodies, labels = digit_pngs(args.size)
+    bodies, labels = digit_pngs(args.size, mnist_style=args.style == "mnist")
     server = None
     if args.url:
         host = urlsplit(args.url).hostname
@@ -80,15 +84,20 @@ def main() -> None:
         print(json.dumps(figures))
 
 
-def digit_pngs(size: int, count: int = 500) -> tuple[list[bytes], list[int]]:
-    """The first `count` MNIST test digits as dark-on-white PNGs of size x size pixels."""
+def digit_pngs(size: int, *, mnist_style: bool = False,
+               count: int = 500) -> tuple[list[bytes], list[int]]:
+    """The first `count` MNIST test digits as PNGs: dark on white at size x size pixels, or
+    exactly as stored (28x28, white on black)."""
     root = default_root()
     fetch("mnist", root=root)
     split = load_split("mnist", root, "test")
     bodies = []
     for image in split.images[:count]:
+        picture = Image.fromarray(image if mnist_style else 255 - image)
+        if not mnist_style:
+            picture = picture.resize((size, size), Image.BILINEAR)
         buf = io.BytesIO()
-        Image.fromarray(255 - image).resize((size, size), Image.BILINEAR).save(buf, "PNG")
+        picture.save(buf, "PNG")
         bodies.append(buf.getvalue())
     return bodies, [int(v) for v in split.labels[:count]]
 
@@ -238,19 +247,26 @@ def count_error(state: dict, kind: str) -> None:
     state["kinds"][kind] = state["kinds"].get(kind, 0) + 1
 
 
-def rss_mib(pid: int | None) -> float | None:
-    """VmRSS of the server and every process below it (uvicorn's workers), in MiB."""
+def rss_mib(pid: int | None) -> dict[str, float] | None:
+    """Memory of the server and every process below it (uvicorn's workers), in MiB: VmRSS
+    summed, which counts the shared libraries (libtorch) once per process, and Pss, which
+    splits shared pages between the processes that map them."""
     if pid is None:
         return None
-    total_kib = 0
+    rss = pss = 0
     for p in [pid, *descendants(pid)]:
-        try:
-            status = Path(f"/proc/{p}/status").read_text()
-        except OSError:
-            continue
-        found = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
-        total_kib += int(found.group(1)) if found else 0
-    return round(total_kib / 1024, 1)
+        rss += _kib(f"/proc/{p}/status", "VmRSS")
+        pss += _kib(f"/proc/{p}/smaps_rollup", "Pss")
+    return {"rss": round(rss / 1024, 1), "pss": round(pss / 1024, 1)}
+
+
+def _kib(path: str, field: str) -> int:
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return 0
+    found = re.search(rf"^{field}:\s+(\d+) kB", text, re.M)
+    return int(found.group(1)) if found else 0
 
 
 def descendants(pid: int) -> list[int]:
@@ -271,21 +287,28 @@ def descendants(pid: int) -> list[int]:
 
 
 def report(f: dict, args: argparse.Namespace, url: str) -> str:
+    shape = ("28x28 MNIST-style" if args.style == "mnist"
+             else f"{args.size}x{args.size} dark-on-white")
     mode = f"open loop at {f['rate']:g} requests/s" if f["rate"] else "closed loop"
     lines = [
         f"target     {url}  ({'--workers ' + str(f['workers']) if f['workers'] else 'external'},"
         f" {f['cpus']} CPUs, load average before {f['load_before'][0]:.2f})",
-        f"load       {f['requests']}/{f['wanted']} requests of {args.size}x{args.size} PNG "
-        f"digits, {f['concurrency']} clients, {mode}"
+        f"load       {f['requests']}/{f['wanted']} requests of {shape} PNG digits, "
+        f"{f['concurrency']} clients, {mode}"
         + ("  [STOPPED AT --max-seconds]" if f["timed_out"] else ""),
         f"throughput {f['requests_per_s']:.1f} requests/s over {f['seconds']:.2f} s",
         f"latency    p50 {f['p50_ms']} ms  p95 {f['p95_ms']} ms  p99 {f['p99_ms']} ms  "
         f"max {f['max_ms']} ms",
         f"errors     {f['errors']} {f['error_kinds'] or ''}".rstrip(),
         f"answers    {f['right']}/{f['requests'] - f['errors']} right (MNIST labels)",
-        f"memory     server RSS {f['rss_before_mib']} MiB before, {f['rss_after_mib']} MiB after",
+        f"memory     server {memory(f['rss_before_mib'])} before, "
+        f"{memory(f['rss_after_mib'])} after",
     ]
     return "\n".join(lines)
+
+
+def memory(m: dict[str, float] | None) -> str:
+    return "unknown (pass --pid)" if m is None else f"RSS {m['rss']} MiB (PSS {m['pss']} MiB)"
 
 
 if __name__ == "__main__":
