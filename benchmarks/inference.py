@@ -4,9 +4,12 @@ Each model is exported the way `digitlab export` does it (and checked the same w
 both run the same normalised real MNIST test images on the CPU. Weights are untrained
 (seed 0): speed does not depend on what the weights are. Each figure is the median of
 --repeats timed runs of at least --seconds each; other work on the machine makes the
-figures noisy, so run it on a quiet machine and say what else was running.
+figures noisy, so run it on a quiet machine and say what else was running. On a busy
+machine OpenMP's spinning threads slow PyTorch down many times over; OMP_WAIT_POLICY=PASSIVE
+(which this script also applies to onnxruntime's threads) shows what the CPU can do.
 
     python benchmarks/inference.py
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/inference.py
     python benchmarks/inference.py --models mlp,lenet5 --seconds 2
 """
 
@@ -47,6 +50,16 @@ def images_per_second(call: Callable[[], object], batch: int, seconds: float,
     return statistics.median(rates)
 
 
+def _session_options() -> ort.SessionOptions:
+    """With OMP_WAIT_POLICY=PASSIVE (PyTorch's OpenMP threads sleep instead of spinning
+    while they wait), onnxruntime's threads are told not to spin either, so both sides
+    get the same treatment on a shared, busy CPU."""
+    options = ort.SessionOptions()
+    if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
 def model_spec(name: str) -> tuple[str, dict]:
     """'mlp' is the tutorial's network; the others are the registry's defaults."""
     if name == "mlp":
@@ -69,7 +82,9 @@ def main() -> None:
     inputs = {b: test.x[:b].contiguous() for b in BATCHES}
     print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
-          f"onnxruntime {ort.__version__}")
+          f"onnxruntime {ort.__version__}; OMP_WAIT_POLICY="
+          f"{os.environ.get('OMP_WAIT_POLICY', '(unset)')}; load average "
+          f"{os.getloadavg()[0]:.1f}")
     header = "| model | parameters | batch | PyTorch img/s | onnxruntime img/s | ratio |"
     print(header)
     print("|" + "---|" * 6)
@@ -83,7 +98,7 @@ def main() -> None:
                     "dataset": "mnist", "classes": [str(i) for i in range(10)]}
             exported = export_module(model, meta, fmt="onnx", out=Path(tmp) / f"{name}.onnx",
                                      root=root, check_count=200)
-            session = ort.InferenceSession(str(exported.path),
+            session = ort.InferenceSession(str(exported.path), _session_options(),
                                            providers=["CPUExecutionProvider"])
             params = sum(p.numel() for p in model.parameters())
             for batch in BATCHES:
