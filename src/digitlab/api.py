@@ -273,8 +273,8 @@ class Recognizer:
             config = read_json(path / CONFIG) if (path / CONFIG).is_file() else {}
             card, source = {}, str(path)
         classes = [str(c) for c in meta.get("classes", range(10))]
-        backend = TorchBackend(model, normalize=meta.get("normalize", "unit"), classes=classes,
-                               device=dev)
+        call = TorchBackend(model, normalize=meta.get("normalize", "unit"), classes=classes,
+                            device=dev)
         info = {
             "source": source,
             "model": meta["model"],
@@ -293,10 +293,10 @@ class Recognizer:
             "config": config or None,
             "figures": card.get("figures"),
             "command": card.get("command"),
-            "backend": backend.name,
+            "backend": call.name,
             "low_confidence_below": LOW_CONFIDENCE,
         }
-        return cls(backend, info=info)
+        return cls(call, info=info)
 
     @classmethod
     def _load_onnx(cls, run: str | Path | None) -> Recognizer:

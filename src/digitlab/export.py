@@ -147,6 +147,7 @@ def onnx_bytes(model: nn.Module, *, exporter: str = "auto",
                     output_names=[OUTPUT_NAME],
                     dynamic_shapes=({0: torch.export.Dim("batch")},),
                 )
+            assert program is not None  # returned whenever no file name is given
             return program.model_proto.SerializeToString(), "dynamo"
         except Exception as exc:  # the exporter raises many kinds; any of them means "fall back"
             if exporter == "dynamo":
@@ -158,7 +159,8 @@ def onnx_bytes(model: nn.Module, *, exporter: str = "auto",
     try:
         with _quiet_exporter():
             torch.onnx.export(
-                model, (example,), buffer, dynamo=False, input_names=[INPUT_NAME],
+                model, (example,), buffer,  # type: ignore[arg-type]  # file objects work
+                dynamo=False, input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME],
                 dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
             )

@@ -62,6 +62,7 @@ class Param:
             labels = [_label(c) for c in self.choices]
             picked = trial.suggest_categorical(self.name, labels)
             return self.choices[labels.index(picked)]
+        assert self.low is not None and self.high is not None  # checked by _param
         if self.type == "int":
             return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log,
                                      step=int(self.step or 1))
@@ -398,7 +399,7 @@ class _Progress:
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-        columns = ["[progress.description]{task.description}", BarColumn(),
+        columns: list[Any] = ["[progress.description]{task.description}", BarColumn(),
                    MofNCompleteColumn(), TimeElapsedColumn()]
         with Progress(*columns, transient=True) as bar:
             self.bar = bar
@@ -855,7 +856,7 @@ def _finish_notes(result: SweepResult, console: Console) -> None:
 def summary_lines(result: SweepResult) -> list[str]:
     lines = [f"study {result.study_name!r}: {result.finished} finished trials "
              f"({result.ran_here} run by this process), storage {result.storage}"]
-    if result.best_trial is not None:
+    if result.best_trial is not None and result.best_value is not None:
         lines.append(f"best trial #{result.best_trial}: validation accuracy "
                      f"{100 * result.best_value:.2f}%  {_short(result.best_params)}")
     if result.test_accuracy is not None:
