@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 
 train: $(STAMP)
 	$(PY) -m digitlab data fetch
-	$(PY) -m digitlab train --preset default
+	$(PY) -m digitlab train --preset fast
 
 test: $(STAMP)
 	$(PY) -m digitlab data fetch
@@ -23,6 +23,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m digitlab data fetch
 	$(PY) benchmarks/tutorial_speed.py --epochs 2
+	$(PY) benchmarks/time_to_accuracy.py --device cpu --preset fast --seeds 5 --baseline
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -166,15 +166,36 @@ def train_cmd(
     log_every: int | None = typer.Option(None, help="Print the loss every N batches (0: off)."),
     dataset: str | None = typer.Option(None, help="mnist or fashion-mnist."),
     limit_train: int | None = typer.Option(None, help="Train on the first N images only."),
+    augment: str | None = typer.Option(
+        None, help="Batch augmentation, replacing the preset's: e.g. "
+        "rotate=15,translate=2.5,scale=0.1,shear=8,elastic=2 (degrees, pixels, fraction, "
+        "degrees, pixels), or none."),
+    ema: float | None = typer.Option(None, "--ema", metavar="DECAY",
+                                     help="Keep, evaluate and save a moving average of the "
+                                     "weights with this decay, e.g. 0.999 (0: off)."),
+    amp: str | None = typer.Option(None, help="Mixed precision: none, auto, bf16 or fp16."),
+    compile_model: bool | None = typer.Option(None, "--compile/--no-compile",
+                                              help="torch.compile the model for training."),
+    checkpoint_every: int | None = typer.Option(None, "--checkpoint-every", metavar="N",
+                                                help="Also checkpoint every N batches."),
+    tensorboard: Path | None = typer.Option(None, "--tensorboard", metavar="DIR",
+                                            help="Write TensorBoard scalars and sample "
+                                            "images to DIR."),
+    resume_run: Path | None = typer.Option(None, "--resume", metavar="RUN",
+                                           help="Continue RUN from its last checkpoint; "
+                                           "other settings must match unless --force."),
     out: Path | None = typer.Option(None, help="Run directory (default runs/<timestamp>)."),
-    force: bool = typer.Option(False, "--force", help="Write into a non-empty --out."),
+    force: bool = typer.Option(False, "--force", help="Write into a non-empty --out; with "
+                               "--resume, continue with changed settings."),
     root: Path | None = RootOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final result."),
 ) -> None:
-    """Train a model; the log follows the tutorial's, the run lands in a run directory."""
+    """Train a model; the log follows the tutorial's, the run lands in a run directory.
+    Ctrl-C saves a checkpoint and stops; --resume continues from it."""
     from digitlab.config import resolve
     from digitlab.console import Console
-    from digitlab.engine.train import fit
+    from digitlab.data.augment import parse_spec
+    from digitlab.engine.train import Interrupted, fit, resume
 
     model_flags = {k: v for k, v in (("hidden", _hidden(hidden)), ("activation", activation),
                                      ("dropout", dropout)) if v is not None}
@@ -183,23 +204,54 @@ def train_cmd(
         "weight_decay": weight_decay, "schedule": schedule, "epochs": epochs,
         "batch_size": batch_size, "shuffle": shuffle, "label_smoothing": label_smoothing,
         "device": device, "seed": seed, "log_every": log_every, "dataset": dataset,
-        "limit_train": limit_train, "model_args": model_flags or None,
+        "limit_train": limit_train, "model_args": model_flags or None, "ema": ema,
+        "amp": amp, "compile": compile_model, "checkpoint_every": checkpoint_every,
     }
-    cfg = resolve(preset=preset, config_file=config, flags=flags)
-    fit(cfg, out=out, force=force, root=root, console=Console(quiet=quiet))
+    if augment is not None:
+        spec = parse_spec(augment)
+        flags.update(aug_rotate=spec.rotate, aug_translate=spec.translate,
+                     aug_scale=spec.scale, aug_shear=spec.shear, aug_elastic=spec.elastic)
+    console = Console(quiet=quiet)
+    try:
+        if resume_run is not None:
+            if out is not None:
+                raise DigitlabError("--resume continues RUN in its own directory; drop --out")
+            resume(resume_run, preset=preset, config_file=config, flags=flags, force=force,
+                   root=root, console=console, tensorboard=tensorboard)
+        else:
+            cfg = resolve(preset=preset, config_file=config, flags=flags)
+            fit(cfg, out=out, force=force, root=root, console=console,
+                tensorboard=tensorboard)
+    except Interrupted as stopped:
+        typer.echo(str(stopped), err=True)
+        raise typer.Exit(130) from None
 
 
 @app.command("evaluate")
 def evaluate_cmd(
-    run: Path = typer.Argument(..., help="Run directory (or weights file)."),
+    runs: list[Path] = typer.Argument(..., metavar="RUN...", help="Run directories (or "
+                                      "weights files); several are also scored as an "
+                                      "ensemble (mean of their probabilities)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
+    tta: bool = typer.Option(False, "--tta", help="Test-time augmentation: average each "
+                             "model's probabilities over the image and 1-pixel shifts of it."),
     root: Path | None = RootOpt,
     report: Path | None = typer.Option(None, "--report", help="Also write a report into this "
                                        "directory: confusion matrix, misclassified images, "
                                        "curves (PNG), per-class scores (CSV), report.html."),
 ) -> None:
-    """Accuracy, average loss and per-class accuracy of a trained model on the test set."""
+    """Accuracy, average loss and per-class accuracy of a trained model on the test set;
+    with several runs, each one's and their ensemble's."""
+    if len(runs) > 1 or tta:
+        if report is not None:
+            raise DigitlabError("--report takes a single run without --tta")
+        from digitlab.engine.ensemble import evaluate_ensemble, format_ensemble
+
+        typer.echo(format_ensemble(evaluate_ensemble(runs, root=root, device=device, tta=tta),
+                                   as_json=as_json))
+        return
+    run = runs[0]
     if report is not None:
         from digitlab.report.evaluation import print_evaluation_report
 

@@ -23,7 +23,7 @@ MAX_SHEAR = 30.0
 MAX_SCALE = 0.5
 MAX_TRANSLATE = 8.0
 MAX_ELASTIC = 6.0
-ELASTIC_GRID = 5  # control points per side of the coarse random field
+ELASTIC_GRID = 4  # control points per side of the coarse random field (~9 px apart)
 
 
 @dataclass(frozen=True)
@@ -120,11 +120,27 @@ class Augment:
         """x [B, C, H, W] normalised images -> augmented images of the same shape."""
         if not self.spec.active:
             return x
-        grid = self.grid(x, generator)
-        # Shift so the background is 0: grid_sample fills uncovered pixels with zeros.
-        out = F.grid_sample(x - self.background, grid, mode="bilinear", padding_mode="zeros",
-                            align_corners=False)
-        return out.add_(self.background)
+        return sample(x, self.grid(x, generator), self.background)
+
+
+def sample(x: torch.Tensor, grid: torch.Tensor, background: float) -> torch.Tensor:
+    # Shift so the background is 0: grid_sample fills uncovered pixels with zeros.
+    out = F.grid_sample(x - background, grid, mode="bilinear", padding_mode="zeros",
+                        align_corners=False)
+    return out.add_(background)
+
+
+def warp(x: torch.Tensor, *, rotate: float = 0.0, translate: tuple[float, float] = (0.0, 0.0),
+         scale: float = 1.0, background: float = 0.0) -> torch.Tensor:
+    """The same fixed transformation of every image (test-time augmentation): rotate by
+    degrees, shift by (x, y) pixels, scale by a factor about the centre."""
+    a = math.radians(rotate)
+    cos, sin = math.cos(a) / scale, math.sin(a) / scale  # inverse map: output -> input
+    tx, ty = (-2 * translate[0] / x.shape[-1], -2 * translate[1] / x.shape[-2])
+    theta = torch.tensor([[cos, sin, cos * tx + sin * ty], [-sin, cos, -sin * tx + cos * ty]],
+                         dtype=x.dtype, device=x.device).expand(x.shape[0], 2, 3)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return sample(x, grid, background)
 
 
 def step_seed(seed: int, rank: int, step: int) -> int:

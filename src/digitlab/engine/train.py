@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -551,7 +552,8 @@ def resume(
     """Continue a run from its last good checkpoint. Settings given here are laid over the
     run's own; if that changes the computation, refuse unless force."""
     console = console or Console()
-    state, _ = checkpoint.load(run, report=console.note)
+    # A damaged checkpoint is worth a warning even with --quiet.
+    state, _ = checkpoint.load(run, report=lambda text: print(text, file=sys.stderr))
     saved = from_dict(state["config"])
     cfg = resolve(preset=preset, config_file=config_file, flags=flags, base=saved)
     changed = differences(saved, cfg)

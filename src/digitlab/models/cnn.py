@@ -56,9 +56,12 @@ class FastCNN(nn.Module):
     elements. Lean on purpose: on a CPU the time to 99% is set by arithmetic and memory."""
 
     def __init__(self, channels: Sequence[int] = (16, 32), kernels: Sequence[int] = (5, 3),
-                 hidden: int = 128, batchnorm: bool = True, num_classes: int = 10) -> None:
+                 hidden: int = 128, batchnorm: bool = True, dropout: float = 0.0,
+                 num_classes: int = 10) -> None:
         super().__init__()
         c1, c2 = _sizes(channels, 2, "channels")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         k1, k2 = _sizes(kernels, 2, "kernels")
         side = ((28 - k1 + 1) // 2 - k2 + 1) // 2
         if side < 1:
@@ -72,8 +75,12 @@ class FastCNN(nn.Module):
         self.features = nn.Sequential(*block(1, c1, k1), *block(c1, c2, k2))
         flat = c2 * side * side
         head: list[nn.Module] = [nn.Flatten()]
-        head += [nn.Linear(flat, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)] if hidden \
-            else [nn.Linear(flat, num_classes)]
+        if hidden:
+            head += [nn.Linear(flat, hidden), nn.ReLU()]
+            flat = hidden
+        if dropout:
+            head.append(nn.Dropout(dropout))
+        head.append(nn.Linear(flat, num_classes))
         self.classifier = nn.Sequential(*head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -128,8 +135,9 @@ def lenet5(activation: str = "tanh", pool: str = "avg", num_classes: int = 10) -
 
 @register_model("cnn-fast", "lean conv-BN-pool x2 + small MLP head: the quickest route to 99%")
 def cnn_fast(channels: Sequence[int] = (16, 32), kernels: Sequence[int] = (5, 3),
-             hidden: int = 128, batchnorm: bool = True, num_classes: int = 10) -> FastCNN:
-    return FastCNN(channels, kernels, hidden, batchnorm, num_classes)
+             hidden: int = 128, batchnorm: bool = True, dropout: float = 0.0,
+             num_classes: int = 10) -> FastCNN:
+    return FastCNN(channels, kernels, hidden, batchnorm, dropout, num_classes)
 
 
 @register_model("cnn-best", "stack of unpadded conv-BN-ReLU (5x5 by default), no pooling: "

@@ -1,0 +1,84 @@
+"""The `best` preset over several seeds: each model's final-epoch test accuracy (no epoch is
+picked by test accuracy), their mean, and the accuracy of their ensemble (mean of the
+members' probabilities), with and without test-time augmentation.
+
+    python benchmarks/best_ensemble.py --device cuda --seeds 3
+    python benchmarks/best_ensemble.py --device cpu --seeds 2 --epochs 1 --limit-train 2000
+
+The runs are kept under --out, so `digitlab evaluate RUN1 RUN2 RUN3 --tta` can redo the
+ensemble figure from them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from digitlab.config import resolve
+from digitlab.console import Console
+from digitlab.device import resolve_device
+from digitlab.engine.ensemble import evaluate_ensemble
+from digitlab.engine.train import fit, load_data
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--preset", default="best")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
+    ap.add_argument("--limit-train", type=int, default=None, help="train on N images only")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model")
+    ap.add_argument("--out", type=Path, default=Path("runs/best-ensemble"))
+    ap.add_argument("--root", type=Path, default=None, help="data directory")
+    args = ap.parse_args()
+
+    device = resolve_device(args.device)
+    flags: dict[str, Any] = {"device": args.device, "epochs": args.epochs,
+                             "limit_train": args.limit_train,
+                             "compile": True if args.compile else None}
+    cfg = resolve(preset=args.preset, flags=flags)
+    data = load_data(cfg, args.root, device, Console(quiet=True))
+    print(f"# {args.preset} on {device.type}: {cfg.model} {cfg.model_args}, {cfg.epochs} "
+          f"epochs, batch {cfg.batch_size}, amp {cfg.amp}, torch {torch.__version__}",
+          flush=True)
+
+    runs, finals, seconds = [], [], []
+    for seed in range(args.seeds):
+        run = args.out / f"seed-{seed}"
+        started = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):
+            result = fit(resolve(preset=args.preset, flags={**flags, "seed": seed}), out=run,
+                         force=True, root=args.root, console=Console(quiet=True),
+                         preloaded=data)
+        seconds.append(time.perf_counter() - started)
+        runs.append(run)
+        finals.append(result.final.accuracy)
+        print(f"  seed {seed}: final-epoch test accuracy {100 * result.final.accuracy:.2f}%  "
+              f"({seconds[-1]:.1f}s, {run})", flush=True)
+
+    spread = statistics.stdev(finals) if len(finals) > 1 else 0.0
+    print(f"single model, final epoch: {100 * statistics.mean(finals):.3f}% ± "
+          f"{100 * spread:.3f} (mean ± std of {len(finals)} seeds)")
+    figures: dict[str, Any] = {"members": finals, "seconds": seconds}
+    for tta in (False, True):
+        ens = evaluate_ensemble(runs, root=args.root, device=args.device, tta=tta)
+        label = "with TTA" if tta else "plain"
+        figures[f"ensemble_{'tta' if tta else 'plain'}"] = ens.ensemble.accuracy
+        members = ", ".join(f"{100 * m.result.accuracy:.2f}" for m in ens.members)
+        print(f"ensemble of {len(runs)} ({label}): {100 * ens.ensemble.accuracy:.2f}%  "
+              f"[members {members}]")
+    print(f"training time per model: {statistics.mean(seconds):.1f}s")
+    (args.out / "summary.json").write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
