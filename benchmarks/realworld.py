@@ -109,22 +109,23 @@ def main() -> None:
         answer = recognizer.predict_many([jpeg], number=True)[0]
         read = answer.number or ""
         exact_ours += read == truth
-        digits_total += count
         if len(read) == count:
+            digits_total += count
             digits_right += sum(a == b for a, b in zip(read, truth, strict=True))
         if read != truth:
             number_failures.append((jpeg, answer, truth))
     if args.numbers:
         print(f"photo-like numbers of 3-6 digits ({args.numbers:,}), read exactly: naive "
               f"{100 * exact_naive / args.numbers:6.2f}%   digitlab "
-              f"{100 * exact_ours / args.numbers:6.2f}%   (digits right where the count "
-              f"was right: {100 * digits_right / max(1, digits_total):.2f}%)")
+              f"{100 * exact_ours / args.numbers:6.2f}%   (digits right in numbers "
+              f"segmented into the right count: {100 * digits_right / max(1, digits_total):.2f}%)")
         wrong_count = sum(len(a.number or "") != len(t) for _, a, t in number_failures)
         print(f"  number failures: {len(number_failures)}, of which {wrong_count} with the "
               "wrong number of digits (segmentation)")
         figures.update(numbers=args.numbers, number_naive=exact_naive / args.numbers,
                        number_digitlab=exact_ours / args.numbers,
-                       number_wrong_count=wrong_count)
+                       number_wrong_count=wrong_count,
+                       number_digit_accuracy=digits_right / max(1, digits_total))
     if args.json is not None:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
 

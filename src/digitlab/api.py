@@ -30,9 +30,10 @@ from PIL import Image
 
 from digitlab.errors import DigitlabError, ImageError, RunDirError
 
-# Below this probability an answer is flagged low_confidence. MNIST test digits the default
-# model gets right score above 0.9 in all but a few cases; the ones it gets wrong mostly fall
-# below 0.6, so the flag catches most mistakes while rarely crying wolf on good answers.
+# Below this probability an answer is flagged low_confidence. On MNIST's test set the
+# default model (trained with label smoothing, so a sure answer scores ~0.96, not 1.0)
+# flags 113 of 10,000 digits at 0.6, and those hold 39 of its 56 mistakes: most mistakes
+# are caught while good answers are rarely flagged.
 LOW_CONFIDENCE = 0.6
 BATCH_SIZE = 256  # images per model call in predict_many
 

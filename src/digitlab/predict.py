@@ -84,7 +84,7 @@ def predict_files(
             answer = by_index[i]
             answer.path = item.path
             if item.path == STDIN and answer.error:
-                answer.error = answer.error.replace("the image", "stdin", 1)
+                answer.error = answer.error.replace("the image data", "stdin", 1)
             yield answer
 
 
@@ -170,7 +170,9 @@ def run_predict(
                            stdin=stdin):
         if p.error is not None:
             failures += 1
-            err(f"{p.path}: error: {p.error}")
+            # Decoder messages already name the file; others get its name in front.
+            name = "stdin" if p.path == STDIN else str(p.path)
+            err(f"error: {p.error}" if name in p.error else f"error: {name}: {p.error}")
         if saver is not None:
             saver.save(p)
         if as_json:

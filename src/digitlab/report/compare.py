@@ -4,6 +4,7 @@ table of their final figures, as one self-contained HTML page (or just the PNG).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from digitlab.data.idx import atomic_write
 from digitlab.errors import RunDirError
@@ -14,7 +15,8 @@ def compare_runs(runs: list[Path], *, out: Path) -> Path:
     """Write the comparison to out: a PNG when out ends in .png, else an HTML page."""
     from digitlab.engine.rundir import CONFIG, read_json, read_metrics
 
-    curves, rows = [], []
+    curves: list[tuple[str, list[dict[str, Any]]]] = []
+    rows: list[tuple[object, ...]] = []
     for run in runs:
         if not run.is_dir():
             raise RunDirError(f"{run}: not a run directory (report needs its metrics.jsonl)")
