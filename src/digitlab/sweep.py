@@ -14,7 +14,9 @@ import json
 import math
 import os
 import re
+import signal
 import socket
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -324,6 +326,34 @@ class _OutOfTime(Exception):
     """A trial still running when --timeout passes is stopped and marked failed."""
 
 
+class _StopRequest:
+    """Ctrl-C between trials asks Optuna to stop after the trial in hand, instead of raising
+    KeyboardInterrupt wherever the sweep happens to be (inside a database call, it would leave
+    a half-finished transaction and a logged traceback). During training, fit() has its own
+    handler and stops cleanly; a second Ctrl-C stops at once."""
+
+    def __init__(self) -> None:
+        self.asked = False
+
+    @contextmanager
+    def installed(self, study: Any) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def ask(signum: int, frame: Any) -> None:
+            if self.asked:
+                raise KeyboardInterrupt
+            self.asked = True
+            study.stop()
+
+        previous = signal.signal(signal.SIGINT, ask)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
 class _TrialConsole(Console):
     """Trials train silently; the sweep prints one line per trial instead."""
 
@@ -495,6 +525,7 @@ def run_sweep(
     trial_console = _TrialConsole()
     data = _DataCache(root=root, console=trial_console)
     progress = _Progress(console, remaining)
+    stop = _StopRequest()
     ran_here = 0
 
     def objective(trial: Any) -> float:
@@ -511,6 +542,8 @@ def run_sweep(
             trial.set_user_attr("seconds", time.perf_counter() - started)
             progress.status(f"trial {trial.number}: epoch {row['epoch']}/{cfg.epochs} "
                             f"val {100 * accuracy:.2f}%")
+            if stop.asked:  # Ctrl-C before fit() had its own handler in place
+                raise KeyboardInterrupt
             trial.report(accuracy, round(100 * row["epoch"] / cfg.epochs))
             if trial.should_prune():
                 raise optuna.TrialPruned(f"at epoch {row['epoch']}/{cfg.epochs}")
@@ -518,6 +551,9 @@ def run_sweep(
                 raise _OutOfTime("--timeout reached during the trial")
 
         progress.status(f"trial {trial.number}: starting")
+        if stop.asked:  # Ctrl-C came after Optuna had already started this trial
+            trial.set_user_attr("error", "interrupted")
+            raise KeyboardInterrupt
         try:
             result = fit(cfg, out=run, force=True, root=root, console=trial_console,
                          on_epoch=on_epoch, preloaded=data.get(cfg))
@@ -547,12 +583,13 @@ def run_sweep(
         console.note(f"study {name!r} in {_redact(url)}: {existing} trials so far; "
                      f"runs in {study_dir}")
         try:
-            with progress.running():
+            with progress.running(), stop.installed(study):
                 study.optimize(objective, n_trials=remaining, timeout=timeout,
                                catch=(DigitlabError, _OutOfTime),
                                callbacks=[after_trial] + ([stop_after] if stop_after else []))
         except KeyboardInterrupt:
             interrupted = True
+        interrupted = interrupted or stop.asked
     result = SweepResult(study_dir=study_dir, study_name=name, storage=_redact(url),
                          finished=finished_count(), ran_here=ran_here, interrupted=interrupted)
     _report(study, result, base, space, console, root=root, final=final, fit=fit)
