@@ -28,7 +28,7 @@ def invoke(*args: object):
 
 
 def _train(out: Path, root: Path, **flags) -> Path:
-    cfg = resolve(flags={"model_args": {"hidden": [32]}, "limit_train": 3000, "epochs": 2,
+    cfg = resolve(flags={"model_args": {"hidden": [32]}, "limit_train": 2000, "epochs": 2,
                          "device": "cpu", "log_every": 0, **flags})
     return fit(cfg, out=out, root=root, console=Console(quiet=True)).run_dir
 
@@ -37,8 +37,8 @@ def _train(out: Path, root: Path, **flags) -> Path:
 def runs(tmp_path_factory, mnist_root) -> tuple[Path, Path]:
     base = tmp_path_factory.mktemp("runs")
     return (_train(base / "relu", mnist_root),
-            _train(base / "sigmoid", mnist_root, model_args={"hidden": [32],
-                                                            "activation": "sigmoid"}))
+            _train(base / "sigmoid", mnist_root, epochs=1,
+                   model_args={"hidden": [32], "activation": "sigmoid"}))
 
 
 def test_scores_from_a_known_confusion_matrix():
