@@ -161,6 +161,9 @@ class _Prepared:
     path: str | None
     inputs: list[np.ndarray]  # uint8 [28, 28] each; empty when blank
     number: bool
+    # For a number: which of the inputs are read as its digits, decided once they are
+    # classified (number_reader.choose); None: all of them.
+    reader: Any = None
 
 
 def _path_of(image: ImageInput) -> str | None:
@@ -215,10 +218,10 @@ def _prepare(image: ImageInput, *, number: bool) -> _Prepared:
     grey = load_grey(image)
     path = _path_of(image)
     if number:
-        from digitlab.vision.segment import segment_number
+        from digitlab.number_reader import candidates
 
-        crops = [to_mnist(crop) for crop in segment_number(grey)]
-        return _Prepared(path, [c.image for c in crops if not c.blank], number=True)
+        found = candidates(grey)
+        return _Prepared(path, found.images, number=True, reader=found)
     # An image that already is a 28x28 MNIST digit (white on black, empty border) is fed
     # as is: preprocessing it again could only move it away from what the model learnt.
     pixels = np.round(grey * 255).astype(np.uint8)
@@ -376,8 +379,13 @@ class Recognizer:
         for p in prepared:
             rows = probs[at : at + len(p.inputs)]
             at += len(p.inputs)
-            digits = [_digit(img, row) for img, row in zip(p.inputs, rows, strict=True)]
-            out.append(_prediction(p, digits, rows, top_k))
+            chosen: Sequence[int] = range(len(p.inputs))
+            if p.reader is not None:
+                from digitlab.number_reader import choose
+
+                chosen = choose(p.reader, rows)
+            digits = [_digit(p.inputs[k], rows[k]) for k in chosen]
+            out.append(_prediction(p, digits, top_k))
         return out
 
 
@@ -387,12 +395,12 @@ def _digit(image: np.ndarray, probs: np.ndarray) -> DigitResult:
                        low_confidence=bool(probs[best] < LOW_CONFIDENCE), model_input=image)
 
 
-def _prediction(p: _Prepared, digits: list[DigitResult], probs: np.ndarray,
-                top_k: int) -> Prediction:
+def _prediction(p: _Prepared, digits: list[DigitResult], top_k: int) -> Prediction:
     blank = not digits
     single = digits[0] if len(digits) == 1 else None
-    ranked = ([] if single is None else
-              [(int(d), float(probs[0][d])) for d in np.argsort(-probs[0], kind="stable")[:top_k]])
+    ranked = [] if single is None else [
+        (int(d), single.probabilities[d])
+        for d in np.argsort(-np.asarray(single.probabilities), kind="stable")[:top_k]]
     if p.number:
         confidence = float(np.prod([d.confidence for d in digits])) if digits else None
         model_input = (np.concatenate([d.model_input for d in digits], axis=1) if digits
