@@ -33,9 +33,17 @@ def test_cnn_best_reference_stacks(kernel):
 
 def test_cnn_fast_shapes_and_options():
     for args in ({}, {"channels": [8, 16], "hidden": 0}, {"kernels": [3, 3]},
-                 {"batchnorm": False, "hidden": 32}):
+                 {"batchnorm": False, "hidden": 32}, {"stem": "unshuffle", "kernels": [3, 3]},
+                 {"stem": "unshuffle", "kernels": [5, 2], "dropout": 0.1}):
         model = create_model("cnn-fast", **args)
         assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
+    # the unshuffle stem: 2x2 blocks become 4 channels, the first conv runs on 14x14
+    model = create_model("cnn-fast", stem="unshuffle", kernels=[3, 3], channels=[16, 32])
+    first = model.features[1]
+    assert isinstance(model.features[0], torch.nn.PixelUnshuffle) and first.in_channels == 4
+    assert model.classifier[1].in_features == 32 * 4 * 4
+    with pytest.raises(DigitlabError, match="stem must be"):
+        create_model("cnn-fast", stem="patchify")
     with pytest.raises(DigitlabError, match="channels must be 2 positive integers"):
         create_model("cnn-fast", channels=[8])
     with pytest.raises(DigitlabError, match="leave no pixels"):

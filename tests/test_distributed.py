@@ -19,7 +19,7 @@ from digitlab.engine.train import steps_per_epoch
 
 pytestmark = pytest.mark.slow
 
-FLAGS = ["--preset", "fast", "--limit-train", "8000", "--epochs", "2", "--batch-size", "128",
+FLAGS = ["--preset", "fast", "--limit-train", "5000", "--epochs", "2", "--batch-size", "128",
          "--device", "cpu", "--seed", "1", "--quiet"]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -51,6 +52,31 @@ def normalise(images: torch.Tensor, mode: str) -> torch.Tensor:
     return x
 
 
+class Uint8Images:
+    """Images kept as uint8 [N, 28, 28] that index as normalised float32 [B, 1, 28, 28]:
+    a quarter of the memory of normalising all of them up front (60,000 MNIST images: 47 MB
+    instead of 188 MB) for a conversion per batch that costs next to nothing. Supports what
+    batches and shards use: slices and index tensors."""
+
+    def __init__(self, images: torch.Tensor, mode: str) -> None:
+        self.images = images
+        self.mode = mode
+
+    def __getitem__(self, index: slice | torch.Tensor) -> torch.Tensor:
+        return normalise(self.images[index], self.mode)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size([len(self.images), 1, *self.images.shape[1:]])
+
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+
 @dataclass
 class DeviceData:
     """One split on the device: normalised images and int64 labels."""
@@ -60,12 +86,16 @@ class DeviceData:
 
     @classmethod
     def from_split(cls, split: Split, device: torch.device, normalize: str,
-                   limit: int = 0) -> DeviceData:
+                   limit: int = 0, *, lazy: bool = False) -> DeviceData:
+        """lazy: keep uint8 and normalise per batch (Uint8Images); x then supports only
+        slicing and indexing, which is all that batches() and training do."""
         images, labels = split.images, split.labels
         if limit:
             images, labels = images[:limit], labels[:limit]
         x = torch.from_numpy(np.array(images, copy=True)).to(device)  # the IDX buffer is read-only
         y = torch.from_numpy(labels.astype(np.int64)).to(device)
+        if lazy:
+            return cls(cast(torch.Tensor, Uint8Images(x, normalize)), y)
         return cls(normalise(x, normalize), y)
 
     def __len__(self) -> int:

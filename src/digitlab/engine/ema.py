@@ -27,7 +27,7 @@ class EMA:
 
     def _match(self, model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor],
                                                  list[torch.Tensor], list[torch.Tensor]]:
-        shadow_p = [p for p in self.module.parameters()]
+        shadow_p: list[torch.Tensor] = list(self.module.parameters())
         model_p = [p.detach() for p in model.parameters()]
         shadow_b = [b for b in self.module.buffers()]
         model_b = [b for b in model.buffers()]

@@ -58,9 +58,9 @@ def tta_probabilities(model: nn.Module, data: DeviceData, *, background: float,
     model.eval()
     out = []
     for x, _ in batches(data, batch_size):
-        p = sum(torch.softmax(model(warp(x, background=background, **view)).float(), dim=1)
-                for view in TTA_VIEWS)
-        out.append((p / len(TTA_VIEWS)).cpu())
+        views = [torch.softmax(model(warp(x, background=background, **view)).float(), dim=1)
+                 for view in TTA_VIEWS]
+        out.append(torch.stack(views).mean(dim=0).cpu())
     return torch.cat(out)
 
 

@@ -28,8 +28,11 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_pe
     if cfg.schedule == "none":
         return None
     if cfg.schedule == "onecycle":
+        # OneCycleLR divides by its warm-up length in steps, which must not round to zero
+        # (a run of a few batches, e.g. --limit-train in a smoke test).
+        pct = min(0.9, max(cfg.warmup or 0.25, 1.5 / (total + 1)))
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=cfg.lr, total_steps=total + 1, pct_start=cfg.warmup or 0.25,
+            optimizer, max_lr=cfg.lr, total_steps=total + 1, pct_start=pct,
             anneal_strategy="linear", cycle_momentum=False,
         )
     warm = int(cfg.warmup * total)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from digitlab.console import Console
 from digitlab.data import sources
 from digitlab.data.augment import Augment, background_value, step_seed
 from digitlab.data.handwriting import HandwritingAugment
-from digitlab.data.loader import DeviceData, batches, load_split, num_batches
+from digitlab.data.loader import DeviceData, Split, batches, load_split, num_batches
 from digitlab.device import resolve_device
 from digitlab.engine import checkpoint, distributed, rundir
 from digitlab.engine.distributed import Dist
@@ -65,19 +65,24 @@ def seed_everything(seed: int) -> None:
 
 def load_data(cfg: TrainConfig, root: Path | None, device: torch.device, console: Console
               ) -> Data:
-    """(train, test, validation): validation is the last cfg.val_split training images."""
+    """(train, test, validation): validation is the last cfg.val_split training images.
+    Images stay uint8 on the device and are normalised batch by batch (a CPU run's memory)."""
     root = root if root is not None else sources.default_root()
     sources.fetch(cfg.dataset, root=root, report=console.note)
-    train = DeviceData.from_split(load_split(cfg.dataset, root, "train"), device, cfg.normalize,
-                                  cfg.limit_train)
-    test = DeviceData.from_split(load_split(cfg.dataset, root, "test"), device, cfg.normalize)
+    split = load_split(cfg.dataset, root, "train")
+    if cfg.limit_train:
+        split = Split(split.images[: cfg.limit_train], split.labels[: cfg.limit_train])
     val = None
     if cfg.val_split:
-        if cfg.val_split >= len(train):
+        if cfg.val_split >= len(split.labels):
             raise DigitlabError(f"val_split {cfg.val_split} leaves no training images")
-        keep = len(train) - cfg.val_split
-        val = DeviceData(train.x[keep:], train.y[keep:])
-        train = DeviceData(train.x[:keep], train.y[:keep])
+        keep = len(split.labels) - cfg.val_split
+        val = DeviceData.from_split(Split(split.images[keep:], split.labels[keep:]), device,
+                                    cfg.normalize, lazy=True)
+        split = Split(split.images[:keep], split.labels[:keep])
+    train = DeviceData.from_split(split, device, cfg.normalize, lazy=True)
+    test = DeviceData.from_split(load_split(cfg.dataset, root, "test"), device, cfg.normalize,
+                                 lazy=True)
     return train, test, val
 
 
@@ -110,11 +115,11 @@ class Trainer:
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.precision = Precision(cfg.amp, device)
-        forward = distributed.wrap(self.model, info, device)
+        forward: nn.Module = distributed.wrap(self.model, info, device)
         if cfg.compile:
             # Only the wrapper is compiled; self.model stays the module whose state is saved.
-            forward = torch.compile(forward, backend=os.environ.get(
-                "DIGITLAB_COMPILE_BACKEND", "inductor"))
+            forward = cast(nn.Module, torch.compile(forward, backend=os.environ.get(
+                "DIGITLAB_COMPILE_BACKEND", "inductor")))
         self.forward = self.precision.wrap(forward)
         self.step = make_step(self.forward, cfg.label_smoothing)
         self.optimizer = build_optimizer(self.step.parameters(), cfg)
