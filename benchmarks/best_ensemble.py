@@ -54,7 +54,8 @@ def main() -> None:
                              "compile": True if args.compile else None}
     cfg = resolve(preset=args.preset, flags=flags)
     data = load_data(cfg, args.root, device, Console(quiet=True))
-    print(f"# {args.preset} on {device.type}: {cfg.model} {cfg.model_args}, {cfg.epochs} "
+    print(f"# {args.preset} on {device.type}: {cfg.model} {cfg.model_args}"
+          f"{f' with kernels {args.kernels} by seed' if args.kernels else ''}, {cfg.epochs} "
           f"epochs, batch {cfg.batch_size}, amp {cfg.amp}, torch {torch.__version__}",
           flush=True)
 
