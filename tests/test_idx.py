@@ -63,3 +63,17 @@ def test_corrupt_gzip_is_a_data_error(tmp_path):
     path.write_bytes(good[: len(good) // 2])
     with pytest.raises(DataError, match="corrupt or truncated gzip"):
         read_idx(path)
+
+
+def test_atomic_write_gives_ordinary_permissions_and_keeps_existing_ones(tmp_path):
+    from digitlab.data import idx
+
+    fresh = tmp_path / "report.html"
+    plain = tmp_path / "plain.html"
+    plain.write_bytes(b"x")  # what an ordinary open() gives under this process's umask
+    idx.atomic_write(fresh, b"x")
+    assert fresh.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777  # not mkstemp's 0600
+    fresh.chmod(0o640)
+    idx.atomic_write(fresh, b"y")
+    assert fresh.stat().st_mode & 0o777 == 0o640
+    assert fresh.read_bytes() == b"y"

@@ -47,8 +47,6 @@ def install(run: Path, *, benchmark: dict[str, Any] | None = None,
     atomic_write(assets / DEFAULT_WEIGHTS, blob)
     atomic_write(assets / DEFAULT_CARD, (json.dumps(card, indent=2, sort_keys=True) + "\n")
                  .encode())
-    for name in (DEFAULT_WEIGHTS, DEFAULT_CARD):
-        (assets / name).chmod(0o644)  # package data: readable by every user of the install
     return card
 
 
