@@ -251,14 +251,9 @@ def compare(reference: Callable[[torch.Tensor], np.ndarray],
 def check_images(dataset: str, normalize: str, *, root: Path | None, count: int
                  ) -> torch.Tensor:
     """The first `count` real test images of the model's dataset, normalised as it expects."""
-    from digitlab.data import sources
-    from digitlab.data.loader import DeviceData, load_split
+    from digitlab.data.loader import load_test_set
 
-    root = root if root is not None else sources.default_root()
-    sources.fetch(dataset, root=root)
-    test = DeviceData.from_split(load_split(dataset, root, "test"), torch.device("cpu"),
-                                 normalize, limit=count)
-    return test.x
+    return load_test_set(dataset, root, torch.device("cpu"), normalize, limit=count).x
 
 
 def _default_out(run: Path, fmt: str, model_name: str) -> Path:

@@ -102,6 +102,14 @@ class DeviceData:
         return len(self.y)
 
 
+def load_test_set(name: str, root: Path | None, device: torch.device, normalize: str, *,
+              limit: int = 0) -> DeviceData:
+    """A dataset's verified test split on the device (fetched first if it is missing)."""
+    root = root if root is not None else sources.default_root()
+    sources.fetch(name, root=root)
+    return DeviceData.from_split(load_split(name, root, "test"), device, normalize, limit)
+
+
 def batches(
     data: DeviceData, batch_size: int, *, order: torch.Tensor | None = None, start: int = 0
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -67,15 +67,13 @@ def tta_probabilities(model: nn.Module, data: DeviceData, *, background: float,
 def evaluate_ensemble(runs: list[Path], *, root: Path | None = None, device: str = "auto",
                       tta: bool = False, batch_size: int = 1000) -> EnsembleResult:
     """Each run's result on the test set and that of the mean of their probabilities."""
-    from digitlab.data import sources
-    from digitlab.data.loader import load_split
+    from digitlab.data.loader import load_test_set
     from digitlab.device import resolve_device
     from digitlab.engine.rundir import load_model
 
     if not runs:
         raise DigitlabError("name at least one run to evaluate")
     dev = resolve_device(device)
-    root = root if root is not None else sources.default_root()
     tests: dict[tuple[str, str], DeviceData] = {}
     members: list[Member] = []
     dataset = None
@@ -88,9 +86,7 @@ def evaluate_ensemble(runs: list[Path], *, root: Path | None = None, device: str
                                 "an ensemble needs one dataset")
         dataset = name
         if (name, normalize) not in tests:
-            sources.fetch(name, root=root)
-            tests[name, normalize] = DeviceData.from_split(load_split(name, root, "test"), dev,
-                                                           normalize)
+            tests[name, normalize] = load_test_set(name, root, dev, normalize)
         test = tests[name, normalize]
         if tta:
             probs = tta_probabilities(model, test, background=background_value(normalize),

@@ -81,16 +81,11 @@ def evaluate(
 def evaluate_run(run: Path, *, root: Path | None = None, device: str = "auto",
                  batch_size: int = 1000, keep_probabilities: bool = False) -> EvalResult:
     """Evaluate a run directory (or weights file) on its dataset's test split."""
-    from digitlab.data import sources
-    from digitlab.data.loader import load_split
+    from digitlab.data.loader import load_test_set
     from digitlab.device import resolve_device
     from digitlab.engine.rundir import load_model
 
     dev = resolve_device(device)
     model, meta = load_model(run, dev)
-    root = root if root is not None else sources.default_root()
-    dataset = meta.get("dataset", "mnist")
-    sources.fetch(dataset, root=root)
-    test = DeviceData.from_split(load_split(dataset, root, "test"), dev,
-                                 meta.get("normalize", "unit"))
+    test = load_test_set(meta.get("dataset", "mnist"), root, dev, meta.get("normalize", "unit"))
     return evaluate(model, test, batch_size=batch_size, keep_probabilities=keep_probabilities)
