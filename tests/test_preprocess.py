@@ -8,6 +8,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from digitlab.errors import ImageError
+from digitlab.vision import preprocess
 from digitlab.vision.preprocess import (
     from_mnist_like,
     looks_mnist_like,
@@ -280,3 +281,40 @@ def test_prepare_batch_mixes_pictures_and_mnist_arrays() -> None:
     assert np.array_equal(batch[0], seven)  # not re-normalised
     assert np.array_equal(batch[1], to_mnist(draw("0")).image)
     assert prepare_batch([]).shape == (0, 28, 28)
+
+
+# --- the short path for flat paper (canvas drawings) ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("digit", "stroke", "ink", "paper"),
+    [("0", 4, 0.0, 1.0), ("1", 30, 0.0, 1.0), ("7", 12, 1.0, 0.0), ("0", 20, 0.2, 0.7)],
+)
+def test_flat_paper_short_path_agrees_with_the_lighting_analysis(
+    digit: str, stroke: int, ink: float, paper: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    picture = draw(digit, stroke=stroke, ink=ink, paper=paper)
+    assert preprocess._flat_paper_residual(picture) is not None
+    short = to_mnist(picture).image
+    monkeypatch.setattr(preprocess, "_flat_paper_residual", lambda grey: None)
+    full = to_mnist(picture).image
+    assert mean_abs_diff(short, full) < 1.0
+
+
+def test_photos_never_take_the_flat_paper_path() -> None:
+    rng = np.random.default_rng(3)
+    drawn = draw("7", ink=0.1, paper=0.9)
+    noisy = np.clip(drawn + rng.normal(0, 0.02, drawn.shape), 0, 1).astype(np.float32)
+    assert preprocess._flat_paper_residual(noisy) is None
+    # Over-exposed white paper (clipped at 1.0) with a shadow across the bottom: most pixels
+    # sit at one level, but the shadow is not ink and reaches the border.
+    shadowed = draw("7").copy()
+    shadowed[200:] *= 0.6
+    assert preprocess._flat_paper_residual(shadowed) is None
+    result = to_mnist(shadowed)
+    assert box_size(result.image) == box_size(to_mnist(draw("7")).image)
+
+
+def test_flat_paper_without_ink_is_blank() -> None:
+    assert to_mnist(np.full((140, 140), 1.0, np.float32)).blank
+    assert to_mnist(np.full((140, 140), 0.3, np.float32)).blank

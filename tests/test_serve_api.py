@@ -299,6 +299,51 @@ def test_the_event_loop_answers_while_a_digit_is_being_read(recognizer, digits):
         assert result["r"].status_code == 200
 
 
+def test_concurrent_requests_share_one_model_call(recognizer, digits):
+    """While the model reads one request, the others queue and are read in one call, with
+    the answers each would get alone."""
+    entered, release = threading.Event(), threading.Event()
+    sizes: list[int] = []
+
+    def counting_backend(images: np.ndarray) -> np.ndarray:
+        sizes.append(len(images))
+        entered.set()
+        release.wait(30)
+        return recognizer.backend(images)
+
+    app = create_app(Recognizer(counting_backend, info=recognizer.info()), concurrency=4)
+    release.set()  # the start-up warm-up
+    with running(app) as base:
+        entered.clear()
+        release.clear()
+        sizes.clear()
+        answers: dict[int, httpx.Response] = {}
+
+        def post(k: int) -> None:
+            with httpx.Client(base_url=base, timeout=30) as c:
+                answers[k] = c.post("/api/predict", content=digits[k][1])
+
+        first = threading.Thread(target=post, args=(0,))
+        first.start()
+        assert entered.wait(30)  # request 0 is inside the model call
+        rest = [threading.Thread(target=post, args=(k,)) for k in range(1, 10)]
+        for thread in rest:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while len(app.state.batcher._waiting) < 9 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        release.set()
+        for thread in [first, *rest]:
+            thread.join(30)
+    assert sizes == [1, 9]
+    for k, (_, data) in enumerate(digits):
+        alone = recognizer.predict(data).to_json()
+        got = answers[k].json()
+        assert answers[k].status_code == 200
+        assert got["digit"] == alone["digit"]
+        assert np.allclose(got["probabilities"], alone["probabilities"], atol=1e-5)
+
+
 # --- pages, docs, CORS ----------------------------------------------------------------------
 
 

@@ -155,8 +155,12 @@ class TorchBackend:
 
 
 @dataclass
-class _Prepared:
-    """One input after preprocessing: the 28x28 images to classify (one, or one per digit)."""
+class Prepared:
+    """One input after preprocessing: the 28x28 images to classify (one, or one per digit).
+
+    `Recognizer.prepare` makes it and `Recognizer.finish` turns it and the model's
+    probabilities for `inputs` into a Prediction; a server classifies the inputs of many
+    requests in one model call between the two."""
 
     path: str | None
     inputs: list[np.ndarray]  # uint8 [28, 28] each; empty when blank
@@ -212,7 +216,7 @@ def _array_to_pil(array: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(array))
 
 
-def _prepare(image: ImageInput, *, number: bool) -> _Prepared:
+def _prepare(image: ImageInput, *, number: bool) -> Prepared:
     from digitlab.vision.preprocess import from_mnist_like, looks_mnist_like, to_mnist
 
     grey = load_grey(image)
@@ -221,12 +225,12 @@ def _prepare(image: ImageInput, *, number: bool) -> _Prepared:
         from digitlab.number_reader import candidates
 
         found = candidates(grey)
-        return _Prepared(path, found.images, number=True, reader=found)
+        return Prepared(path, found.images, number=True, reader=found)
     # An image that already is a 28x28 MNIST digit (white on black, empty border) is fed
     # as is: preprocessing it again could only move it away from what the model learnt.
     pixels = np.round(grey * 255).astype(np.uint8)
     done = from_mnist_like(pixels) if looks_mnist_like(pixels) else to_mnist(grey)
-    return _Prepared(path, [] if done.blank else [done.image], number=False)
+    return Prepared(path, [] if done.blank else [done.image], number=False)
 
 
 # --- the recognizer -----------------------------------------------------------------------
@@ -356,25 +360,37 @@ class Recognizer:
     def predict(self, image: ImageInput, *, top_k: int = 3, number: bool = False
                 ) -> Prediction:
         """Read one image; raises ImageError when it cannot be used."""
-        return self._answer([_prepare(image, number=number)], top_k=top_k)[0]
+        return self._answer([self.prepare(image, number=number)], top_k=top_k)[0]
+
+    @staticmethod
+    def prepare(image: ImageInput, *, number: bool = False) -> Prepared:
+        """Decode and preprocess one image (no model call); raises ImageError."""
+        return _prepare(image, number=number)
 
     def predict_many(self, images: Sequence[ImageInput], *, top_k: int = 3,
                      number: bool = False) -> list[Prediction]:
         """Read many images in batched model calls; a bad input gets Prediction.error
         instead of stopping the rest."""
-        prepared: list[_Prepared | Prediction] = []
+        prepared: list[Prepared | Prediction] = []
         for image in images:
             try:
                 prepared.append(_prepare(image, number=number))
             except ImageError as exc:
                 prepared.append(failed(_path_of(image), str(exc), number=number))
-        good = [p for p in prepared if isinstance(p, _Prepared)]
+        good = [p for p in prepared if isinstance(p, Prepared)]
         answers = iter(self._answer(good, top_k=top_k))
         return [p if isinstance(p, Prediction) else next(answers) for p in prepared]
 
-    def _answer(self, prepared: list[_Prepared], *, top_k: int) -> list[Prediction]:
+    def _answer(self, prepared: list[Prepared], *, top_k: int) -> list[Prediction]:
         flat = [img for p in prepared for img in p.inputs]
         probs = self.classify(np.stack(flat) if flat else np.zeros((0, 28, 28), np.uint8))
+        return self.finish(prepared, probs, top_k=top_k)
+
+    @staticmethod
+    def finish(prepared: Sequence[Prepared], probs: np.ndarray, *, top_k: int = 3
+               ) -> list[Prediction]:
+        """Predictions from prepared inputs and the probabilities of all their `inputs`,
+        in order (what `classify` returns for them stacked)."""
         out, at = [], 0
         for p in prepared:
             rows = probs[at : at + len(p.inputs)]
@@ -395,7 +411,7 @@ def _digit(image: np.ndarray, probs: np.ndarray) -> DigitResult:
                        low_confidence=bool(probs[best] < LOW_CONFIDENCE), model_input=image)
 
 
-def _prediction(p: _Prepared, digits: list[DigitResult], top_k: int) -> Prediction:
+def _prediction(p: Prepared, digits: list[DigitResult], top_k: int) -> Prediction:
     blank = not digits
     single = digits[0] if len(digits) == 1 else None
     ranked = [] if single is None else [

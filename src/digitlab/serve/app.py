@@ -31,8 +31,9 @@ from PIL import Image
 from starlette.exceptions import HTTPException
 
 from digitlab import __version__
-from digitlab.api import Recognizer
+from digitlab.api import Prepared, Recognizer
 from digitlab.errors import DigitlabError, ImageError
+from digitlab.serve.batcher import ModelBatcher
 from digitlab.serve.docs import render_docs
 from digitlab.serve.upload import RequestProblem, image_bytes, read_body
 from digitlab.vision.decode import FORMATS, MAX_BYTES, MAX_PIXELS
@@ -99,6 +100,7 @@ def create_app(
         await anyio.to_thread.run_sync(_warm_up, loaded)
         app.state.recognizer = loaded
         app.state.limiter = anyio.CapacityLimiter(threads)
+        app.state.batcher = ModelBatcher(loaded.classify)
         yield
 
     app = FastAPI(
@@ -144,11 +146,18 @@ def _add_api(app: FastAPI, *, max_bytes: int) -> None:
         """The answer `digitlab predict --json` prints for the image."""
         body = await read_body(request, max_bytes=max_bytes)
         data = image_bytes(body, request.headers.get("content-type"))
-        work = partial(_read, request.app.state.recognizer, data, top_k=top_k, number=number,
-                       include_input=include_input)
+        state = request.app.state
         try:
-            blank, answer = await anyio.to_thread.run_sync(
-                work, limiter=request.app.state.limiter)
+            # Decoding and preprocessing run in worker threads, many requests at once;
+            # the model then reads the digits of all waiting requests in one call.
+            prepared = await anyio.to_thread.run_sync(partial(_prepare, data, number=number),
+                                                      limiter=state.limiter)
+            images = (np.stack(prepared.inputs) if prepared.inputs
+                      else np.zeros((0, 28, 28), np.uint8))
+            probs = (await state.batcher(images) if len(images)
+                     else state.recognizer.classify(images))
+            prediction = Recognizer.finish([prepared], probs, top_k=top_k)[0]
+            answer = prediction.to_json(include_input=include_input)
         except RequestProblem:
             raise
         except Exception:
@@ -156,7 +165,7 @@ def _add_api(app: FastAPI, *, max_bytes: int) -> None:
             # the connection: a keep-alive client's next request must still go through.
             log.exception("reading an uploaded image failed")
             raise RequestProblem(500, INTERNAL) from None
-        if blank:
+        if prediction.blank:
             raise RequestProblem(422, "no digit found in the image", answer)
         return JSONResponse(answer)
 
@@ -169,16 +178,14 @@ def _add_api(app: FastAPI, *, max_bytes: int) -> None:
         return {"status": "ok", "model": request.app.state.recognizer.info().get("model")}
 
 
-def _read(recognizer: Recognizer, data: bytes, *, top_k: int, number: bool,
-          include_input: bool) -> tuple[bool, dict[str, Any]]:
+def _prepare(data: bytes, *, number: bool) -> Prepared:
     check_header(data)
     try:
-        prediction = recognizer.predict(data, top_k=top_k, number=number)
+        return Recognizer.prepare(data, number=number)
     except ImageError as exc:
         # The header was fine, so it is an image, but one that cannot be used (truncated,
         # corrupt, a few pixels wide): the decoder's message says which.
         raise RequestProblem(422, str(exc)) from None
-    return prediction.blank, prediction.to_json(include_input=include_input)
 
 
 def check_header(data: bytes) -> None:

@@ -28,6 +28,12 @@ STROKE_RANGE = (0.08, 0.18)
 MAX_WORK_SIDE = 1600  # bigger inputs are averaged down first; a digit needs far less
 MIN_CONTRAST = 0.08  # ink must differ from paper by this much (of full scale) to count
 SPECK_FRACTION = 0.02  # components smaller than this share of the largest are dirt
+# Flat paper (see _flat_paper_residual): this share of the pixels, and of the border's,
+# lies within FLAT_LEVELS grey levels of the commonest value; ink is FLAT_FAR away.
+FLAT_LEVELS = 2
+FLAT_SHARE = 0.5
+FLAT_BORDER_SHARE = 0.95
+FLAT_FAR = 0.25
 
 BBox = tuple[int, int, int, int]  # y0, x0, y1, x1 with exclusive ends, in input pixels
 
@@ -115,6 +121,19 @@ def ink_map(grey: np.ndarray) -> InkMap:
     """Find the ink: bright strokes on a clean black ground, whatever the input looked like."""
     original = as_grey(grey)
     grey = _limit_size(original, MAX_WORK_SIDE)
+    residual = _flat_paper_residual(grey)
+    if residual is None:
+        residual = _photo_residual(grey)
+    shape = (original.shape[0], original.shape[1])
+    found = _threshold(residual)
+    if found is None:
+        empty = np.zeros(grey.shape, np.float32)
+        return InkMap(empty, empty.astype(bool), shape, blank=True)
+    return InkMap(found[0], found[1], shape, blank=False)
+
+
+def _photo_residual(grey: np.ndarray) -> np.ndarray:
+    """Ink strength over paper whose level drifts (shadows, gradients, texture)."""
     dark = _dark_ink(grey)
     ink = 1.0 - grey if dark else grey
     background = _background(ink)
@@ -123,12 +142,35 @@ def ink_map(grey: np.ndarray) -> InkMap:
         # Light scales paper and ink alike, so in a shadow the contrast shrinks with the
         # paper's brightness; dividing by it makes shaded strokes as strong as lit ones.
         residual /= np.maximum(1.0 - background, 0.05)
-    shape = (original.shape[0], original.shape[1])
-    found = _threshold(residual)
-    if found is None:
-        empty = np.zeros(grey.shape, np.float32)
-        return InkMap(empty, empty.astype(bool), shape, blank=True)
-    return InkMap(found[0], found[1], shape, blank=False)
+    return residual
+
+
+def _flat_paper_residual(grey: np.ndarray) -> np.ndarray | None:
+    """Ink strength for a picture on perfectly even paper (a canvas, a paint program, a clean
+    scan); None for anything else, which takes the full lighting analysis.
+
+    Such pictures are recognised by their histogram: most pixels, and nearly the whole
+    border, sit within a couple of grey levels of one value. A shadow or a gradient reaches
+    the border and spreads the paper over many levels, and camera noise alone spreads it
+    further, so photos never pass. On flat paper the paper level is that value, and the
+    ink is whichever side of it holds more of the far-off pixels; the result equals what
+    the lighting analysis finds, at a fraction of the cost (the drawing page's case).
+    """
+    levels = np.round(grey * 255.0).astype(np.uint8)
+    hist = np.bincount(levels.ravel(), minlength=256)
+    paper = int(hist.argmax())
+    lo, hi = max(0, paper - FLAT_LEVELS), min(255, paper + FLAT_LEVELS)
+    if hist[lo : hi + 1].sum() < FLAT_SHARE * levels.size:
+        return None
+    border = np.concatenate([levels[0], levels[-1], levels[:, 0], levels[:, -1]])
+    if np.count_nonzero((border >= lo) & (border <= hi)) < FLAT_BORDER_SHARE * border.size:
+        return None
+    far = round(255 * FLAT_FAR)
+    dark = hist[: max(0, paper - far)].sum() > hist[paper + far + 1 :].sum()
+    level = np.float32(paper / 255.0)
+    if dark:
+        return (level - grey) / max(float(level), 0.05)
+    return grey - level
 
 
 def as_grey(image: np.ndarray) -> np.ndarray:
@@ -283,6 +325,13 @@ def _to_working(crop: np.ndarray) -> np.ndarray:
 
 def stroke_width(mask: np.ndarray) -> float:
     """Typical stroke width in pixels: twice the depth of the stroke's centre line."""
+    box = mask_bbox(mask)
+    if box is None:
+        return 0.0
+    # Every pixel of the box has its nearest background on the one-pixel ring around it,
+    # so the distances, and the result, are those of the whole picture.
+    y0, x0, y1, x1 = box
+    mask = mask[max(0, y0 - 1) : y1 + 1, max(0, x0 - 1) : x1 + 1]
     depth = ndimage.distance_transform_edt(mask)
     # Pixels at least as deep as all eight neighbours lie on the strokes' centre lines.
     ridge = mask & (depth >= ndimage.maximum_filter(depth, size=3))
@@ -320,6 +369,18 @@ def _normalise_stroke(work: np.ndarray) -> np.ndarray | None:
 
 def skeleton(mask: np.ndarray) -> np.ndarray:
     """One-pixel-wide connected centre lines (Zhang & Suen 1984 thinning, vectorised)."""
+    box = mask_bbox(mask)
+    out = np.zeros(mask.shape, bool)
+    if box is None:
+        return out
+    # Thinning looks at 3x3 neighbourhoods only, so the ink's box (padded with background
+    # below) thins exactly as the whole picture would, for a fraction of the work.
+    y0, x0, y1, x1 = box
+    out[y0:y1, x0:x1] = _thin(mask[y0:y1, x0:x1])
+    return out
+
+
+def _thin(mask: np.ndarray) -> np.ndarray:
     img = np.pad(mask.astype(np.uint8), 1)
     changed = True
     while changed:
