@@ -385,29 +385,37 @@ def _thin(mask: np.ndarray) -> np.ndarray:
     changed = True
     while changed:
         changed = False
-        for first in (True, False):
-            removable = _zhang_suen_step(img, first)
+        for table in _THIN_TABLES:
+            # Each pixel's eight neighbours as one byte, then the rule looked up per byte.
+            code = ndimage.correlate(img, _NEIGHBOUR_BITS, mode="constant")
+            removable = (img == 1) & table[code]
             if removable.any():
-                img[1:-1, 1:-1][removable] = 0
+                img[removable] = 0
                 changed = True
     return img[1:-1, 1:-1].astype(bool)
 
 
-def _zhang_suen_step(img: np.ndarray, first: bool) -> np.ndarray:
-    """Border pixels whose removal keeps the shape connected and does not shorten a line."""
-    h, w = img.shape
-    # Neighbours clockwise from north: P2..P9 in the paper's notation.
-    offsets = [(-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1)]
-    p = [img[1 + dy : h - 1 + dy, 1 + dx : w - 1 + dx] for dy, dx in offsets]
-    count = sum(q.astype(np.int32) for q in p)
-    transitions = sum(((p[i] == 0) & (p[(i + 1) % 8] == 1)).astype(np.int32) for i in range(8))
+def _zhang_suen_tables() -> tuple[np.ndarray, np.ndarray]:
+    """For each arrangement of the eight neighbours (bit i: P2..P9 of the paper, clockwise
+    from north), may the pixel go in the first and in the second sub-iteration? A border
+    pixel may when its removal keeps the shape connected and does not shorten a line."""
+    codes = np.arange(256)
+    p = [(codes >> i) & 1 for i in range(8)]
+    count = sum(p)
+    transitions = sum((p[i] == 0) & (p[(i + 1) % 8] == 1) for i in range(8))
     north, east, south, west = p[0], p[2], p[4], p[6]
-    if first:
-        keep_side = (north * east * south == 0) & (east * south * west == 0)
-    else:
-        keep_side = (north * east * west == 0) & (north * south * west == 0)
-    centre = img[1:-1, 1:-1] == 1
-    return centre & (count >= 2) & (count <= 6) & (transitions == 1) & keep_side
+    thin = (count >= 2) & (count <= 6) & (transitions == 1)
+    first = thin & (north * east * south == 0) & (east * south * west == 0)
+    second = thin & (north * east * west == 0) & (north * south * west == 0)
+    return first, second
+
+
+_THIN_TABLES = _zhang_suen_tables()
+# correlate() weights: neighbour (dy, dx) of P2..P9 gets bit i.
+_NEIGHBOUR_BITS = np.zeros((3, 3), np.uint8)
+for _bit, (_dy, _dx) in enumerate([(-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1),
+                                   (-1, -1)]):
+    _NEIGHBOUR_BITS[1 + _dy, 1 + _dx] = 1 << _bit
 
 
 def _fit_box(ink: np.ndarray) -> np.ndarray:
