@@ -2,22 +2,52 @@
 
 from __future__ import annotations
 
+import inspect
 import math
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import nn
+from torch.optim import Optimizer
 
 from digitlab.config import TrainConfig
+
+OptimizerT = TypeVar("OptimizerT", bound=Optimizer)
+
+
+def _eager(cls: type[OptimizerT]) -> type[OptimizerT]:
+    """cls without the wrappers that import torch._dynamo.
+
+    torch.optim's optimizers import the compiler (torch._dynamo: about 150 MB resident and
+    3 s on two CPU cores) the first time one is built, stepped or saved, only to mark those
+    methods as not to be traced by it. Nothing here traces an optimizer (--compile compiles
+    the model alone), so the subclass calls the functions under the wrappers: the same code,
+    the same state dicts and the same numbers, without the compiler in memory."""
+    step = inspect.unwrap(cls.step)
+
+    def eager_step(self: Optimizer, closure: Any = None) -> Any:
+        with torch.no_grad():  # what the wrapper does for a non-differentiable optimizer
+            return step(self, closure)
+
+    methods = {name: inspect.unwrap(getattr(Optimizer, name))
+               for name in ("add_param_group", "state_dict", "load_state_dict", "zero_grad")}
+    return cast(type[OptimizerT], type(cls.__name__, (cls,), {
+        **methods, "step": eager_step, "__module__": __name__, "__qualname__": cls.__name__,
+        "__doc__": _eager.__doc__}))
+
+
+SGD = _eager(torch.optim.SGD)
+Adam = _eager(torch.optim.Adam)
+AdamW = _eager(torch.optim.AdamW)
 
 
 def build_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
     # fused kernels: one pass over each tensor instead of a handful of foreach launches.
     fused = params[0].device.type in ("cpu", "cuda")
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
-                               weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0,
-                               fused=fused)
-    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        return SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                   weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0, fused=fused)
+    cls = AdamW if cfg.optimizer == "adamw" else Adam
     return cls(params, lr=cfg.lr, betas=(cfg.betas[0], cfg.betas[1]), weight_decay=cfg.weight_decay,
                fused=fused)
 
