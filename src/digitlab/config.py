@@ -37,7 +37,7 @@ class TrainConfig:
     gamma: float = 0.1  # decay factor for schedule "step"
     epochs: int = 10
     batch_size: int = 64
-    eval_batch_size: int = 1000
+    eval_batch_size: int = 1000  # on a CPU at most batch_size: Trainer.eval_batch_size
     shuffle: bool = True
     # "unit" is ToTensor's x/255 (the tutorial); "standard" then standardises with MNIST's
     # mean and std
@@ -153,7 +153,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "warmup": 0.25,
         "epochs": 1,
         "batch_size": 256,
-        "eval_batch_size": 500,  # small batches keep a CPU run's peak memory down
+        "eval_batch_size": 500,
         "shuffle": True,
         "normalize": "standard",
         "amp": "auto",
