@@ -41,6 +41,23 @@ def test_python_dash_m_works():
     assert out.stdout.startswith(f"digitlab {__version__}")
 
 
+def test_the_command_ends_as_python_would_with_torch_loaded():
+    # main() ends the process itself once torch is loaded (skipping the CUDA libraries'
+    # destructors): output through a pipe is complete, atexit handlers run, codes are kept
+    code = ("import atexit, sys; from digitlab import cli; "
+            "atexit.register(lambda: print('atexit ran', file=sys.stderr)); "
+            "sys.argv = ['digitlab', *sys.argv[1:]]; cli.main()")
+    listed = subprocess.run([sys.executable, "-c", code, "models"], capture_output=True,
+                            text=True)
+    assert listed.returncode == 0 and listed.stderr == "atexit ran\n"
+    assert listed.stdout.splitlines() == invoke("models").output.splitlines()
+    failed = subprocess.run([sys.executable, "-c", code, "train", "--model", "nope"],
+                            capture_output=True, text=True)
+    assert failed.returncode == 1 and failed.stdout == ""
+    assert failed.stderr.startswith("Error: unknown model 'nope'")
+    assert failed.stderr.endswith("atexit ran\n")
+
+
 def test_models_lists_parameter_counts():
     result = invoke("models")
     assert result.exit_code == 0

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +15,7 @@ import torch
 from digitlab.config import resolve
 from digitlab.console import Console
 from digitlab.engine.evaluate import evaluate_run
-from digitlab.engine.rundir import load_model, read_metrics
+from digitlab.engine.rundir import METRICS, WEIGHTS, load_model, read_metrics
 from digitlab.engine.train import fit
 
 pytestmark = pytest.mark.slow
@@ -83,3 +87,30 @@ def test_existing_run_directory_is_never_overwritten(tmp_path, mnist_root):
     fit(cfg, out=out, force=True, root=mnist_root, console=Console(quiet=True))
     assert (out / "notes.txt").read_text() == "mine"
     assert (out / "model.safetensors").exists()
+
+
+def _peak_rss_mb(args: list[str], logs: Path) -> tuple[float, int, str, str]:
+    """Run a Python child to completion: its own peak resident memory in MB (wait4's
+    ru_maxrss, whatever else this process has run), exit code, stdout and stderr."""
+    logs.mkdir(parents=True, exist_ok=True)
+    with open(logs / "out", "w") as out, open(logs / "err", "w") as err:
+        proc = subprocess.Popen([sys.executable, *args], stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+    return (usage.ru_maxrss / 1024, proc.returncode, (logs / "out").read_text(),
+            (logs / "err").read_text())
+
+
+def test_training_run_peak_memory_stays_near_the_import_of_torch(tmp_path, mnist_root):
+    # A CPU run's peak used to be torch's import plus ~150 MB of torch._dynamo (pulled in by
+    # torch.optim), 75-125 MB of CUDA libraries paged in by their destructors at exit, and
+    # activations of whole evaluation batches. What a short run may add to the import itself:
+    torch_alone, *_ = _peak_rss_mb(["-c", "import os, torch; os._exit(0)"], tmp_path / "t")
+    run, code, out, err = _peak_rss_mb(
+        ["-m", "digitlab", "train", "--preset", "fast", "--device", "cpu", "--limit-train",
+         "1024", "--root", str(mnist_root), "--quiet", "--out", str(tmp_path / "run")],
+        tmp_path / "logs")
+    assert code == 0, err
+    assert "Test result: Accuracy:" in out  # flushed before the process ended
+    assert (tmp_path / "run" / WEIGHTS).is_file() and (tmp_path / "run" / METRICS).is_file()
+    assert run - torch_alone < 200, f"peak {run:.0f} MB, import torch {torch_alone:.0f} MB"
