@@ -33,7 +33,7 @@ def test_choose_joins_two_unsure_halves_into_a_sure_digit():
 
 def test_choose_cuts_an_unsure_piece_into_two_sure_digits():
     found = nr.Candidates(images=[np.zeros((28, 28))] * 5, singles=[0, 1],
-                          splits={1: [(2, 3), (3, 4)]})
+                          splits={1: [([2, 3], 1.0), ([3, 4], 1.0)]})
     probs = _probs((2, 0.95), (8, 0.3), (1, 0.97), (7, 0.96), (4, 0.2))
     assert nr.choose(found, probs) == [0, 2, 3]
     # The margin: halves only slightly likelier than the whole do not win.

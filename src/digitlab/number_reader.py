@@ -1,12 +1,16 @@
 """Reading a written number: let the classifier check the segmentation.
 
 vision/segment.py cuts a number into pieces from the ink alone, and the ink cannot always
-tell: a digit drawn in two strokes side by side looks like two digits, a narrow 1 leaning
-on its neighbour looks like one wide digit. The classifier can tell: a real digit is read
-with confidence, half a digit or two digits fused are not. So besides each piece, the two
-neighbours joined and a wide piece cut in two are classified too, and the reading of the
-whole number that the classifier finds most likely wins, with a margin so that the
-segmenter's answer stands unless the classifier is clearly surer of another.
+tell: a digit drawn in two strokes side by side looks like two digits, two digits written
+close together touch and look like one wide digit. The classifier can tell, with one more
+piece of knowledge: how wide each digit is for its height. So besides each piece, the two
+neighbours joined and each piece cut in two or three (segment.cut_options: along the
+cheapest paths down through its ink) are classified too, and the reading of the whole
+number that is most likely wins. A digit scores the log of the classifier's probability
+plus the log of the chance that a digit read as such has that width for its height
+(touching digits fused into one are read with confidence, but are far too wide for the
+digit they are read as); a join or a cut must win by a margin, so that the segmenter's
+answer stands unless the classifier is clearly surer of another.
 """
 
 from __future__ import annotations
@@ -15,20 +19,26 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from digitlab.vision.preprocess import to_mnist
-from digitlab.vision.segment import Digit, segment_digits
+from digitlab.vision.preprocess import mask_bbox, to_mnist
+from digitlab.vision.segment import Digit, cut_options, segment_digits
 
-# Log-probability margins an alternative reading must win by (e^0.25: 1.3 times as likely),
-# chosen on 1,000 photo-like strips drawn with two other seeds than the benchmark's
-# (benchmarks/realworld.py): of 0, 0.25, 0.5, 0.75, 1 and never, 0.25 for both read the most
-# numbers exactly, 90.5% (the segmenter alone: 88.4%); 0 joins and cuts far too often.
+# Log-probability margins a join or a cut must win by. Chosen on photo-like strips drawn
+# with other seeds than the benchmark's (benchmarks/realworld.py --seed 1, 2 and 3).
 MERGE_MARGIN = 0.25
 SPLIT_MARGIN = 0.25
 MERGE_GAP = 0.2  # neighbours this close (share of the taller one's height) may be one digit
-SPLIT_ASPECT = 0.75  # pieces at least this wide for their height may be two digits
-# Where in a piece's width cuts are tried, one per window at its column with the least ink:
-# a narrow 1 leaning on a digit joins it near one side, two equal digits in the middle.
-SPLIT_WINDOWS = ((0.15, 0.35), (0.35, 0.65), (0.65, 0.85))
+# log(width / height) of MNIST training digits' ink boxes, per class: mean and standard
+# deviation. How wide a digit read as each class may be for its height.
+ASPECT = np.array([(-0.119, 0.218), (-1.007, 0.489), (-0.083, 0.242), (-0.262, 0.226),
+                   (-0.270, 0.229), (-0.086, 0.286), (-0.360, 0.229), (-0.294, 0.230),
+                   (-0.311, 0.237), (-0.433, 0.215)])
+ASPECT_WEIGHT = 0.5  # the width prior's weight against the classifier's log-probability
+ASPECT_FREE = 1.5  # standard deviations from the mean that cost nothing
+DIGIT_COST = 0.0  # every digit read costs this much (cuts add digits)
+# A cut between touching digits crosses one stroke at their joint; one through a digit
+# crosses more. Each stroke width crossed beyond CUT_FREE per cut adds CUT_COST.
+CUT_FREE = 1.0
+CUT_COST = 0.5
 
 
 @dataclass
@@ -36,20 +46,24 @@ class Candidates:
     """Every 28x28 image worth classifying for one number, and what each one stands for."""
 
     images: list[np.ndarray] = field(default_factory=list)
+    aspects: list[float] = field(default_factory=list)  # log(width / height) of each one's ink
     singles: list[int | None] = field(default_factory=list)  # per piece; None: no ink left
     merges: dict[int, int] = field(default_factory=dict)  # piece i joined with i + 1
-    splits: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # piece i cut in two
+    # Piece i cut in 2 or 3: the parts, and the ink the cuts cross (stroke widths).
+    splits: dict[int, list[tuple[list[int], float]]] = field(default_factory=dict)
 
     def add(self, crop: np.ndarray) -> int | None:
         done = to_mnist(crop)
-        if done.blank:
+        box = mask_bbox(crop >= 0.5)
+        if done.blank or box is None:
             return None
         self.images.append(done.image)
+        self.aspects.append(float(np.log((box[3] - box[1]) / (box[2] - box[0]))))
         return len(self.images) - 1
 
 
 def candidates(grey: np.ndarray) -> Candidates:
-    """The segmenter's pieces, plus joined neighbours and cut wide pieces."""
+    """The segmenter's pieces, plus joined neighbours and pieces cut in two or three."""
     pieces = segment_digits(grey)
     found = Candidates()
     for piece in pieces:
@@ -59,19 +73,35 @@ def candidates(grey: np.ndarray) -> Candidates:
         if joined is not None and (index := found.add(joined)) is not None:
             found.merges[i] = index
     for i, piece in enumerate(pieces):
-        for left_part, right_part in _cuts(piece):
-            a, b = found.add(left_part), found.add(right_part)
-            if a is not None and b is not None:
-                found.splits.setdefault(i, []).append((a, b))
+        for parts, crossed in cut_options(piece.image):
+            indexes = [found.add(part) for part in parts]
+            if all(k is not None for k in indexes):
+                found.splits.setdefault(i, []).append(
+                    ([k for k in indexes if k is not None], crossed))
     return found
+
+
+def digit_scores(found: Candidates, probs: np.ndarray) -> np.ndarray:
+    """How likely each image is one digit: log probability of the class read, plus the
+    weighted log-likelihood of its width for its height given that class."""
+    if not len(probs):
+        return np.zeros(0)
+    read = probs.argmax(axis=1)
+    logp = np.log(np.clip(probs.max(axis=1), 1e-12, 1.0))
+    aspects = np.asarray(found.aspects[: len(probs)], dtype=np.float64)
+    if len(aspects) < len(probs):  # images given without their shape: no prior
+        return logp - DIGIT_COST
+    z = np.abs(aspects - ASPECT[read, 0]) / ASPECT[read, 1]
+    shape = -0.5 * (np.maximum(z - ASPECT_FREE, 0.0) ** 2)
+    return logp + ASPECT_WEIGHT * shape - DIGIT_COST
 
 
 def choose(found: Candidates, probs: np.ndarray) -> list[int]:
     """Indexes into found.images of the digits read, left to right.
 
-    Dynamic programming over the pieces: a reading's score is the sum of the log
-    probabilities of its digits, less the margin for every join or cut it makes."""
-    logp = np.log(np.clip(probs.max(axis=1), 1e-12, 1.0)) if len(probs) else np.zeros(0)
+    Dynamic programming over the pieces: a reading's score is the sum of its digits'
+    scores (digit_scores), less the margin for every join or cut it makes."""
+    score_of = digit_scores(found, probs)
     n = len(found.singles)
     nothing: list[int] = []
     best: list[tuple[float, list[int]]] = [(0.0, nothing)] + [(-np.inf, nothing)] * n
@@ -82,12 +112,14 @@ def choose(found: Candidates, probs: np.ndarray) -> list[int]:
         options: list[tuple[int, float, list[int]]] = []
         single = found.singles[i]
         # A piece with no ink once preprocessed (a speck) is skipped, not read.
-        options.append((1, float(logp[single]) if single is not None else 0.0,
+        options.append((1, float(score_of[single]) if single is not None else 0.0,
                         [single] if single is not None else []))
-        for a, b in found.splits.get(i, []):
-            options.append((1, float(logp[a] + logp[b]) - SPLIT_MARGIN, [a, b]))
+        for parts, crossed in found.splits.get(i, []):
+            margin = SPLIT_MARGIN + CUT_COST * max(0.0, crossed - CUT_FREE * (len(parts) - 1))
+            options.append((1, float(score_of[parts].sum()) - margin, parts))
         if i in found.merges:
-            options.append((2, float(logp[found.merges[i]]) - MERGE_MARGIN, [found.merges[i]]))
+            options.append((2, float(score_of[found.merges[i]]) - MERGE_MARGIN,
+                            [found.merges[i]]))
         for step, gain, digits in options:
             if score + gain > best[i + step][0]:
                 best[i + step] = (score + gain, read + digits)
@@ -125,21 +157,3 @@ def _join(left: Digit, right: Digit) -> np.ndarray | None:
         np.maximum(canvas[top : top + h, side : side + w], piece.image,
                    out=canvas[top : top + h, side : side + w])
     return canvas
-
-
-def _cuts(piece: Digit) -> list[tuple[np.ndarray, np.ndarray]]:
-    """A wide piece cut down the column with the least ink in each window."""
-    m = _margin(piece)
-    if m is None:
-        return []
-    ink = piece.image[m : piece.image.shape[0] - m, m : piece.image.shape[1] - m]
-    h, w = ink.shape
-    if h == 0 or w < SPLIT_ASPECT * h:
-        return []
-    profile = ink.sum(axis=0)
-    columns = set()
-    for start, stop in SPLIT_WINDOWS:
-        lo, hi = max(1, int(start * w)), min(w - 1, int(stop * w))
-        if hi > lo:
-            columns.add(lo + int(np.argmin(profile[lo:hi])))
-    return [(piece.image[:, : m + c], piece.image[:, m + c :]) for c in sorted(columns)]

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy import ndimage
 
-from digitlab.vision.preprocess import BBox, InkMap, ink_map, mask_bbox
+from digitlab.vision.preprocess import BBox, InkMap, ink_map, mask_bbox, stroke_width
 
 MERGE_OVERLAP = 0.5  # shared columns / the narrower piece's width above which pieces join
 DIGIT_ASPECT = 0.75  # median width / height of an MNIST digit
@@ -186,3 +186,106 @@ def _cut_out(piece: _Piece, ink: InkMap, labels: np.ndarray) -> Digit | None:
     image = np.pad(crop, margin).astype(np.float32)
     found = (y0 + box[0], x0 + box[1], y0 + box[2], x0 + box[3])
     return Digit(image, ink.to_input(found))
+
+
+# --- cutting one piece in two or three, for the number reader to check ------------------
+#
+# segment_digits decides from the ink alone; number_reader.py lets the classifier check
+# it, and offers it these cuts of each piece. A straight cut between digits that overlap
+# slices off part of one of them, so cuts follow the cheapest path down through the ink.
+
+CUT_REACH = 0.15  # a cut path drifts at most this share of the piece's height sideways ...
+CUT_DRIFT = 0.3  # ... and pays this much ink (pixels' worth) for each pixel it drifts
+CUT_STROKES = 2.5  # paths crossing more than this many stroke widths of ink are not cuts
+CUT_SPACING = 0.15  # cuts (and a cut and the piece's side) at least this share of its height apart
+MAX_CUTS = 4  # per piece, the cheapest ones
+CUT_FROM = 0.5  # pieces narrower than this share of their height are not cut
+THREE_FROM = 1.1  # pieces this many times as wide as high may be three digits
+
+
+def cut_options(image: np.ndarray) -> list[tuple[list[np.ndarray], float]]:
+    """Ways to cut one crop (from `segment_digits`) into two or three digits: each a list of
+    crops left to right in the same frame (the rest of the ink blanked out), and how much
+    ink the cuts cross, in stroke widths (one per cut where touching digits are parted)."""
+    own = image >= 0.5
+    box = mask_bbox(own)
+    if box is None:
+        return []
+    y0, x0, y1, x1 = box
+    height, width = y1 - y0, x1 - x0
+    if width < CUT_FROM * height:
+        return []
+    paths = _cut_paths(image[y0:y1, x0:x1] * own[y0:y1, x0:x1], own[y0:y1, x0:x1], height)
+    columns = np.arange(image.shape[1])[None, :]
+    sides = []
+    for path, _ in paths:
+        line = np.full(image.shape[0], x0 + path[0], np.int64)
+        line[y0:y1] = x0 + path
+        line[:y0], line[y1:] = x0 + path[0], x0 + path[-1]
+        sides.append(columns < line[:, None])  # left of the cut
+    options = [([image * left, image * ~left], cost)
+               for left, (_, cost) in zip(sides, paths, strict=True)]
+    if width >= THREE_FROM * height:
+        for a in range(len(sides)):
+            for b in range(a + 1, len(sides)):
+                middle = sides[b] & ~sides[a]
+                if _ink_height(own & middle) >= PART_HEIGHT * height:
+                    options.append(([image * sides[a], image * middle, image * ~sides[b]],
+                                    paths[a][1] + paths[b][1]))
+    return options
+
+
+def _cut_paths(ink: np.ndarray, own: np.ndarray, height: float
+               ) -> list[tuple[np.ndarray, float]]:
+    """Paths from top to bottom of a piece (one column per row) that cross little ink, each
+    starting at its own column and drifting at most CUT_REACH of the height sideways.
+
+    Touching digits meet at a joint, so a path down the gap between them crosses one short
+    stroke; inside a digit a path crosses two or more. Returns the cheapest paths that
+    leave a tall part on either side, at least CUT_SPACING apart, left to right, each with
+    the ink it crosses in stroke widths.
+    """
+    h, w = ink.shape
+    reach = max(1, round(CUT_REACH * height))
+    spacing = max(2, round(CUT_SPACING * height))
+    if w < 2 * spacing:
+        return []
+    offsets = np.arange(-reach, reach + 1)[None, :]
+    cols = np.arange(w)[:, None] + offsets  # [w, 2r+1]: column of each (start, offset)
+    outside = (cols < 0) | (cols >= w)
+    cols = np.clip(cols, 0, w - 1)
+    cost = np.where(offsets == 0, ink[0, cols], np.inf)
+    moves = np.zeros((h, w, 2 * reach + 1), np.int8)
+    for y in range(1, h):
+        options = np.full((3, *cost.shape), np.inf)
+        options[0] = cost
+        options[1, :, 1:] = cost[:, :-1] + CUT_DRIFT  # from the column to the left
+        options[2, :, :-1] = cost[:, 1:] + CUT_DRIFT  # from the column to the right
+        pick = options.argmin(axis=0)
+        moves[y] = pick
+        cost = np.take_along_axis(options, pick[None], axis=0)[0] + ink[y, cols]
+        cost[outside] = np.inf
+    end = cost.argmin(axis=1)
+    total = cost[np.arange(w), end]
+    stroke = max(1.0, stroke_width(own))
+    chosen: dict[int, tuple[np.ndarray, float]] = {}
+    columns = np.arange(w)[None, :]
+    for start in np.argsort(total, kind="stable"):
+        if total[start] > CUT_STROKES * stroke or len(chosen) == MAX_CUTS:
+            break
+        if start < spacing or start > w - spacing:
+            continue
+        if any(abs(start - other) < spacing for other in chosen):
+            continue
+        offset = int(end[start])
+        path = np.empty(h, np.int64)
+        for y in range(h - 1, -1, -1):
+            path[y] = start + offset - reach
+            move = moves[y, start, offset]
+            offset += 0 if move == 0 else (-1 if move == 1 else 1)
+        left = own & (columns < path[:, None])
+        # Touching digits each fill most of the height; a cut that leaves a short part
+        # goes through one digit (the bar of a 7, the tail of a 2).
+        if min(_ink_height(left), _ink_height(own & ~left)) >= PART_HEIGHT * height:
+            chosen[int(start)] = (path, float(total[start]) / stroke)
+    return [chosen[start] for start in sorted(chosen)]
