@@ -201,6 +201,7 @@ CUT_SPACING = 0.15  # cuts (and a cut and the piece's side) at least this share 
 MAX_CUTS = 4  # per piece, the cheapest ones
 CUT_FROM = 0.5  # pieces narrower than this share of their height are not cut
 THREE_FROM = 1.1  # pieces this many times as wide as high may be three digits
+STRAIGHT_WINDOWS = ((0.15, 0.35), (0.35, 0.65), (0.65, 0.85))  # shares of a piece's width
 
 
 def cut_options(image: np.ndarray) -> list[tuple[list[np.ndarray], float]]:
@@ -216,6 +217,9 @@ def cut_options(image: np.ndarray) -> list[tuple[list[np.ndarray], float]]:
     if width < CUT_FROM * height:
         return []
     paths = _cut_paths(image[y0:y1, x0:x1] * own[y0:y1, x0:x1], own[y0:y1, x0:x1], height)
+    paths += _straight_cuts(image[y0:y1, x0:x1] * own[y0:y1, x0:x1], own[y0:y1, x0:x1],
+                            height, [int(p[0].mean()) for p in paths])
+    paths.sort(key=lambda p: float(p[0].mean()))
     columns = np.arange(image.shape[1])[None, :]
     sides = []
     for path, _ in paths:
@@ -233,6 +237,30 @@ def cut_options(image: np.ndarray) -> list[tuple[list[np.ndarray], float]]:
                     options.append(([image * sides[a], image * middle, image * ~sides[b]],
                                     paths[a][1] + paths[b][1]))
     return options
+
+
+def _straight_cuts(ink: np.ndarray, own: np.ndarray, height: float, taken: list[int]
+                   ) -> list[tuple[np.ndarray, float]]:
+    """Straight cuts down the column with the least ink in each of STRAIGHT_WINDOWS (a
+    narrow 1 leaning on a digit joins it near one side, two equal digits in the middle),
+    where no path cut is near; with the ink they cross in stroke widths."""
+    h, w = ink.shape
+    spacing = max(2, round(CUT_SPACING * height))
+    profile = ink.sum(axis=0)
+    stroke = max(1.0, stroke_width(own))
+    out = []
+    for start, stop in STRAIGHT_WINDOWS:
+        lo, hi = max(1, int(start * w)), min(w - 1, int(stop * w))
+        if hi <= lo:
+            continue
+        column = lo + int(np.argmin(profile[lo:hi]))
+        if any(abs(column - other) < spacing // 2 for other in taken):
+            continue
+        left = own[:, :column]
+        if min(_ink_height(left), _ink_height(own[:, column:])) >= PART_HEIGHT * height:
+            out.append((np.full(h, column, np.int64), float(profile[column]) / stroke))
+            taken = [*taken, column]
+    return out
 
 
 def _cut_paths(ink: np.ndarray, own: np.ndarray, height: float
