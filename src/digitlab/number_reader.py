@@ -24,7 +24,7 @@ from digitlab.vision.segment import Digit, cut_options, segment_digits
 
 # The constants below were chosen together on 1,500 photo-like strips drawn with other
 # seeds than the benchmark's (the strips of benchmarks/realworld.py --seed 1, 2 and 3), by
-# a grid search; the best settings form a broad plateau (91.2-91.9% read exactly, against
+# a grid search; the best settings form a broad plateau (91.7-92.1% read exactly, against
 # 90.1% for the segmenter with straight cuts checked at a 0.25 margin), this is its middle.
 # Log-probability margins a join or a cut must win by.
 MERGE_MARGIN = 0.25
@@ -37,7 +37,7 @@ ASPECT = np.array([(-0.119, 0.218), (-1.007, 0.489), (-0.083, 0.242), (-0.262, 0
                    (-0.311, 0.237), (-0.433, 0.215)])
 ASPECT_WEIGHT = 0.5  # the width prior's weight against the classifier's log-probability
 ASPECT_FREE = 1.5  # standard deviations from the mean that cost nothing
-NARROW = True  # narrower than the class's digits costs too
+NARROW = False  # narrower than the class's digits costs too
 DIGIT_COST = 0.0  # every digit read costs this much (cuts add digits)
 # A cut between touching digits crosses one stroke at their joint; one through a digit
 # crosses more. Each stroke width crossed beyond CUT_FREE per cut adds CUT_COST.

@@ -14,7 +14,14 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy import ndimage
 
-from digitlab.vision.preprocess import BBox, InkMap, ink_map, mask_bbox, stroke_width
+from digitlab.vision.preprocess import (
+    BBox,
+    InkMap,
+    ink_map,
+    mask_bbox,
+    resize,
+    stroke_width,
+)
 
 MERGE_OVERLAP = 0.5  # shared columns / the narrower piece's width above which pieces join
 DIGIT_ASPECT = 0.75  # median width / height of an MNIST digit
@@ -199,6 +206,7 @@ CUT_DRIFT = 0.3  # ... and pays this much ink (pixels' worth) for each pixel it 
 CUT_STROKES = 2.5  # paths crossing more than this many stroke widths of ink are not cuts
 CUT_SPACING = 0.15  # cuts (and a cut and the piece's side) at least this share of its height apart
 MAX_CUTS = 4  # per piece, the cheapest ones
+CUT_SIDE = 40  # cut paths are searched on a copy of the piece this many px high
 CUT_FROM = 0.5  # pieces narrower than this share of their height are not cut
 THREE_FROM = 1.1  # pieces this many times as wide as high may be three digits
 STRAIGHT_WINDOWS = ((0.15, 0.35), (0.35, 0.65), (0.65, 0.85))  # shares of a piece's width
@@ -216,7 +224,7 @@ def cut_options(image: np.ndarray) -> list[tuple[list[np.ndarray], float]]:
     height, width = y1 - y0, x1 - x0
     if width < CUT_FROM * height:
         return []
-    paths = _cut_paths(image[y0:y1, x0:x1] * own[y0:y1, x0:x1], own[y0:y1, x0:x1], height)
+    paths = _cut_paths_scaled(image[y0:y1, x0:x1] * own[y0:y1, x0:x1], own[y0:y1, x0:x1])
     paths += _straight_cuts(image[y0:y1, x0:x1] * own[y0:y1, x0:x1], own[y0:y1, x0:x1],
                             height, [int(p[0].mean()) for p in paths])
     paths.sort(key=lambda p: float(p[0].mean()))
@@ -261,6 +269,23 @@ def _straight_cuts(ink: np.ndarray, own: np.ndarray, height: float, taken: list[
             out.append((np.full(h, column, np.int64), float(profile[column]) / stroke))
             taken = [*taken, column]
     return out
+
+
+def _cut_paths_scaled(ink: np.ndarray, own: np.ndarray) -> list[tuple[np.ndarray, float]]:
+    """`_cut_paths` on a copy at most CUT_SIDE px high (a cut needs no finer detail, and
+    the search costs height x width x reach), the paths brought back to full size."""
+    h, w = ink.shape
+    factor = h / CUT_SIDE
+    if factor <= 1.0:
+        return _cut_paths(ink, own, float(h))
+    shape = (CUT_SIDE, max(1, round(w / factor)))
+    small_ink = resize(ink, shape)
+    small_own = resize(own.astype(np.float32), shape) >= 0.5
+    found = _cut_paths(small_ink, small_own, float(CUT_SIDE))
+    rows = np.minimum((np.arange(h) / factor).astype(np.int64), CUT_SIDE - 1)
+    scale = w / shape[1]
+    return [(np.clip(np.round(path[rows] * scale).astype(np.int64), 0, w), cost)
+            for path, cost in found]
 
 
 def _cut_paths(ink: np.ndarray, own: np.ndarray, height: float
