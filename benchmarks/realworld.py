@@ -105,6 +105,7 @@ def main() -> None:
     # Whole numbers.
     exact_naive = exact_ours = digits_right = digits_total = 0
     number_failures = []
+    number_seconds = 0.0
     for _ in range(args.numbers):
         count = int(rng.integers(3, 7))
         picks = rng.choice(len(test.labels), size=count, replace=False)
@@ -113,7 +114,9 @@ def main() -> None:
                                  int(rng.integers(*photolike.QUALITY_RANGE)))
         guess = recognizer.classify(np.stack(naive_number(jpeg, count))).argmax(1)
         exact_naive += "".join(map(str, guess)) == truth
+        started = time.perf_counter()
         answer = recognizer.predict_many([jpeg], number=True)[0]
+        number_seconds += time.perf_counter() - started
         read = answer.number or ""
         exact_ours += read == truth
         if len(read) == count:
@@ -125,13 +128,17 @@ def main() -> None:
         print(f"photo-like numbers of 3-6 digits ({args.numbers:,}), read exactly: naive "
               f"{100 * exact_naive / args.numbers:6.2f}%   digitlab "
               f"{100 * exact_ours / args.numbers:6.2f}%   (digits right in numbers "
-              f"segmented into the right count: {100 * digits_right / max(1, digits_total):.2f}%)")
-        wrong_count = sum(len(a.number or "") != len(t) for _, a, t in number_failures)
+              f"segmented into the right count: {100 * digits_right / max(1, digits_total):.2f}%, "
+              f"{1000 * number_seconds / args.numbers:.0f} ms/number)")
+        too_few = sum(len(a.number or "") < len(t) for _, a, t in number_failures)
+        too_many = sum(len(a.number or "") > len(t) for _, a, t in number_failures)
+        wrong_count = too_few + too_many
         print(f"  number failures: {len(number_failures)}, of which {wrong_count} with the "
-              "wrong number of digits (segmentation)")
+              f"wrong number of digits (segmentation: {too_few} too few, {too_many} too many)")
         figures.update(numbers=args.numbers, number_naive=exact_naive / args.numbers,
                        number_digitlab=exact_ours / args.numbers,
-                       number_wrong_count=wrong_count,
+                       number_wrong_count=wrong_count, number_too_few=too_few,
+                       number_too_many=too_many,
                        number_digit_accuracy=digits_right / max(1, digits_total))
     if args.json is not None:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
