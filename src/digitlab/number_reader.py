@@ -19,16 +19,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from digitlab.vision.preprocess import mask_bbox, to_mnist
+from digitlab.vision.preprocess import WORK_BOX, mask_bbox, resize, to_mnist
 from digitlab.vision.segment import Digit, cut_options, segment_digits
 
 # The constants below were chosen together on 1,500 photo-like strips drawn with other
 # seeds than the benchmark's (the strips of benchmarks/realworld.py --seed 1, 2 and 3), by
-# a grid search; the best settings form a broad plateau (91.7-92.1% read exactly, against
-# 90.1% for the segmenter with straight cuts checked at a 0.25 margin), this is its middle.
+# a grid search. The best settings form a broad plateau; this one, in its middle, reads
+# 91.9% of them exactly (the segmenter with straight cuts checked at a 0.25 margin: 90.1%).
 # Log-probability margins a join or a cut must win by.
 MERGE_MARGIN = 0.25
 SPLIT_MARGIN = 0.0
+CROP_SIDE = WORK_BOX + WORK_BOX // 5  # crops are shrunk to this many px before to_mnist
 MERGE_GAP = 0.2  # neighbours this close (share of the taller one's height) may be one digit
 # log(width / height) of MNIST training digits' ink boxes, per class: mean and standard
 # deviation. How wide a digit read as each class may be for its height.
@@ -57,9 +58,16 @@ class Candidates:
     splits: dict[int, list[tuple[list[int], float]]] = field(default_factory=dict)
 
     def add(self, crop: np.ndarray) -> int | None:
-        done = to_mnist(crop)
         box = mask_bbox(crop >= 0.5)
-        if done.blank or box is None:
+        if box is None:
+            return None
+        factor = max(crop.shape) / CROP_SIDE
+        if factor > 1.0:
+            # to_mnist redraws a digit at WORK_BOX px; a bigger crop only costs time.
+            crop = resize(crop, (max(1, round(crop.shape[0] / factor)),
+                                 max(1, round(crop.shape[1] / factor))))
+        done = to_mnist(crop)
+        if done.blank:
             return None
         self.images.append(done.image)
         self.aspects.append(float(np.log((box[3] - box[1]) / (box[2] - box[0]))))
