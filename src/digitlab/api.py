@@ -374,7 +374,7 @@ class Recognizer:
         prepared: list[Prepared | Prediction] = []
         for image in images:
             try:
-                prepared.append(_prepare(image, number=number))
+                prepared.append(self.prepare(image, number=number))
             except ImageError as exc:
                 prepared.append(failed(_path_of(image), str(exc), number=number))
         good = [p for p in prepared if isinstance(p, Prepared)]

@@ -38,8 +38,6 @@ ASPECT = np.array([(-0.119, 0.218), (-1.007, 0.489), (-0.083, 0.242), (-0.262, 0
                    (-0.311, 0.237), (-0.433, 0.215)])
 ASPECT_WEIGHT = 0.5  # the width prior's weight against the classifier's log-probability
 ASPECT_FREE = 1.5  # standard deviations from the mean that cost nothing
-NARROW = False  # narrower than the class's digits costs too
-DIGIT_COST = 0.0  # every digit read costs this much (cuts add digits)
 # A cut between touching digits crosses one stroke at their joint; one through a digit
 # crosses more. Each stroke width crossed beyond CUT_FREE per cut adds CUT_COST.
 CUT_FREE = 0.5
@@ -102,13 +100,12 @@ def digit_scores(found: Candidates, probs: np.ndarray) -> np.ndarray:
     logp = np.log(np.clip(probs.max(axis=1), 1e-12, 1.0))
     aspects = np.asarray(found.aspects[: len(probs)], dtype=np.float64)
     if len(aspects) < len(probs):  # images given without their shape: no prior
-        return logp - DIGIT_COST
+        return logp
     z = (aspects - ASPECT[read, 0]) / ASPECT[read, 1]
     # Too wide is what touching digits fused into one look like; too narrow is left to the
-    # classifier (half a digit is rarely read with confidence) unless NARROW is set.
-    z = np.abs(z) if NARROW else z
+    # classifier (half a digit is rarely read with confidence).
     shape = -0.5 * (np.maximum(z - ASPECT_FREE, 0.0) ** 2)
-    return logp + ASPECT_WEIGHT * shape - DIGIT_COST
+    return logp + ASPECT_WEIGHT * shape
 
 
 def choose(found: Candidates, probs: np.ndarray) -> list[int]:

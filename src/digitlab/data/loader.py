@@ -103,7 +103,7 @@ class DeviceData:
 
 
 def load_test_set(name: str, root: Path | None, device: torch.device, normalize: str, *,
-              limit: int = 0) -> DeviceData:
+                  limit: int = 0) -> DeviceData:
     """A dataset's verified test split on the device (fetched first if it is missing)."""
     root = root if root is not None else sources.default_root()
     sources.fetch(name, root=root)

@@ -29,10 +29,8 @@ class ModelBatcher:
         self._classify = classify
         self._max_batch = max_batch
         self._waiting: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = []
+        # At most one runner, so at most one model call, at a time.
         self._runner: asyncio.Task[None] | None = None
-        self._model = anyio.CapacityLimiter(1)
-        self.calls = 0  # model calls made, for tests and curiosity
-        self.images = 0
 
     async def __call__(self, images: np.ndarray) -> np.ndarray:
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
@@ -51,15 +49,12 @@ class ModelBatcher:
                     continue
                 stacked = np.concatenate([images for images, _ in batch])
                 try:
-                    probs = await anyio.to_thread.run_sync(self._classify, stacked,
-                                                           limiter=self._model)
+                    probs = await anyio.to_thread.run_sync(self._classify, stacked)
                 except Exception as exc:  # every waiting request gets the error, none hangs
                     for _, future in batch:
                         if not future.done():
                             future.set_exception(exc)
                     continue
-                self.calls += 1
-                self.images += len(stacked)
                 at = 0
                 for images, future in batch:
                     if not future.done():

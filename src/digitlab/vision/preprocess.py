@@ -395,10 +395,15 @@ def _thin(mask: np.ndarray) -> np.ndarray:
     return img[1:-1, 1:-1].astype(bool)
 
 
+# The eight neighbours clockwise from north (P2..P9 in Zhang & Suen's notation) as
+# (dy, dx); neighbour i is bit i of a pixel's neighbourhood code.
+_NEIGHBOURS = [(-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1)]
+
+
 def _zhang_suen_tables() -> tuple[np.ndarray, np.ndarray]:
-    """For each arrangement of the eight neighbours (bit i: P2..P9 of the paper, clockwise
-    from north), may the pixel go in the first and in the second sub-iteration? A border
-    pixel may when its removal keeps the shape connected and does not shorten a line."""
+    """For each neighbourhood code, may the pixel go in the first and in the second
+    sub-iteration? A border pixel may when its removal keeps the shape connected and does
+    not shorten a line."""
     codes = np.arange(256)
     p = [(codes >> i) & 1 for i in range(8)]
     count = sum(p)
@@ -410,12 +415,16 @@ def _zhang_suen_tables() -> tuple[np.ndarray, np.ndarray]:
     return first, second
 
 
+def _neighbour_bits() -> np.ndarray:
+    """correlate() weights that turn a 0/1 picture into each pixel's neighbourhood code."""
+    bits = np.zeros((3, 3), np.uint8)
+    for bit, (dy, dx) in enumerate(_NEIGHBOURS):
+        bits[1 + dy, 1 + dx] = 1 << bit
+    return bits
+
+
 _THIN_TABLES = _zhang_suen_tables()
-# correlate() weights: neighbour (dy, dx) of P2..P9 gets bit i.
-_NEIGHBOUR_BITS = np.zeros((3, 3), np.uint8)
-for _bit, (_dy, _dx) in enumerate([(-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1),
-                                   (-1, -1)]):
-    _NEIGHBOUR_BITS[1 + _dy, 1 + _dx] = 1 << _bit
+_NEIGHBOUR_BITS = _neighbour_bits()
 
 
 def _fit_box(ink: np.ndarray) -> np.ndarray:

@@ -224,9 +224,10 @@ def cut_options(image: np.ndarray) -> list[tuple[list[np.ndarray], float]]:
     height, width = y1 - y0, x1 - x0
     if width < CUT_FROM * height:
         return []
-    paths = _cut_paths_scaled(image[y0:y1, x0:x1] * own[y0:y1, x0:x1], own[y0:y1, x0:x1])
-    paths += _straight_cuts(image[y0:y1, x0:x1] * own[y0:y1, x0:x1], own[y0:y1, x0:x1],
-                            height, [int(p[0].mean()) for p in paths])
+    piece_own = own[y0:y1, x0:x1]
+    piece_ink = image[y0:y1, x0:x1] * piece_own
+    paths = _cut_paths_scaled(piece_ink, piece_own)
+    paths += _straight_cuts(piece_ink, piece_own, height, [int(p[0].mean()) for p in paths])
     paths.sort(key=lambda p: float(p[0].mean()))
     columns = np.arange(image.shape[1])[None, :]
     sides = []
