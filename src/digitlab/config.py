@@ -63,6 +63,9 @@ class TrainConfig:
     # Stroke thickness, blur and contrast changes for reading people's own handwriting
     # (digitlab.data.handwriting), after the aug_* affine map.
     handwriting_augment: bool = False
+    # Non-digits added to every training batch, as a share of its size: two digits fused
+    # into one piece, taught as "no digit" (digitlab.data.outliers). 0: none.
+    outliers: float = 0.0
     ema: float = 0.0  # decay of the weights' moving average, evaluated and saved (0: off)
     amp: str = "none"  # none, auto (bf16/fp16 on CUDA, none on CPU), bf16, fp16
     channels_last: bool = True  # NHWC layout for convolutions (no effect on an MLP)
@@ -88,6 +91,7 @@ class TrainConfig:
             (self.ema == 0 or 0 < self.ema < 1, "--ema must be a decay in (0, 1), or 0 (off)"),
             (self.amp in AMP_MODES, f"--amp must be one of {', '.join(AMP_MODES)}"),
             (self.checkpoint_every >= 0, "--checkpoint-every must be 0 (off) or positive"),
+            (0 <= self.outliers <= 1, "outliers must be a share of the batch in [0, 1]"),
         ]
         for ok, message in checks:
             if not ok:

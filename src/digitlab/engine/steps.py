@@ -16,10 +16,22 @@ from torch import nn
 from digitlab.models.mlp import MLP
 
 
+def soft_targets(y: torch.Tensor, classes: int, label_smoothing: float,
+                 dtype: torch.dtype) -> torch.Tensor:
+    """[B, classes] target probabilities: one-hot, smoothed; a label < 0 (a non-digit, see
+    data/outliers.py) gets the uniform distribution."""
+    target = F.one_hot(y.clamp(min=0), classes).to(dtype)
+    if label_smoothing:
+        target.mul_(1 - label_smoothing).add_(label_smoothing / classes)
+    return torch.where((y < 0).unsqueeze(1), torch.full_like(target, 1.0 / classes), target)
+
+
 class AutogradStep:
-    def __init__(self, model: nn.Module, label_smoothing: float = 0.0) -> None:
+    def __init__(self, model: nn.Module, label_smoothing: float = 0.0,
+                 outliers: bool = False) -> None:
         self.model = model
         self.label_smoothing = label_smoothing
+        self.outliers = outliers  # batches may hold non-digits, labelled < 0
 
     def parameters(self) -> list[nn.Parameter]:
         return list(self.model.parameters())
@@ -29,7 +41,11 @@ class AutogradStep:
         for p in self.model.parameters():
             p.grad = None
         logits = self.model(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        if self.outliers:
+            target = soft_targets(y, logits.shape[1], self.label_smoothing, torch.float32)
+            loss = F.cross_entropy(logits.float(), target)
+        else:
+            loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
         loss.backward()
         return loss.detach()
 
@@ -91,9 +107,7 @@ class MLPStep:
         out = self.layers[-1]
         logits = torch.addmm(out.bias, h, out.weight.t())  # [B, C]
         logp = torch.log_softmax(logits, dim=1)
-        target = F.one_hot(y, logits.shape[1]).to(logits.dtype)
-        if self.label_smoothing:
-            target.mul_(1 - self.label_smoothing).add_(self.label_smoothing / logits.shape[1])
+        target = soft_targets(y, logits.shape[1], self.label_smoothing, logits.dtype)
         loss = -(logp * target).sum() / x.shape[0]
         g = logp.exp_().sub_(target).div_(x.shape[0])  # dLoss/dlogits, [B, C]
         for k in range(len(self.layers) - 1, -1, -1):
@@ -106,7 +120,10 @@ class MLPStep:
         return loss
 
 
-def make_step(model: nn.Module, label_smoothing: float = 0.0) -> AutogradStep | MLPStep:
+def make_step(model: nn.Module, label_smoothing: float = 0.0, outliers: bool = False
+              ) -> AutogradStep | MLPStep:
+    """outliers: batches may hold non-digits labelled < 0, taught a uniform target (the MLP
+    step always handles them)."""
     if MLPStep.supports(model):
         return MLPStep(model, label_smoothing)  # type: ignore[arg-type]
-    return AutogradStep(model, label_smoothing)
+    return AutogradStep(model, label_smoothing, outliers)

@@ -31,7 +31,16 @@ from digitlab.console import Console
 from digitlab.data import sources
 from digitlab.data.augment import Augment, background_value, step_seed
 from digitlab.data.handwriting import HandwritingAugment
-from digitlab.data.loader import DeviceData, Split, batches, load_split, num_batches
+from digitlab.data.loader import (
+    DeviceData,
+    Split,
+    Uint8Images,
+    batches,
+    load_split,
+    normalise,
+    num_batches,
+)
+from digitlab.data.outliers import OutlierMix
 from digitlab.device import resolve_device
 from digitlab.engine import checkpoint, distributed, rundir
 from digitlab.engine.distributed import Dist
@@ -121,7 +130,7 @@ class Trainer:
             forward = cast(nn.Module, torch.compile(forward, backend=os.environ.get(
                 "DIGITLAB_COMPILE_BACKEND", "inductor")))
         self.forward = self.precision.wrap(forward)
-        self.step = make_step(self.forward, cfg.label_smoothing)
+        self.step = make_step(self.forward, cfg.label_smoothing, outliers=cfg.outliers > 0)
         self.optimizer = build_optimizer(self.step.parameters(), cfg)
         self.per_epoch = 0
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
@@ -132,6 +141,7 @@ class Trainer:
         if cfg.handwriting_augment:
             self.augment = HandwritingAugment(self.augment, normalize=cfg.normalize)
         self.augment_rng = torch.Generator(device=device)
+        self.outliers: OutlierMix | None = None  # mix_outliers, once the data is there
         self.permutation_rng = torch.Generator().manual_seed(cfg.seed)
         # Position: completed epochs, batches done in the current one, optimizer steps.
         self.epochs_done = 0
@@ -147,6 +157,15 @@ class Trainer:
         if self.augment is None:
             return x
         return self.augment(x, torch.Generator(device=self.device).manual_seed(self.cfg.seed))
+
+    def mix_outliers(self, train: DeviceData) -> None:
+        """Make the fused-pair pool (config `outliers`) from the training images."""
+        if self.cfg.outliers and self.outliers is None:
+            images = train.x.images if isinstance(train.x, Uint8Images) else None
+            if images is None:
+                raise DigitlabError("outliers need the training images kept as uint8")
+            self.outliers = OutlierMix(images, self.cfg.outliers, self.cfg.seed,
+                                       lambda raw: normalise(raw, self.cfg.normalize))
 
     @property
     def eval_model(self) -> nn.Module:
@@ -164,8 +183,11 @@ class Trainer:
             self.loss_sum.zero_()
 
     def train_batch(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.augment is not None:
+        if self.augment is not None or self.outliers is not None:
             self.augment_rng.manual_seed(step_seed(self.cfg.seed, self.info.rank, self.steps))
+        if self.outliers is not None:  # before augmentation: they are bent like the rest
+            x, y = self.outliers(x, y, self.augment_rng)
+        if self.augment is not None:
             x = self.augment(x, self.augment_rng)
         loss = self.step(x, y)
         self.precision.step(self.optimizer)
@@ -380,6 +402,7 @@ def _fit(cfg: TrainConfig, *, out: Path | None, force: bool, root: Path | None,
     built = time.perf_counter()
     trainer = Trainer(cfg, device, info)
     console.line(str(trainer.model))
+    trainer.mix_outliers(train)
     trainer.plan(len(train))
     if resume_from is not None:
         exact = not differences(from_dict(resume_from["config"]), cfg)
