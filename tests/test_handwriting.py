@@ -122,3 +122,16 @@ def test_robust_preset_trains_with_the_hook():
     assert torch.isfinite(loss)
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(),
                                                       strict=True))
+
+
+def test_gaps_break_strokes_but_never_take_much_of_a_digit(mnist_test_split, monkeypatch):
+    monkeypatch.setattr(hw, "P_GAPS", 1.0)
+    x = torch.from_numpy(mnist_test_split.images[:256].copy()).float()[:, None] / 255
+    out = hw.gaps(x, torch.Generator().manual_seed(0))
+    assert torch.all(out <= x + 1e-6)  # ink is only taken away
+    changed = (x - out).flatten(1).amax(1) > 0.5  # some stroke is gone
+    assert 0.2 * len(x) < changed.sum() < len(x)
+    kept = out.flatten(1).sum(1) / x.flatten(1).sum(1)
+    assert kept.min() >= 1 - hw.GAP_MAX_LOSS - 1e-6
+    # Seeded: the same generator state breaks the same strokes.
+    assert torch.equal(out, hw.gaps(x, torch.Generator().manual_seed(0)))

@@ -3,6 +3,8 @@ two, keeping real neighbours apart, and the choice itself on known probabilities
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -61,8 +63,20 @@ def _paper(parts: list[np.ndarray], gaps: list[int]) -> np.ndarray:
     return 1.0 - np.kron(np.pad(row, 10), np.ones((3, 3))) / 255.0
 
 
+def test_a_model_that_rejects_fused_pairs_is_weighed_differently():
+    assert nr.weights_for(0.0) is nr.PLAIN and nr.weights_for(0.1) is nr.REJECTING
+    # Two unsure halves against their join, itself unsure: a plain model's unsure join
+    # means nothing (it is unsure of fused pairs only by chance), so the join needs a
+    # margin; a rejecting model's doubt is informative, so the join competes evenly.
+    found = nr.Candidates(images=[np.zeros((28, 28))] * 3, singles=[0, 1], merges={0: 2})
+    probs = _probs((1, 0.6), (7, 0.6), (4, 0.45))
+    assert nr.choose(found, probs, nr.PLAIN) == [0, 1]
+    assert nr.choose(found, probs, nr.REJECTING) == [2]
+    assert Recognizer.load().reading is nr.REJECTING  # the shipped model was shown pairs
+
+
 @pytest.mark.slow
-def test_a_zero_broken_in_two_is_read_as_one_digit(mnist_test_split, monkeypatch):
+def test_a_zero_broken_in_two_is_read_as_one_digit(mnist_test_split):
     images = mnist_test_split.images
     two, zero, one = _crop(images[1]), _crop(images[3]), _crop(images[2])
     half = zero.shape[1] // 2
@@ -72,7 +86,7 @@ def test_a_zero_broken_in_two_is_read_as_one_digit(mnist_test_split, monkeypatch
     assert len(segment_digits(picture)) > 3  # the ink alone sees the 0 as two digits
     recognizer = Recognizer.load()
     assert recognizer.predict((picture * 255).astype(np.uint8), number=True).number == "201"
-    monkeypatch.setattr(nr, "MERGE_MARGIN", float("inf"))
+    recognizer.reading = dataclasses.replace(recognizer.reading, merge_margin=float("inf"))
     assert recognizer.predict((picture * 255).astype(np.uint8), number=True).number != "201"
 
 

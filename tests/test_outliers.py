@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from digitlab.data import outliers
 from digitlab.data.loader import DeviceData, Split
 from digitlab.engine.steps import AutogradStep, soft_targets
+from digitlab.number_reader import weights_for
 from digitlab.vision.preprocess import mask_bbox
 
 
@@ -93,7 +94,9 @@ def test_training_with_outliers_makes_the_model_unsure_of_fused_pairs(
         run = tmp_path / f"share-{share}"
         result = fit(cfg, out=run, console=Console(quiet=True), preloaded=data)
         # How many pairs the model reads as one digit with confidence.
-        on_pairs = (Recognizer.load(run).classify(pairs).max(axis=1) > 0.7).mean()
+        recognizer = Recognizer.load(run)
+        assert recognizer.reading is weights_for(share)  # --number knows how it was trained
+        on_pairs = (recognizer.classify(pairs).max(axis=1) > 0.7).mean()
         return float(on_pairs), result.final.accuracy
 
     sure_without, acc_without = confident(0.0)

@@ -241,8 +241,13 @@ class Recognizer:
 
     def __init__(self, backend: Callable[[np.ndarray], np.ndarray], *,
                  info: dict[str, Any]) -> None:
+        from digitlab.number_reader import weights_for
+
         self.backend = backend
         self._info = info
+        # How --number weighs this model's answers: one trained to call fused pairs of
+        # digits non-digits (config `outliers`) is read differently (number_reader.Weights).
+        self.reading = weights_for(float(info.get("outliers") or 0.0))
 
     @classmethod
     def load(cls, run: str | Path | None = None, *, device: str = "cpu",
@@ -303,6 +308,7 @@ class Recognizer:
             "command": card.get("command"),
             "backend": call.name,
             "low_confidence_below": LOW_CONFIDENCE,
+            "outliers": meta.get("outliers", config.get("outliers", 0.0)),
         }
         return cls(call, info=info)
 
@@ -343,6 +349,7 @@ class Recognizer:
             "command": None,
             "backend": backend.name,
             "low_confidence_below": LOW_CONFIDENCE,
+            "outliers": contract.get("outliers", 0.0),
         }
         return cls(backend, info=info)
 
@@ -386,8 +393,7 @@ class Recognizer:
         probs = self.classify(np.stack(flat) if flat else np.zeros((0, 28, 28), np.uint8))
         return self.finish(prepared, probs, top_k=top_k)
 
-    @staticmethod
-    def finish(prepared: Sequence[Prepared], probs: np.ndarray, *, top_k: int = 3
+    def finish(self, prepared: Sequence[Prepared], probs: np.ndarray, *, top_k: int = 3
                ) -> list[Prediction]:
         """Predictions from prepared inputs and the probabilities of all their `inputs`,
         in order (what `classify` returns for them stacked)."""
@@ -399,7 +405,7 @@ class Recognizer:
             if p.reader is not None:
                 from digitlab.number_reader import choose
 
-                chosen = choose(p.reader, rows)
+                chosen = choose(p.reader, rows, self.reading)
             digits = [_digit(p.inputs[k], rows[k]) for k in chosen]
             out.append(_prediction(p, digits, top_k))
         return out

@@ -104,6 +104,8 @@ def make_contract(meta: dict[str, Any], *, parameters: int | None = None) -> dic
         "dataset": meta.get("dataset", "mnist"),
         "model": meta["model"],
         "model_args": meta.get("model_args", {}),
+        # trained to call fused pairs non-digits: how --number weighs it (number_reader)
+        "outliers": meta.get("outliers", 0.0),
         "digitlab_version": digitlab.__version__,
         **({"parameters": parameters} if parameters is not None else {}),
         **{k: meta[k] for k in ("test_accuracy", "epoch") if meta.get(k) is not None},

@@ -27,6 +27,9 @@ P_THICKER, P_THINNER = 0.3, 0.15
 P_BLUR = 0.3
 BLUR_SIGMA = (0.5, 1.1)
 P_CONTRAST = 0.3
+P_GAPS = 0.2
+GAP_GRID = 4  # control points per side of the fading field (~9 px apart)
+GAP_MAX_LOSS = 0.25  # an image losing more of its ink than this is left whole
 
 Generator = torch.Generator | None
 
@@ -84,11 +87,28 @@ def contrast(x: torch.Tensor, generator: Generator = None) -> torch.Tensor:
     return torch.where(chosen, changed, x)
 
 
+def gaps(x: torch.Tensor, generator: Generator = None) -> torch.Tensor:
+    """Broken strokes on a random share of the batch: a pen that skips, a pencil that fades,
+    as the preprocessing then sees them (it keeps ink above half contrast). A smooth random
+    field dims the ink; where it falls below half strength the stroke is gone, elsewhere it
+    is as it was. An image that would lose more than GAP_MAX_LOSS of its ink is left whole:
+    a 7 without its bar is a 1, not a hard 7."""
+    b, device = x.shape[0], x.device
+    field = _uniform(b * GAP_GRID * GAP_GRID, 0.2, 1.6, generator, device)
+    field = F.interpolate(field.view(b, 1, GAP_GRID, GAP_GRID).to(x.dtype), size=x.shape[-2:],
+                          mode="bilinear", align_corners=True)
+    broken = x * ((field - 0.4) / 0.2).clamp(0.0, 1.0)
+    kept = broken.flatten(1).sum(1) / x.flatten(1).sum(1).clamp(min=1e-6)
+    chosen = (_rand(b, generator, device) < P_GAPS) & (kept >= 1.0 - GAP_MAX_LOSS)
+    return torch.where(chosen.view(b, 1, 1, 1), broken, x)
+
+
 def augment_handwriting(x: torch.Tensor, *, normalize: str, generator: Generator = None
                         ) -> torch.Tensor:
-    """Thickness, blur and contrast changes on one batch of normalised images."""
+    """Thickness, gaps, blur and contrast changes on one batch of normalised images."""
     unit = x * MNIST_STD + MNIST_MEAN if normalize == "standard" else x
-    unit = contrast(blur(thickness(unit, generator), generator), generator).clamp_(0.0, 1.0)
+    unit = gaps(thickness(unit, generator), generator)
+    unit = contrast(blur(unit, generator), generator).clamp_(0.0, 1.0)
     return (unit - MNIST_MEAN) / MNIST_STD if normalize == "standard" else unit
 
 

@@ -103,6 +103,7 @@ def weights_meta(cfg: TrainConfig, args: dict[str, Any], **extra: Any) -> dict[s
         "normalize": cfg.normalize,
         "dataset": cfg.dataset,
         "classes": list(sources.get_spec(cfg.dataset).classes),
+        "outliers": cfg.outliers,  # shown fused pairs as non-digits: see number_reader
         "digitlab_version": digitlab.__version__,
         **extra,
     }

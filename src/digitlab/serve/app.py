@@ -156,7 +156,7 @@ def _add_api(app: FastAPI, *, max_bytes: int) -> None:
                       else np.zeros((0, 28, 28), np.uint8))
             probs = (await state.batcher(images) if len(images)
                      else state.recognizer.classify(images))
-            prediction = Recognizer.finish([prepared], probs, top_k=top_k)[0]
+            prediction = state.recognizer.finish([prepared], probs, top_k=top_k)[0]
             answer = prediction.to_json(include_input=include_input)
         except RequestProblem:
             raise
