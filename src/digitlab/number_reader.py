@@ -8,9 +8,11 @@ neighbours joined and each piece cut in two or three (segment.cut_options: along
 cheapest paths down through its ink) are classified too, and the reading of the whole
 number that is most likely wins. A digit scores the log of the classifier's probability
 plus the log of the chance that a digit read as such has that width for its height
-(touching digits fused into one are read with confidence, but are far too wide for the
-digit they are read as); a join or a cut must win by a margin, so that the segmenter's
-answer stands unless the classifier is clearly surer of another.
+(touching digits fused into one are far too wide for the digit they are read as); a join
+or a cut must win by a margin, so that the segmenter's answer stands unless the
+classifier is clearly surer of another. How much each counts depends on the model
+(`Weights`): one trained on digits only reads a fused pair with confidence, one trained
+with fused pairs as non-digits (config `outliers`, like the shipped model) is unsure of it.
 """
 
 from __future__ import annotations
