@@ -318,3 +318,26 @@ def test_photos_never_take_the_flat_paper_path() -> None:
 def test_flat_paper_without_ink_is_blank() -> None:
     assert to_mnist(np.full((140, 140), 1.0, np.float32)).blank
     assert to_mnist(np.full((140, 140), 0.3, np.float32)).blank
+
+
+def test_faint_stroke_kept_where_the_lighting_left_a_gradient(monkeypatch) -> None:
+    """A shadow's leftover gradient widens the paper's spread; the ink floor comes from the
+    pixel-to-pixel noise instead, so a fainter arm of the stroke is not lost."""
+    from digitlab.vision import preprocess
+
+    rng = np.random.default_rng(0)
+    rows = np.linspace(0.0, 0.35, 200, dtype=np.float32)[:, None]
+    residual = np.repeat(rows, 200, axis=1) + rng.normal(0, 0.01, (200, 200)).astype(np.float32)
+    blank = residual.copy()
+    residual[40:160, 60:68] = 0.95  # a firm stroke down ...
+    residual[40:48, 68:140] = 0.7  # ... and a fainter arm across, above half contrast
+    found = preprocess._threshold(residual)
+    assert found is not None
+    arm = found[1][40:48, 80:140]
+    assert arm.mean() > 0.9  # the arm is ink
+    assert found[1][170:, :].sum() == 0  # the gradient is not
+    assert preprocess._threshold(blank) is None  # and a gradient alone is no ink
+    # With the floor from the paper's spread alone (as before), the arm was lost.
+    monkeypatch.setattr(preprocess, "_pixel_noise", lambda r: float("inf"))
+    found = preprocess._threshold(residual)
+    assert found is not None and found[1][40:48, 80:140].mean() < 0.1

@@ -263,11 +263,17 @@ def _threshold(residual: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     Returns the soft ink map and the mask of kept strokes; None when there is no ink.
     """
     paper = float(np.median(residual))
-    noise = 1.4826 * float(np.median(np.abs(residual - paper)))
-    floor = paper + max(5.0 * noise, MIN_CONTRAST / 2)
+    spread = 1.4826 * float(np.median(np.abs(residual - paper)))
+    floor = paper + max(5.0 * spread, MIN_CONTRAST / 2)
+    if np.count_nonzero(residual > floor) < 3:
+        return None  # nothing stands out from the paper: no ink
+    # The spread also counts a shadow's edge or a gradient the lighting analysis left, and
+    # five times it can sit above a faint stroke. Once ink is known to be there, the floor
+    # comes from the paper's pixel-to-pixel noise, which such slow changes do not touch,
+    # but stays above twice the spread, so that a leftover band of shadow is not ink.
+    floor = paper + max(5.0 * _pixel_noise(residual), 2.0 * spread, MIN_CONTRAST / 2)
+    floor = min(floor, paper + max(5.0 * spread, MIN_CONTRAST / 2))
     candidates = residual[residual > floor]
-    if candidates.size < 3:
-        return None
     ink = float(np.percentile(candidates, 90))
     if ink - paper < MIN_CONTRAST:
         return None
@@ -278,6 +284,14 @@ def _threshold(residual: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     # Keep the anti-aliased fringe of kept strokes only; the rest is paper noise.
     soft *= ndimage.maximum_filter(mask, size=5)
     return soft.astype(np.float32), mask
+
+
+def _pixel_noise(residual: np.ndarray) -> float:
+    """Robust sigma of the differences between horizontal neighbours, over sqrt 2."""
+    if residual.shape[1] < 2:
+        return float("inf")
+    steps = np.abs(np.diff(residual, axis=1))
+    return 1.4826 * float(np.median(steps)) / float(np.sqrt(2.0))
 
 
 def _drop_specks(mask: np.ndarray) -> np.ndarray:
