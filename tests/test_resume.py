@@ -18,8 +18,9 @@ from digitlab.engine.rundir import read_metrics
 pytestmark = pytest.mark.slow
 
 # Everything that draws random numbers: shuffling, dropout (torch's global generator),
-# augmentation with elastic distortion; plus an EMA, label smoothing, and a checkpoint every
-# few batches. Small, so that six processes stay cheap.
+# augmentation with elastic distortion, the handwriting changes and the fused-pair outliers
+# (a pool made from the seed, drawn per batch); plus an EMA, label smoothing, and a
+# checkpoint every few batches. Small, so that six processes stay cheap.
 CONFIG = """
 preset = "fast"
 model_args = { channels = [4, 8], hidden = 16, dropout = 0.2 }
@@ -33,6 +34,8 @@ label_smoothing = 0.1
 aug_rotate = 10.0
 aug_translate = 2.0
 aug_elastic = 1.0
+handwriting_augment = true
+outliers = 0.1
 device = "cpu"
 seed = 7
 """
