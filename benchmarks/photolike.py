@@ -16,6 +16,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from digitlab.data.outliers import digit_ink as digit_alpha  # crop to ink, scale to a height
+
 HEIGHT_RANGE = (30, 300)
 QUALITY_RANGE = (40, 90)
 
@@ -83,19 +85,6 @@ def strip_jpeg(digits: Sequence[np.ndarray], rng: np.random.Generator) -> bytes:
 
 def _quality(rng: np.random.Generator) -> int:
     return int(rng.integers(QUALITY_RANGE[0], QUALITY_RANGE[1] + 1))
-
-
-def digit_alpha(digit: np.ndarray, height: int) -> np.ndarray:
-    """Crop an MNIST digit to its ink and scale it to `height` px: ink coverage in [0, 1]."""
-    ink = np.asarray(digit, dtype=np.float32) / 255.0
-    rows = np.flatnonzero(ink.max(axis=1) > 0)
-    cols = np.flatnonzero(ink.max(axis=0) > 0)
-    if rows.size == 0:
-        return np.zeros((height, max(1, height // 2)), np.float32)
-    ink = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    width = max(1, round(ink.shape[1] * height / ink.shape[0]))
-    scaled = Image.fromarray(ink).resize((width, height), Image.Resampling.BICUBIC)
-    return np.clip(np.asarray(scaled, dtype=np.float32), 0.0, 1.0)
 
 
 def _row(inks: list[np.ndarray], height: int, rng: np.random.Generator) -> np.ndarray:

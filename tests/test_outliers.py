@@ -103,3 +103,12 @@ def test_training_with_outliers_makes_the_model_unsure_of_fused_pairs(
     sure_with, acc_with = confident(0.2)
     assert sure_with < 0.5 * sure_without, (sure_with, sure_without)  # e.g. 6% against 26%
     assert acc_with > acc_without - 0.02, (acc_with, acc_without)  # digits still read as well
+
+
+def test_blank_training_images_are_an_error_not_an_endless_loop():
+    import pytest
+
+    from digitlab.errors import DigitlabError
+
+    with pytest.raises(DigitlabError, match="blank"):
+        outliers.fused_pairs(np.zeros((20, 28, 28), np.uint8), 5, np.random.default_rng(0))

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from digitlab.errors import DigitlabError
 from digitlab.vision.preprocess import to_mnist
 
 OUTLIER = -1  # the label of a non-digit in a training batch
@@ -35,11 +36,16 @@ def fused_pairs(images: np.ndarray, count: int, rng: np.random.Generator) -> np.
     """`count` fused pairs of random digits from `images` (uint8 [N, 28, 28], white on
     black), as uint8 [count, 28, 28] MNIST-style pictures. Fixed by the generator's state."""
     out = np.zeros((count, 28, 28), np.uint8)
-    made = 0
+    made = tries = 0
     while made < count:
+        tries += 1
+        if tries > 10 * count + 100:  # images with no ink make no pairs: don't loop forever
+            raise DigitlabError(f"could not make {count} fused pairs: the training images "
+                                "are (nearly) blank")
         a, b = rng.integers(len(images), size=2)
         height = int(rng.integers(HEIGHT[0], HEIGHT[1] + 1))
-        picture = side_by_side(_ink(images[a], height), _ink(images[b], height), height, rng)
+        picture = side_by_side(digit_ink(images[a], height), digit_ink(images[b], height),
+                               height, rng)
         done = to_mnist(picture)
         if not done.blank:
             out[made] = done.image
@@ -64,13 +70,15 @@ def side_by_side(left: np.ndarray, right: np.ndarray, height: int,
     return np.pad(row, margin)
 
 
-def _ink(digit: np.ndarray, height: int) -> np.ndarray:
-    """An MNIST digit cropped to its ink and scaled to `height` px, floats in [0, 1]."""
+def digit_ink(digit: np.ndarray, height: int) -> np.ndarray:
+    """An MNIST digit (uint8 [28, 28]) cropped to its ink and scaled to `height` px keeping
+    its aspect ratio: ink coverage in [0, 1]. A digit without ink: an empty half-square.
+    (benchmarks/photolike.py draws its photos from the same.)"""
     ink = np.asarray(digit, dtype=np.float32) / 255.0
     rows = np.flatnonzero(ink.max(axis=1) > 0)
     cols = np.flatnonzero(ink.max(axis=0) > 0)
     if rows.size == 0:
-        return np.zeros((height, 1), np.float32)
+        return np.zeros((height, max(1, height // 2)), np.float32)
     ink = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     width = max(1, round(ink.shape[1] * height / ink.shape[0]))
     scaled = Image.fromarray(ink).resize((width, height), Image.Resampling.BICUBIC)

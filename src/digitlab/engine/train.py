@@ -162,10 +162,9 @@ class Trainer:
     def mix_outliers(self, train: DeviceData) -> None:
         """Make the fused-pair pool (config `outliers`) from the training images."""
         if self.cfg.outliers and self.outliers is None:
-            images = train.x.images if isinstance(train.x, Uint8Images) else None
-            if images is None:
+            if not isinstance(train.x, Uint8Images):
                 raise DigitlabError("outliers need the training images kept as uint8")
-            self.outliers = OutlierMix(images, self.cfg.outliers, self.cfg.seed,
+            self.outliers = OutlierMix(train.x.images, self.cfg.outliers, self.cfg.seed,
                                        lambda raw: normalise(raw, self.cfg.normalize))
 
     @property

@@ -264,15 +264,15 @@ def _threshold(residual: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """
     paper = float(np.median(residual))
     spread = 1.4826 * float(np.median(np.abs(residual - paper)))
-    floor = paper + max(5.0 * spread, MIN_CONTRAST / 2)
-    if np.count_nonzero(residual > floor) < 3:
+    coarse = paper + max(5.0 * spread, MIN_CONTRAST / 2)
+    if np.count_nonzero(residual > coarse) < 3:
         return None  # nothing stands out from the paper: no ink
     # The spread also counts a shadow's edge or a gradient the lighting analysis left, and
     # five times it can sit above a faint stroke. Once ink is known to be there, the floor
     # comes from the paper's pixel-to-pixel noise, which such slow changes do not touch,
     # but stays above twice the spread, so that a leftover band of shadow is not ink.
-    floor = paper + max(5.0 * _pixel_noise(residual), 2.0 * spread, MIN_CONTRAST / 2)
-    floor = min(floor, paper + max(5.0 * spread, MIN_CONTRAST / 2))
+    floor = min(coarse, paper + max(5.0 * _pixel_noise(residual), 2.0 * spread,
+                                    MIN_CONTRAST / 2))
     candidates = residual[residual > floor]
     ink = float(np.percentile(candidates, 90))
     if ink - paper < MIN_CONTRAST:
