@@ -68,3 +68,26 @@ def test_saved_config_round_trips():
         cfg = resolve(preset=name)
         assert from_dict(cfg.to_dict()) == cfg
     assert isinstance(from_dict({"lr": 0.1, "git_commit": "abc"}), TrainConfig)
+
+
+@pytest.mark.parametrize("line, message", [
+    ('epochs = "ten"', "epochs must be a whole number, got 'ten'"),
+    ("epochs = 2.5", "epochs must be a whole number"),
+    ('outliers = "lots"', "outliers must be a number"),
+    ("shuffle = 1", "shuffle must be true or false"),
+    ("betas = [0.9]", "betas must be two numbers"),
+    ("model_args = 3", "model_args must be a table"),
+    ("device = 0", "device must be text"),
+])
+def test_a_setting_of_the_wrong_kind_is_one_clear_error(tmp_path, line, message):
+    path = tmp_path / "c.toml"
+    path.write_text(line + "\n")
+    with pytest.raises(DigitlabError, match=message):
+        resolve(config_file=path)
+
+
+def test_whole_numbers_are_fine_where_a_float_is_expected(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("lr = 1\nema = 0\nbetas = [0, 1]\n")
+    cfg = resolve(config_file=path)
+    assert cfg.lr == 1 and cfg.ema == 0 and cfg.betas == (0, 1)

@@ -219,6 +219,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+_DEFAULTS = TrainConfig()
+
+
 def field_names() -> set[str]:
     return {f.name for f in dataclasses.fields(TrainConfig)}
 
@@ -229,9 +232,8 @@ def _apply(cfg: TrainConfig, values: dict[str, Any], source: str) -> TrainConfig
         raise DigitlabError(f"{source}: unknown setting(s) {', '.join(sorted(unknown))}")
     merged = cfg.to_dict()
     for key, value in values.items():
+        _check_type(key, value, source)
         if key == "model_args":
-            if not isinstance(value, dict):
-                raise DigitlabError(f"{source}: model_args must be a table")
             # A new model family starts from its own defaults, not the previous family's args.
             if values.get("model", merged["model"]) != merged["model"]:
                 merged["model_args"] = {}
@@ -245,6 +247,28 @@ def _apply(cfg: TrainConfig, values: dict[str, Any], source: str) -> TrainConfig
         return TrainConfig(**merged)
     except TypeError as exc:
         raise DigitlabError(f"{source}: {exc}") from exc
+
+
+def _check_type(key: str, value: Any, source: str) -> None:
+    """A setting of the wrong kind (a config file's `epochs = "ten"`) is one clear error,
+    not a TypeError deep in validation or training. The kind is the default's."""
+    kind = type(getattr(_DEFAULTS, key))
+    if kind is bool:
+        ok, wanted = isinstance(value, bool), "true or false"
+    elif kind is int:
+        ok, wanted = isinstance(value, int) and not isinstance(value, bool), "a whole number"
+    elif kind is float:
+        ok, wanted = isinstance(value, int | float) and not isinstance(value, bool), "a number"
+    elif kind is tuple:
+        ok, wanted = (isinstance(value, list | tuple) and len(value) == 2 and all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in value)), \
+            "two numbers"
+    elif kind is dict:
+        ok, wanted = isinstance(value, dict), "a table"
+    else:
+        ok, wanted = isinstance(value, str), "text (a quoted string)"
+    if not ok:
+        raise DigitlabError(f"{source}: {key} must be {wanted}, got {value!r}")
 
 
 def load_toml(path: Path) -> dict[str, Any]:
