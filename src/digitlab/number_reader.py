@@ -76,6 +76,10 @@ class Candidates:
     merges: dict[int, int] = field(default_factory=dict)  # piece i joined with i + 1
     # Piece i cut in 2 or 3: the parts, and the ink the cuts cross (stroke widths).
     splits: dict[int, list[tuple[list[int], float]]] = field(default_factory=dict)
+    # Pieces i and i + 1 read as two digits after one of them is cut in two and the part
+    # next to the other joins it (a 0 written in two strokes, its right half touching the
+    # next digit): the two digits, and the ink the cut crosses.
+    borrows: dict[int, list[tuple[list[int], float]]] = field(default_factory=dict)
 
     def add(self, crop: np.ndarray) -> int | None:
         box = mask_bbox(crop >= 0.5)
@@ -107,10 +111,26 @@ def candidates(grey: np.ndarray) -> Candidates:
     for i, piece in enumerate(pieces):
         for parts, crossed in cut_options(piece.image):
             indexes = [found.add(part) for part in parts]
-            if all(k is not None for k in indexes):
-                found.splits.setdefault(i, []).append(
-                    ([k for k in indexes if k is not None], crossed))
+            if not all(k is not None for k in indexes):
+                continue
+            kept = [k for k in indexes if k is not None]
+            found.splits.setdefault(i, []).append((kept, crossed))
+            if len(parts) == 2:
+                _borrow(found, pieces, i, parts, kept, crossed)
     return found
+
+
+def _borrow(found: Candidates, pieces: list[Digit], i: int, parts: list[np.ndarray],
+            kept: list[int], crossed: float) -> None:
+    """Piece i cut in two: its left part joined with the piece before, its right part with
+    the piece after, each as a reading of those two pieces (Candidates.borrows)."""
+    left, right = (Digit(part, pieces[i].bbox) for part in parts)
+    if i > 0 and (joined := _join(pieces[i - 1], left)) is not None:
+        if (index := found.add(joined)) is not None:
+            found.borrows.setdefault(i - 1, []).append(([index, kept[1]], crossed))
+    if i + 1 < len(pieces) and (joined := _join(right, pieces[i + 1])) is not None:
+        if (index := found.add(joined)) is not None:
+            found.borrows.setdefault(i, []).append(([kept[0], index], crossed))
 
 
 def digit_scores(found: Candidates, probs: np.ndarray, weights: Weights = PLAIN
@@ -156,6 +176,10 @@ def choose(found: Candidates, probs: np.ndarray, weights: Weights = PLAIN) -> li
         if i in found.merges:
             options.append((2, float(score_of[found.merges[i]]) - weights.merge_margin,
                             [found.merges[i]]))
+        for digits, crossed in found.borrows.get(i, []):  # a cut and a join: both margins
+            margin = (weights.merge_margin + weights.split_margin
+                      + weights.cut_cost * max(0.0, crossed - CUT_FREE))
+            options.append((2, float(score_of[digits].sum()) - margin, digits))
         for step, gain, digits in options:
             if score + gain > best[i + step][0]:
                 best[i + step] = (score + gain, read + digits)
