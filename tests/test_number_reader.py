@@ -43,6 +43,18 @@ def test_choose_cuts_an_unsure_piece_into_two_sure_digits():
     assert nr.choose(found, probs) == [0, 1]
 
 
+def test_choose_moves_a_cut_off_part_to_the_piece_it_belongs_to():
+    # Piece 0 is the left stroke of a 0 (unsure), piece 1 its right stroke touching a 6
+    # (unsure); cut, the stroke alone is a sure 1 and the 6 a sure 6, and joined with
+    # piece 0 the stroke makes a sure 0.
+    found = nr.Candidates(images=[np.zeros((28, 28))] * 5, singles=[0, 1],
+                          splits={1: [([2, 3], 1.0)]}, borrows={0: [([4, 3], 1.0)]})
+    probs = _probs((0, 0.59), (6, 0.11), (1, 0.86), (6, 0.96), (0, 0.97))
+    assert nr.choose(found, probs, nr.REJECTING) == [4, 3]  # "06", not "016"
+    found.borrows = {}
+    assert nr.choose(found, probs, nr.REJECTING) == [0, 2, 3]
+
+
 def _crop(digit: np.ndarray) -> np.ndarray:
     rows = np.flatnonzero(digit.max(axis=1) > 0)
     cols = np.flatnonzero(digit.max(axis=0) > 0)
@@ -88,6 +100,26 @@ def test_a_zero_broken_in_two_is_read_as_one_digit(mnist_test_split):
     assert recognizer.predict((picture * 255).astype(np.uint8), number=True).number == "201"
     recognizer.reading = dataclasses.replace(recognizer.reading, merge_margin=float("inf"))
     assert recognizer.predict((picture * 255).astype(np.uint8), number=True).number != "201"
+
+
+@pytest.mark.slow
+def test_half_a_zero_touching_the_next_digit_goes_back_to_its_other_half(
+        mnist_test_split, monkeypatch):
+    images = mnist_test_split.images
+    two, zero, six = _crop(images[1]), _crop(images[3]), _crop(images[11])
+    half = zero.shape[1] // 2
+    # The 0 in two strokes, 4 px apart; its right stroke and the 6 overlap by a pixel.
+    strokes = np.zeros((max(zero.shape[0], six.shape[0]), zero.shape[1] + 4 + six.shape[1] - 1),
+                       np.uint8)
+    strokes[: zero.shape[0], :half] = zero[:, :half]
+    strokes[: zero.shape[0], half + 4 : zero.shape[1] + 4] = zero[:, half:]
+    right = strokes[: six.shape[0], zero.shape[1] + 3 :]
+    np.maximum(right, six, out=right)
+    picture = (_paper([two, strokes], [6]) * 255).astype(np.uint8)
+    assert len(segment_digits(picture)) == 3  # "2", the left stroke, the right one + the 6
+    assert Recognizer.load().predict(picture, number=True).number == "206"
+    monkeypatch.setattr(nr, "_borrow", lambda *args: None)
+    assert Recognizer.load().predict(picture, number=True).number != "206"
 
 
 @pytest.mark.slow

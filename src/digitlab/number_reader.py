@@ -105,8 +105,7 @@ def candidates(grey: np.ndarray) -> Candidates:
     for piece in pieces:
         found.singles.append(found.add(piece.image))
     for i, (left, right) in enumerate(zip(pieces[:-1], pieces[1:], strict=True)):
-        joined = _join(left, right)
-        if joined is not None and (index := found.add(joined)) is not None:
+        if (index := _add_joined(found, left, right)) is not None:
             found.merges[i] = index
     for i, piece in enumerate(pieces):
         for parts, crossed in cut_options(piece.image):
@@ -125,12 +124,19 @@ def _borrow(found: Candidates, pieces: list[Digit], i: int, parts: list[np.ndarr
     """Piece i cut in two: its left part joined with the piece before, its right part with
     the piece after, each as a reading of those two pieces (Candidates.borrows)."""
     left, right = (Digit(part, pieces[i].bbox) for part in parts)
-    if i > 0 and (joined := _join(pieces[i - 1], left)) is not None:
-        if (index := found.add(joined)) is not None:
+    if i > 0:
+        index = _add_joined(found, pieces[i - 1], left)
+        if index is not None:
             found.borrows.setdefault(i - 1, []).append(([index, kept[1]], crossed))
-    if i + 1 < len(pieces) and (joined := _join(right, pieces[i + 1])) is not None:
-        if (index := found.add(joined)) is not None:
+    if i + 1 < len(pieces):
+        index = _add_joined(found, right, pieces[i + 1])
+        if index is not None:
             found.borrows.setdefault(i, []).append(([kept[0], index], crossed))
+
+
+def _add_joined(found: Candidates, left: Digit, right: Digit) -> int | None:
+    joined = _join(left, right)
+    return None if joined is None else found.add(joined)
 
 
 def digit_scores(found: Candidates, probs: np.ndarray, weights: Weights = PLAIN
