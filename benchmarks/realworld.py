@@ -10,7 +10,7 @@ uneven paper, off-centre, 30-300 px tall, grain, shadow, blur, noise, JPEG) and 
   takes (decode, MNIST-style preprocessing, segmentation for numbers).
 
     python benchmarks/realworld.py                     # the model shipped in the package
-    python benchmarks/realworld.py --run runs/robust --singles 2000 --numbers 500
+    python benchmarks/realworld.py --run runs/robust --singles 2000 --numbers 2000
     python benchmarks/realworld.py --show-failures /tmp/failures   # photo + model input
 
 A figure, not a test: nothing here is asserted.
