@@ -150,6 +150,38 @@ def test_dots_and_specks_are_not_digits() -> None:
     assert read(crops) == "107"
 
 
+def test_a_loose_stroke_goes_to_the_digit_it_starts_over() -> None:
+    # A 5 whose bar came loose and runs on to the right, past its body: too short to be a
+    # digit, too little over the body to join it by overlap; it was dropped as a dash.
+    h = HEIGHT / 2
+    top = MIDDLE - h
+    cx = 60
+    image = Image.new("F", (260, CANVAS_HEIGHT), 1.0)
+    pen = ImageDraw.Draw(image)
+    line = {"fill": 0.0, "width": PEN}
+    pen.line([(cx - 0.45 * h, top + PEN + 6), (cx - 0.45 * h, MIDDLE - 0.1 * h)], **line)
+    pen.arc([cx - 0.5 * h, MIDDLE - 0.3 * h, cx + 0.55 * h, MIDDLE + h], start=200, end=150,
+            fill=0.0, width=PEN)
+    pen.line([(cx + 0.1 * h, top), (cx + 1.6 * h, top)], **line)  # the bar
+    glyph(pen, "1", cx + 2.4 * h)
+    found = segment_digits(np.asarray(image, dtype=np.float32))
+    assert len(found) == 2
+    five, one = found
+    assert five.bbox[1] < cx - 0.4 * h and five.bbox[3] >= cx + 1.6 * h  # the bar is the 5's
+    assert five.bbox[0] <= top - PEN // 2 + 1
+    assert one.bbox[1] > cx + 1.9 * h  # and not the 1's
+
+
+def test_an_underline_is_not_part_of_a_digit() -> None:
+    image = spaced(["1", "0", "7"], step=60)
+    pen = Image.fromarray(image)
+    under = MIDDLE + HEIGHT // 2 + 20
+    ImageDraw.Draw(pen).line([(20, under), (200, under)], fill=0.0, width=5)
+    found = segment_digits(np.asarray(pen, dtype=np.float32))
+    assert read([d.image for d in found]) == "107"
+    assert all(d.bbox[2] < under - 2 for d in found)
+
+
 def test_light_ink_on_dark_ground() -> None:
     centres = [50, 120, 190]
     image = number(["0", "1", "7"], centres, width=240, ink=1.0, paper=0.0)

@@ -33,6 +33,7 @@ SPLIT_WIDTHS = 1.6
 PART_HEIGHT = 0.6  # each of the touching digits spans at least this share of their height
 CUT_WINDOW = 0.3  # search for a cut within this share of a digit width of where it should be
 MIN_HEIGHT = 0.4  # pieces shorter than this share of the tallest are dots, commas, dashes
+LOOSE = 0.25  # ... or, this long and over a digit, a loose stroke of it (segment._drop_small)
 MARGIN = 0.15  # black border around each crop, as a share of its height
 
 
@@ -82,8 +83,15 @@ def _components(labels: np.ndarray) -> list[_Piece]:
 
 
 def _merge_overlapping(pieces: list[_Piece]) -> list[_Piece]:
-    """Join pieces stacked in the same columns until no two overlap strongly."""
-    pieces = sorted(pieces, key=lambda p: p.box[1])
+    """Join pieces stacked in the same columns until no two overlap strongly. A line
+    under or over the number (short, and longer than any digit is tall) joins none: it
+    would glue together every digit it spans."""
+    if not pieces:
+        return pieces
+    tallest = max(p.box[2] - p.box[0] for p in pieces)
+    lines = [p for p in pieces if p.box[2] - p.box[0] < MIN_HEIGHT * tallest
+             and p.box[3] - p.box[1] > tallest]
+    pieces = sorted((p for p in pieces if p not in lines), key=lambda p: p.box[1])
     merged = True
     while merged:
         merged = False
@@ -96,11 +104,11 @@ def _merge_overlapping(pieces: list[_Piece]) -> list[_Piece]:
                     break
             if merged:
                 break
-    return pieces
+    return pieces + lines
 
 
 def _same_digit(a: _Piece, b: _Piece) -> bool:
-    shared = min(a.box[3], b.box[3]) - max(a.box[1], b.box[1])
+    shared = _shared(a, b)
     narrower = min(a.box[3] - a.box[1], b.box[3] - b.box[1])
     return shared > 0 and shared >= MERGE_OVERLAP * narrower
 
@@ -116,10 +124,34 @@ def _join(a: _Piece, b: _Piece) -> _Piece:
 
 
 def _drop_small(pieces: list[_Piece]) -> list[_Piece]:
+    """Keep the pieces tall enough to be digits. A shorter one that lies over a digit's
+    columns is a stroke of it that came loose (a 5's bar, a 2's foot) and joins it: the
+    digit whose columns hold the stroke's left end (where the pen came back to the paper),
+    else the one it shares most columns with. The rest are dots, commas, dashes, lines."""
     if not pieces:
         return pieces
     tallest = max(p.box[2] - p.box[0] for p in pieces)
-    return [p for p in pieces if p.box[2] - p.box[0] >= MIN_HEIGHT * tallest]
+    keep = [p for p in pieces if p.box[2] - p.box[0] >= MIN_HEIGHT * tallest]
+    for small in pieces:
+        if small.box[2] - small.box[0] >= MIN_HEIGHT * tallest:
+            continue
+        long = max(small.box[2] - small.box[0], small.box[3] - small.box[1])
+        if not LOOSE * tallest <= long <= tallest:
+            continue  # a dot or a speck; or longer than a digit is tall, an underline
+        near = [k for k, p in enumerate(keep) if _shared(p, small) > 0
+                and small.box[0] < p.box[2] + LOOSE * tallest
+                and small.box[2] > p.box[0] - LOOSE * tallest]
+        if not near:
+            continue
+        holds = [k for k in near if keep[k].box[1] <= small.box[1] < keep[k].box[3]]
+        k = holds[0] if holds else max(near, key=lambda k: _shared(keep[k], small))
+        keep[k] = _join(keep[k], small)
+    return keep
+
+
+def _shared(a: _Piece, b: _Piece) -> int:
+    """Columns two pieces' boxes have in common."""
+    return min(a.box[3], b.box[3]) - max(a.box[1], b.box[1])
 
 
 def _typical_width(pieces: list[_Piece]) -> float | None:
