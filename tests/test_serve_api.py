@@ -16,6 +16,7 @@ import time
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -393,6 +394,8 @@ def test_cors_is_off_unless_asked_for(client, recognizer):
     (["--max-bytes", "10"], "--max-bytes must be between"),
     (["--max-bytes", str(2**30)], "decoder's own limit"),
     (["--run", "/nonexistent/run"], "/nonexistent/run"),
+    # With several workers the model is tried in a spawned process; its error comes back.
+    (["--run", "/nonexistent/run", "--workers", "2"], "/nonexistent/run"),
 ])
 def test_serve_refuses_bad_options_in_one_line(args, message):
     result = CliRunner().invoke(cli_app, ["serve", *args])
@@ -422,6 +425,9 @@ def test_digitlab_serve_with_two_workers_answers_and_stops_on_ctrl_c(digits):
             # The socket is bound before the workers start; they answer once loaded.
             for _, data in digits[:4]:
                 assert c.post("/api/predict", content=data).status_code == 200
+        # The supervisor only forwards signals: it holds no torch and no model of its own.
+        maps = Path(f"/proc/{proc.pid}/maps").read_text()
+        assert "libtorch" not in maps and "torch/lib" not in maps
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
     finally:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import re
 import warnings
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -35,6 +34,7 @@ from digitlab.api import Prepared, Recognizer
 from digitlab.errors import DigitlabError, ImageError
 from digitlab.serve.batcher import ModelBatcher
 from digitlab.serve.docs import render_docs
+from digitlab.serve.origin import check_origin
 from digitlab.serve.upload import RequestProblem, image_bytes, read_body
 from digitlab.vision.decode import FORMATS, MAX_BYTES, MAX_PIXELS
 
@@ -52,7 +52,6 @@ PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-cache",
 }
-_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-]+(:\d{1,5})?$|^https?://\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
 
 log = logging.getLogger("digitlab.serve")
 
@@ -116,14 +115,6 @@ def create_app(
     _add_api(app, max_bytes=max_bytes)
     _add_pages(app)
     return app
-
-
-def check_origin(origin: str) -> str:
-    """`*` or one origin like https://example.org:8443 (scheme, host, optional port)."""
-    if origin == "*" or _ORIGIN.match(origin):
-        return origin
-    raise DigitlabError(f"--cors takes '*' or an origin like https://example.org "
-                        f"(scheme://host[:port], no path); got {origin!r}")
 
 
 def _warm_up(recognizer: Recognizer) -> None:

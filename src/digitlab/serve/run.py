@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from digitlab.errors import DigitlabError
 
@@ -48,8 +48,7 @@ def serve(
     """Serve the drawing page and the API until Ctrl+C (or SIGTERM)."""
     import uvicorn
 
-    from digitlab.api import Recognizer
-    from digitlab.serve.app import check_origin, create_app
+    from digitlab.serve.origin import check_origin
     from digitlab.vision.decode import MAX_BYTES
 
     if workers < 1:
@@ -61,18 +60,27 @@ def serve(
                             f"decoder's own limit), got {max_bytes:,}")
     if cors_origin is not None:
         check_origin(cors_origin)
-    # a bad run fails here, before anything listens
-    recognizer = Recognizer.load(run, backend=backend)
     settings = Settings(run=None if run is None else str(run), backend=backend,
                         max_bytes=max_bytes,
                         cors_origin=cors_origin, concurrency=_concurrency(workers))
+    # A bad run fails here, before anything listens. With several workers the model is
+    # tried in a throw-away process: the supervisor that stays would otherwise hold torch
+    # and a model copy (~600 MB) it never uses.
+    if workers == 1:
+        from digitlab.api import Recognizer
+
+        recognizer = Recognizer.load(run, backend=backend)
+        info = recognizer.info()
+    else:
+        info = _model_info_elsewhere(settings)
     sock = _listen(host, port)
-    info = recognizer.info()
     report(f"digitlab serve: {_url(sock)}  (model {info['model']} from {info['source']}"
            f"{', onnxruntime' if info['backend'] == 'onnxruntime' else ''}, "
            f"{workers} worker{'s' * (workers > 1)}, uploads up to {max_bytes:,} bytes; "
            "Ctrl+C stops it)")
     if workers == 1:
+        from digitlab.serve.app import create_app
+
         _tune_torch()
         app = create_app(recognizer, max_bytes=max_bytes, cors_origin=cors_origin,
                          concurrency=settings.concurrency)
@@ -84,7 +92,6 @@ def serve(
         return
     from uvicorn.supervisors import Multiprocess
 
-    del recognizer  # each worker loads its own copy
     os.environ[SETTINGS_ENV] = json.dumps(asdict(settings))
     config = uvicorn.Config("digitlab.serve.run:app_from_env", factory=True, workers=workers,
                             log_level="info", access_log=access_log,
@@ -102,6 +109,21 @@ def app_from_env() -> FastAPI:
     return create_app(partial(Recognizer.load, settings.run, backend=settings.backend),
                       max_bytes=settings.max_bytes,
                       cors_origin=settings.cors_origin, concurrency=settings.concurrency)
+
+
+def _model_info_elsewhere(settings: Settings) -> dict[str, Any]:
+    """Recognizer.info() of the settings' model, loaded in a spawned process (errors such
+    as a bad run come back as raised there)."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_model_info, (settings.run, settings.backend))
+
+
+def _model_info(run: str | None, backend: str | None) -> dict[str, Any]:
+    from digitlab.api import Recognizer
+
+    return Recognizer.load(run, backend=backend).info()
 
 
 def _tune_torch() -> None:
