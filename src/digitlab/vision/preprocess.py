@@ -27,6 +27,7 @@ STROKE_TARGET = 0.11
 STROKE_RANGE = (0.08, 0.18)
 MAX_WORK_SIDE = 1600  # bigger inputs are averaged down first; a digit needs far less
 MIN_CONTRAST = 0.08  # ink must differ from paper by this much (of full scale) to count
+SHADOWED_CONTRAST = 0.24  # ... and by this much where a hard shadow hides it (_threshold)
 SPECK_FRACTION = 0.02  # components smaller than this share of the largest are dirt
 # Flat paper (see _flat_paper_residual): this share of the pixels, and of the border's,
 # lies within FLAT_LEVELS grey levels of the commonest value; ink is FLAT_FAR away.
@@ -265,20 +266,25 @@ def _threshold(residual: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     paper = float(np.median(residual))
     spread = 1.4826 * float(np.median(np.abs(residual - paper)))
     coarse = paper + max(5.0 * spread, MIN_CONTRAST / 2)
-    if np.count_nonzero(residual > coarse) < 3:
-        return None  # nothing stands out from the paper: no ink
     # The spread also counts a shadow's edge or a gradient the lighting analysis left, and
-    # five times it can sit above a faint stroke. Once ink is known to be there, the floor
-    # comes from the paper's pixel-to-pixel noise, which such slow changes do not touch,
-    # but stays above twice the spread, so that a leftover band of shadow is not ink.
-    floor = min(coarse, paper + max(5.0 * _pixel_noise(residual), 2.0 * spread,
-                                    MIN_CONTRAST / 2))
+    # five times it can sit above a faint stroke. So the floor comes from the paper's
+    # pixel-to-pixel noise, which such slow changes do not touch, but stays above twice the
+    # spread, so that a leftover band of shadow is not ink.
+    floor = paper + max(5.0 * _pixel_noise(residual), 2.0 * spread, MIN_CONTRAST / 2)
+    # Ink that stands out above the coarse floor is surely there. Where nothing does (a
+    # hard shadow across the page doubles the spread), what the finer floor finds must be
+    # strong, thin strokes: blank paper under such lighting yields faint hairlines only.
+    sure = np.count_nonzero(residual > coarse) >= 3
+    if sure:
+        floor = min(coarse, floor)
     candidates = residual[residual > floor]
+    if candidates.size < 3:
+        return None  # nothing stands out from the paper: no ink
     ink = float(np.percentile(candidates, 90))
-    if ink - paper < MIN_CONTRAST:
+    if ink - paper < (MIN_CONTRAST if sure else SHADOWED_CONTRAST):
         return None
     mask = _drop_specks(residual > max(floor, (paper + ink) / 2))
-    if not _has_stroke(mask):
+    if not _has_stroke(mask) or not (sure or _stroke_like(mask)):
         return None
     soft = np.clip((residual - paper) / (ink - paper), 0.0, 1.0)
     # Keep the anti-aliased fringe of kept strokes only; the rest is paper noise.
@@ -303,6 +309,18 @@ def _drop_specks(mask: np.ndarray) -> np.ndarray:
     keep = areas >= max(2.0, SPECK_FRACTION * areas.max())
     keep[0] = False
     return keep[labels]
+
+
+def _stroke_like(mask: np.ndarray) -> bool:
+    """Lines a pen drew: thin for their length, covering little of the picture, clear of
+    its edges (where a shadow's edge ends)."""
+    box = mask_bbox(mask)
+    if box is None:
+        return False
+    if box[0] == 0 or box[1] == 0 or box[2] == mask.shape[0] or box[3] == mask.shape[1]:
+        return False
+    extent = max(box[2] - box[0], box[3] - box[1])
+    return stroke_width(mask) <= 0.25 * extent and float(mask.mean()) <= 0.15
 
 
 def _has_stroke(mask: np.ndarray) -> bool:
