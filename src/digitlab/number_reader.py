@@ -176,20 +176,23 @@ def choose(found: Candidates, probs: np.ndarray, weights: Weights = PLAIN) -> li
         options.append((1, float(score_of[single]) if single is not None else 0.0,
                         [single] if single is not None else []))
         for parts, crossed in found.splits.get(i, []):
-            margin = weights.split_margin + weights.cut_cost * max(
-                0.0, crossed - CUT_FREE * (len(parts) - 1))
+            margin = weights.split_margin + _cut_cost(weights, crossed, len(parts) - 1)
             options.append((1, float(score_of[parts].sum()) - margin, parts))
         if i in found.merges:
             options.append((2, float(score_of[found.merges[i]]) - weights.merge_margin,
                             [found.merges[i]]))
         for digits, crossed in found.borrows.get(i, []):  # a cut and a join: both margins
-            margin = (weights.merge_margin + weights.split_margin
-                      + weights.cut_cost * max(0.0, crossed - CUT_FREE))
+            margin = weights.merge_margin + weights.split_margin + _cut_cost(weights, crossed, 1)
             options.append((2, float(score_of[digits].sum()) - margin, digits))
         for step, gain, digits in options:
             if score + gain > best[i + step][0]:
                 best[i + step] = (score + gain, read + digits)
     return best[n][1]
+
+
+def _cut_cost(weights: Weights, crossed: float, cuts: int) -> float:
+    """What `cuts` cuts crossing `crossed` stroke widths of ink cost beyond CUT_FREE each."""
+    return weights.cut_cost * max(0.0, crossed - CUT_FREE * cuts)
 
 
 def _margin(piece: Digit) -> int | None:

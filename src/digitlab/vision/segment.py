@@ -88,9 +88,8 @@ def _merge_overlapping(pieces: list[_Piece]) -> list[_Piece]:
     would glue together every digit it spans."""
     if not pieces:
         return pieces
-    tallest = max(p.box[2] - p.box[0] for p in pieces)
-    lines = [p for p in pieces if p.box[2] - p.box[0] < MIN_HEIGHT * tallest
-             and p.box[3] - p.box[1] > tallest]
+    tallest = _tallest(pieces)
+    lines = [p for p in pieces if _line(p, tallest)]
     pieces = sorted((p for p in pieces if p not in lines), key=lambda p: p.box[1])
     merged = True
     while merged:
@@ -130,14 +129,13 @@ def _drop_small(pieces: list[_Piece]) -> list[_Piece]:
     else the one it shares most columns with. The rest are dots, commas, dashes, lines."""
     if not pieces:
         return pieces
-    tallest = max(p.box[2] - p.box[0] for p in pieces)
-    keep = [p for p in pieces if p.box[2] - p.box[0] >= MIN_HEIGHT * tallest]
+    tallest = _tallest(pieces)
+    keep = [p for p in pieces if not _short(p, tallest)]
     for small in pieces:
-        if small.box[2] - small.box[0] >= MIN_HEIGHT * tallest:
+        if not _short(small, tallest) or _line(small, tallest):
             continue
-        long = max(small.box[2] - small.box[0], small.box[3] - small.box[1])
-        if not LOOSE * tallest <= long <= tallest:
-            continue  # a dot or a speck; or longer than a digit is tall, an underline
+        if max(small.box[2] - small.box[0], small.box[3] - small.box[1]) < LOOSE * tallest:
+            continue  # a dot or a speck
         near = [k for k, p in enumerate(keep) if _shared(p, small) > 0
                 and small.box[0] < p.box[2] + LOOSE * tallest
                 and small.box[2] > p.box[0] - LOOSE * tallest]
@@ -147,6 +145,20 @@ def _drop_small(pieces: list[_Piece]) -> list[_Piece]:
         k = holds[0] if holds else max(near, key=lambda k: _shared(keep[k], small))
         keep[k] = _join(keep[k], small)
     return keep
+
+
+def _tallest(pieces: list[_Piece]) -> int:
+    return max(p.box[2] - p.box[0] for p in pieces)
+
+
+def _short(piece: _Piece, tallest: int) -> bool:
+    """Too short to be a digit: a dot, comma, dash, line or loose stroke."""
+    return piece.box[2] - piece.box[0] < MIN_HEIGHT * tallest
+
+
+def _line(piece: _Piece, tallest: int) -> bool:
+    """A line under or over the number: short, and longer than any digit is tall."""
+    return _short(piece, tallest) and piece.box[3] - piece.box[1] > tallest
 
 
 def _shared(a: _Piece, b: _Piece) -> int:
