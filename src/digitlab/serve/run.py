@@ -21,6 +21,8 @@ from digitlab.errors import DigitlabError
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+    from digitlab.api import Recognizer
+
 SETTINGS_ENV = "DIGITLAB_SERVE_SETTINGS"  # how the parent hands its settings to each worker
 
 
@@ -66,19 +68,14 @@ def serve(
     # A bad run fails here, before anything listens. With several workers the model is
     # tried in a throw-away process: the supervisor that stays would otherwise hold torch
     # and a model copy (~600 MB) it never uses.
-    if workers == 1:
-        from digitlab.api import Recognizer
-
-        recognizer = Recognizer.load(run, backend=backend)
-        info = recognizer.info()
-    else:
-        info = _model_info_elsewhere(settings)
+    recognizer = _load(settings) if workers == 1 else None
+    info = recognizer.info() if recognizer is not None else _model_info_elsewhere(settings)
     sock = _listen(host, port)
     report(f"digitlab serve: {_url(sock)}  (model {info['model']} from {info['source']}"
            f"{', onnxruntime' if info['backend'] == 'onnxruntime' else ''}, "
            f"{workers} worker{'s' * (workers > 1)}, uploads up to {max_bytes:,} bytes; "
            "Ctrl+C stops it)")
-    if workers == 1:
+    if recognizer is not None:
         from digitlab.serve.app import create_app
 
         _tune_torch()
@@ -101,12 +98,11 @@ def serve(
 
 def app_from_env() -> FastAPI:
     """The app factory each worker process calls; settings come from the parent."""
-    from digitlab.api import Recognizer
     from digitlab.serve.app import create_app
 
     settings = Settings(**json.loads(os.environ[SETTINGS_ENV]))
     _tune_torch()
-    return create_app(partial(Recognizer.load, settings.run, backend=settings.backend),
+    return create_app(partial(_load, settings),
                       max_bytes=settings.max_bytes,
                       cors_origin=settings.cors_origin, concurrency=settings.concurrency)
 
@@ -117,13 +113,18 @@ def _model_info_elsewhere(settings: Settings) -> dict[str, Any]:
     import multiprocessing
 
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_model_info, (settings.run, settings.backend))
+        return pool.apply(_model_info, (settings,))
 
 
-def _model_info(run: str | None, backend: str | None) -> dict[str, Any]:
+def _model_info(settings: Settings) -> dict[str, Any]:
+    return _load(settings).info()
+
+
+def _load(settings: Settings) -> Recognizer:
+    """The settings' model (imports torch: only where a model is used)."""
     from digitlab.api import Recognizer
 
-    return Recognizer.load(run, backend=backend).info()
+    return Recognizer.load(settings.run, backend=settings.backend)
 
 
 def _tune_torch() -> None:
