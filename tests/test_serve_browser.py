@@ -82,7 +82,9 @@ def open_page(browser, server):
         page.on("request", lambda r: None if r.url.startswith((server, "data:", "blob:"))
                 else foreign.append(r.url))
         page.goto(server + "/")
-        page.wait_for_function("document.getElementById('model-info').textContent"
+        # Predicates are written as functions: a bare expression that is not true at
+        # once is polled through eval(), which the page's CSP refuses (a flaky failure).
+        page.wait_for_function("() => document.getElementById('model-info').textContent"
                                ".startsWith('Model:')")
         return page
 
@@ -164,9 +166,9 @@ def test_upload_by_keyboard_whole_number_mode_and_drag_and_drop(open_page, mnist
     page.keyboard.press("Tab")  # Upload image...
     assert page.evaluate("document.activeElement.id") == "upload"
     page.keyboard.press("Enter")
-    page.wait_for_function("window.pickerOpened === 1")
+    page.wait_for_function("() => window.pickerOpened === 1")
     page.keyboard.press("u")  # the shortcut opens it too
-    page.wait_for_function("window.pickerOpened === 2")
+    page.wait_for_function("() => window.pickerOpened === 2")
     page.locator("#file").set_input_files(
         str(mnist_drawing(images, [first[3]], tmp_path / "three.png")))
     shown(page, "3")
