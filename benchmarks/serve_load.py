@@ -14,8 +14,10 @@ Closed loop (default): each client sends its next request as soon as the answer 
 latency includes the queue that 32 eager clients build. Open loop (--rate): requests are
 due at fixed times whatever the server does, and latency counts from when each was due.
 
-Prints requests/s, p50/p95/p99/max latency, errors, how many answers were right, and the
-memory of the server and its workers (VmRSS and Pss from /proc) before and after.
+Prints requests/s, p50/p95/p99/max latency, errors, how many answers were right, the CPU
+time the server and its workers spent per request (user + system, from /proc: unlike
+requests/s it hardly moves when something else shares the machine), and their memory
+(VmRSS and Pss from /proc) before and after.
 """
 
 from __future__ import annotations
@@ -160,10 +162,12 @@ async def measure(url: str, pid: int | None, bodies: list[bytes], labels: list[i
                    args.max_seconds)
     rss_before = rss_mib(pid)
     load_before = os.getloadavg()
+    cpu_before = cpu_seconds(pid)
     started = time.perf_counter()
     result = await run_load(host, port, bodies, labels, args.requests, args.concurrency,
                             args.rate, args.max_seconds)
     wall = time.perf_counter() - started
+    cpu_used = None if pid is None else cpu_seconds(pid) - cpu_before
     lat = np.array(result["latencies"]) * 1000
     done = len(lat)
     return {
@@ -174,6 +178,8 @@ async def measure(url: str, pid: int | None, bodies: list[bytes], labels: list[i
         "max_ms": round(float(lat.max()), 2) if done else None,
         "errors": result["errors"], "error_kinds": result["kinds"],
         "right": result["right"], "timed_out": result["timed_out"],
+        "server_cpu_ms_per_request": (round(cpu_used / done * 1000, 3)
+                                      if cpu_used is not None and done else None),
         "rss_before_mib": rss_before, "rss_after_mib": rss_mib(pid),
         "load_before": [round(v, 2) for v in load_before], "cpus": os.cpu_count(),
     }
@@ -260,6 +266,20 @@ def rss_mib(pid: int | None) -> dict[str, float] | None:
     return {"rss": round(rss / 1024, 1), "pss": round(pss / 1024, 1)}
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of the server and every process below it, in seconds."""
+    if pid is None:
+        return 0.0
+    ticks = 0
+    for p in [pid, *descendants(pid)]:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def _kib(path: str, field: str) -> int:
     try:
         text = Path(path).read_text()
@@ -301,10 +321,15 @@ def report(f: dict, args: argparse.Namespace, url: str) -> str:
         f"max {f['max_ms']} ms",
         f"errors     {f['errors']} {f['error_kinds'] or ''}".rstrip(),
         f"answers    {f['right']}/{f['requests'] - f['errors']} right (MNIST labels)",
+        f"server CPU {cpu(f['server_cpu_ms_per_request'])}",
         f"memory     server {memory(f['rss_before_mib'])} before, "
         f"{memory(f['rss_after_mib'])} after",
     ]
     return "\n".join(lines)
+
+
+def cpu(ms: float | None) -> str:
+    return "unknown (pass --pid)" if ms is None else f"{ms:.2f} ms per request (all its processes)"
 
 
 def memory(m: dict[str, float] | None) -> str:

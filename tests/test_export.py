@@ -306,6 +306,19 @@ def test_serve_with_onnxruntime(mlp_run: Path, exported: Path, mnist_test_split,
         np.testing.assert_allclose(answer["probabilities"], want["probabilities"], atol=1e-5)
 
 
+def test_serve_runs_onnxruntime_on_one_thread_per_call(exported: Path) -> None:
+    """Concurrent requests keep the cores busy; onnxruntime's default pool per call spun its
+    idle threads on them instead (half the throughput with --workers 2)."""
+    from digitlab.serve.run import Settings, _load
+
+    settings = Settings(run=str(exported), backend=None, max_bytes=1 << 20, cors_origin=None,
+                        concurrency=1)
+    options = _load(settings).backend.session.get_session_options()
+    assert options.intra_op_num_threads == 1
+    # The CLI's own predictions keep onnxruntime's default (all cores for one big batch).
+    assert OnnxBackend(exported).session.get_session_options().intra_op_num_threads == 0
+
+
 def test_serve_cli_backend_errors(mlp_run: Path) -> None:
     result = runner.invoke(app, ["serve", "--run", str(mlp_run), "--backend", "onnxruntime",
                                  "--port", "0"])

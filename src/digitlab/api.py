@@ -137,7 +137,12 @@ class TorchBackend:
 
     def __init__(self, model: torch.nn.Module, *, normalize: str, classes: list[str],
                  device: torch.device) -> None:
-        self.model = model.eval()
+        # Convolutions read NHWC (channels_last) 2.5-3x faster than NCHW on a CPU once a
+        # batch holds a few images (oneDNN skips a layout reorder per call), as in training.
+        self.layout = (torch.channels_last
+                       if any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+                       else torch.contiguous_format)
+        self.model = model.eval().to(memory_format=self.layout)
         self.normalize = normalize
         self.classes = classes
         self.device = device
@@ -146,7 +151,7 @@ class TorchBackend:
         from digitlab.data.loader import normalise
 
         x = normalise(torch.from_numpy(np.array(images, dtype=np.uint8)).to(self.device),
-                      self.normalize)
+                      self.normalize).contiguous(memory_format=self.layout)
         with torch.inference_mode():
             return torch.softmax(self.model(x).float(), dim=1).cpu().numpy()
 
@@ -251,10 +256,12 @@ class Recognizer:
 
     @classmethod
     def load(cls, run: str | Path | None = None, *, device: str = "cpu",
-             backend: str | None = None) -> Recognizer:
+             backend: str | None = None, threads: int = 0) -> Recognizer:
         """A run directory or weights file; None: the model shipped in the package.
         backend: "torch", or "onnxruntime" for a file made by `digitlab export` (an .onnx
-        run, or the model.onnx inside a run directory); None picks by the file."""
+        run, or the model.onnx inside a run directory); None picks by the file.
+        threads: onnxruntime's threads per call (0: its default, one per core); PyTorch's
+        are process-wide (torch.set_num_threads)."""
         from digitlab.backends import BACKENDS
 
         if backend is not None and backend not in BACKENDS:
@@ -262,7 +269,7 @@ class Recognizer:
                                 f"got {backend!r}")
         is_onnx = run is not None and Path(run).suffix.lower() == ".onnx"
         if backend == "onnxruntime" or (backend is None and is_onnx):
-            return cls._load_onnx(run)
+            return cls._load_onnx(run, threads)
         if is_onnx:
             raise DigitlabError(f"{run} is an ONNX export: use --backend onnxruntime")
 
@@ -313,7 +320,7 @@ class Recognizer:
         return cls(call, info=info)
 
     @classmethod
-    def _load_onnx(cls, run: str | Path | None) -> Recognizer:
+    def _load_onnx(cls, run: str | Path | None, threads: int = 0) -> Recognizer:
         """onnxruntime on an exported file; its preprocessing contract is in the file."""
         from digitlab.backends import OnnxBackend
 
@@ -329,7 +336,7 @@ class Recognizer:
         elif path.suffix.lower() != ".onnx":
             raise DigitlabError(f"--backend onnxruntime runs ONNX files; export {run} first "
                                 "with `digitlab export`")
-        backend = OnnxBackend(path)
+        backend = OnnxBackend(path, threads=threads)
         contract = backend.contract
         info = {
             "source": str(path),

@@ -124,7 +124,10 @@ def _load(settings: Settings) -> Recognizer:
     """The settings' model (imports torch: only where a model is used)."""
     from digitlab.api import Recognizer
 
-    return Recognizer.load(settings.run, backend=settings.backend)
+    # One thread per model call, as PyTorch gets in _tune_torch: concurrent requests keep
+    # the cores busy, and onnxruntime's default pool spins its idle threads, which took
+    # the CPU the other requests' preprocessing needed (232 against 366 requests/s).
+    return Recognizer.load(settings.run, backend=settings.backend, threads=1)
 
 
 def _tune_torch() -> None:
