@@ -368,3 +368,34 @@ def test_faint_stroke_kept_where_the_lighting_left_a_gradient(monkeypatch) -> No
     monkeypatch.setattr(preprocess, "_pixel_noise", lambda r: float("inf"))
     found = preprocess._threshold(residual)
     assert found is not None and found[1][40:48, 80:140].mean() < 0.1
+
+
+# --- fast equivalents of numpy/scipy calls: the same bits, not just close -------------------
+
+
+def test_max_filter_is_scipys_to_the_bit() -> None:
+    """Every shape, window size (odd and even: scipy's window is lopsided for even sizes)
+    and dtype the preprocessing uses, including pictures smaller than the window."""
+    rng = np.random.default_rng(1)
+    for trial in range(1500):
+        h, w = (int(v) for v in rng.integers(1, 30, 2))
+        size = int(rng.integers(1, 8))
+        a = [rng.random((h, w)).astype(np.float32), rng.random((h, w)) > 0.8,
+             rng.random((h, w))][trial % 3]
+        want = ndimage.maximum_filter(a, size=size)
+        got = preprocess.max_filter(a, size)
+        assert got.dtype == want.dtype and np.array_equal(got, want), (h, w, size)
+
+
+def test_sorted_statistics_match_numpy() -> None:
+    """np.median and `values > v` counts taken from one sorted copy, as _threshold does,
+    including float32 values next to a double threshold (0.1 is not a float32)."""
+    rng = np.random.default_rng(2)
+    for n in range(1, 300):
+        for values in (rng.random(n).astype(np.float32),
+                       np.where(rng.random(n) < 0.7, 0, rng.random(n)).astype(np.float32),
+                       (np.round(rng.random(n) * 4) / 4).astype(np.float32)):
+            ordered = np.sort(values)
+            assert preprocess.sorted_median(ordered) == float(np.median(values))
+            for v in (0.1, 0.25, 0.3, float(values[0]), float(ordered[-1])):
+                assert ordered.size - preprocess._rank(ordered, v) == np.count_nonzero(values > v)
