@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/serve_load.py                       # 2,000 requests, 32 clients
     .venv/bin/python benchmarks/serve_load.py --workers 2
+    .venv/bin/python benchmarks/serve_load.py --backend torch      # PyTorch, not onnxruntime
     .venv/bin/python benchmarks/serve_load.py --rate 200            # open loop: 200 requests/s
     .venv/bin/python benchmarks/serve_load.py --url http://127.0.0.1:8000 --pid 1234
 
@@ -52,6 +53,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, help="Open loop: requests per second in all.")
     parser.add_argument("--workers", type=int, default=1, help="digitlab serve --workers.")
     parser.add_argument("--run", help="digitlab serve --run (default: the shipped model).")
+    parser.add_argument("--backend", choices=("torch", "onnxruntime"),
+                        help="digitlab serve --backend (default: the server's choice).")
     parser.add_argument("--size", type=int, default=140,
                         help="Side of each PNG, in pixels (the page sends 140x140).")
     parser.add_argument("--style", choices=("drawn", "mnist"), default="drawn",
@@ -66,17 +69,18 @@ def main() -> None:
         parser.error("--requests must be 1..100000 and --concurrency 1..512")
 
     bodies, labels = digit_pngs(args.size, mnist_style=args.style == "mnist")
-    server = None
+    server, banner = None, None
     if args.url:
         host = urlsplit(args.url).hostname
         if host not in LOCAL:
             parser.error("--url must point at this machine (127.0.0.1, localhost or ::1)")
         url, pid = args.url.rstrip("/"), args.pid
     else:
-        server, url = start_server(args.workers, args.run)
+        server, url, banner = start_server(args.workers, args.run, args.backend)
         pid = server.pid
     try:
         figures = asyncio.run(measure(url, pid, bodies, labels, args))
+        figures["server"] = banner
     finally:
         if server is not None:
             server.terminate()
@@ -104,9 +108,12 @@ def digit_pngs(size: int, *, mnist_style: bool = False,
     return bodies, [int(v) for v in split.labels[:count]]
 
 
-def start_server(workers: int, run: str | None) -> tuple[subprocess.Popen[str], str]:
+def start_server(workers: int, run: str | None,
+                 backend: str | None = None) -> tuple[subprocess.Popen[str], str, str]:
+    """The server, its URL and the line it printed on start (model, backend, workers)."""
     cmd = [sys.executable, "-m", "digitlab", "serve", "--port", "0", "--no-access-log",
-           "--workers", str(workers)] + (["--run", run] if run else [])
+           "--workers", str(workers)] + (["--run", run] if run else []) + (
+           ["--backend", backend] if backend else [])
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -114,7 +121,7 @@ def start_server(workers: int, run: str | None) -> tuple[subprocess.Popen[str], 
     if not found:
         proc.kill()
         sys.exit(f"digitlab serve did not start: {line.strip()}")
-    return proc, found.group(0)
+    return proc, found.group(0), line.strip()
 
 
 # --- a minimal HTTP/1.1 client: the load generator shares the two cores with the server,
@@ -311,6 +318,7 @@ def report(f: dict, args: argparse.Namespace, url: str) -> str:
              else f"{args.size}x{args.size} dark-on-white")
     mode = f"open loop at {f['rate']:g} requests/s" if f["rate"] else "closed loop"
     lines = [
+        *([f"server     {f['server']}"] if f.get("server") else []),
         f"target     {url}  ({'--workers ' + str(f['workers']) if f['workers'] else 'external'},"
         f" {f['cpus']} CPUs, load average before {f['load_before'][0]:.2f})",
         f"load       {f['requests']}/{f['wanted']} requests of {shape} PNG digits, "

@@ -21,6 +21,7 @@ from digitlab.backends import BackendError, OnnxBackend
 from digitlab.cli import app
 from digitlab.data.loader import MNIST_MEAN, MNIST_STD
 from digitlab.engine.rundir import WEIGHTS, save_weights
+from digitlab.errors import DigitlabError
 from digitlab.export import (
     ExportError,
     export_model,
@@ -317,6 +318,67 @@ def test_serve_runs_onnxruntime_on_one_thread_per_call(exported: Path) -> None:
     assert options.intra_op_num_threads == 1
     # The CLI's own predictions keep onnxruntime's default (all cores for one big batch).
     assert OnnxBackend(exported).session.get_session_options().intra_op_num_threads == 0
+
+
+def default_settings(backend: str | None = None, run: str | None = None):
+    from digitlab.serve.run import Settings
+
+    return Settings(run=run, backend=backend, max_bytes=1 << 20, cors_origin=None,
+                    concurrency=1)
+
+
+@pytest.mark.slow
+def test_serve_runs_a_pytorch_model_on_onnxruntime_exported_in_memory(mnist_test_split
+                                                                      ) -> None:
+    """Without --backend, `digitlab serve` exports the model in memory and serves it with
+    onnxruntime (cheaper small batches); the answers are PyTorch's."""
+    from digitlab.api import Recognizer
+    from digitlab.serve.run import _load
+
+    served = _load(default_settings())
+    info = served.info()
+    assert info["backend"] == "onnxruntime" and info["exported"]
+    assert info["source"] == "package default" and info["model"] == "cnn-fast"
+    assert served.backend.session.get_session_options().intra_op_num_threads == 1
+    torch_side = Recognizer.load()
+    images = np.asarray(mnist_test_split.images[:500])
+    got, want = served.classify(images), torch_side.classify(images)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert (got.argmax(1) == want.argmax(1)).all()
+    # How a whole number is weighed travels with the model too.
+    assert served.reading is torch_side.reading
+    # --backend torch keeps PyTorch.
+    assert _load(default_settings("torch")).info()["backend"] == "torch"
+
+
+def test_serve_falls_back_to_pytorch_without_onnxruntime(mlp_run: Path,
+                                                         monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    import sys
+
+    from digitlab.serve.run import _load
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` fails
+    info = _load(default_settings(run=str(mlp_run))).info()
+    assert info["backend"] == "torch" and "exported" not in info
+
+
+def test_an_in_memory_export_that_disagrees_is_refused(mlp_run: Path,
+                                                       monkeypatch: pytest.MonkeyPatch
+                                                       ) -> None:
+    import digitlab.export as export_module
+    from digitlab.api import Recognizer
+    from digitlab.serve.run import _load
+
+    recognizer = Recognizer.load(mlp_run)
+    twin = recognizer.on_onnxruntime()
+    assert twin.info()["backend"] == "onnxruntime"
+    with pytest.raises(DigitlabError, match="already runs on onnxruntime"):
+        twin.on_onnxruntime()
+    monkeypatch.setattr(export_module, "TOLERANCE", -1.0)  # no export can be that close
+    with pytest.raises(ExportError, match="in-memory ONNX export differs from PyTorch"):
+        recognizer.on_onnxruntime()
+    assert _load(default_settings(run=str(mlp_run))).info()["backend"] == "torch"
 
 
 def test_serve_cli_backend_errors(mlp_run: Path) -> None:

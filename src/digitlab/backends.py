@@ -70,21 +70,27 @@ class OnnxBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, path: Path, *, threads: int = 0) -> None:
+    def __init__(self, path: Path | bytes, *, threads: int = 0) -> None:
+        """An exported file, or the bytes of one (an export made in memory)."""
         try:
             import onnxruntime as ort
         except ImportError:
             raise BackendError("--backend onnxruntime needs onnxruntime: "
                                "pip install 'digitlab[export]'") from None
-        path = Path(path)
-        if not path.is_file():
-            raise BackendError(f"{path}: no such ONNX file")
+        source: str | bytes
+        if isinstance(path, bytes):
+            source, path = path, Path("<in memory>")
+        else:
+            path = Path(path)
+            if not path.is_file():
+                raise BackendError(f"{path}: no such ONNX file")
+            source = str(path)
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only; warnings would clutter the CLI output
         if threads:
             options.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(str(path), options,
+            self.session = ort.InferenceSession(source, options,
                                                 providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -323,8 +323,9 @@ def serve_cmd(
     run: Path | None = typer.Option(None, "--run", help="Run directory, weights file or "
                                     "exported .onnx (default: the model shipped with "
                                     "digitlab)."),
-    backend: str | None = typer.Option(None, help="torch, or onnxruntime for a file made by "
-                                       "`digitlab export` (default: by the --run file)."),
+    backend: str | None = typer.Option(None, help="torch, or onnxruntime (default: "
+                                       "onnxruntime where installed, a PyTorch model "
+                                       "exported to it in memory at start-up; else torch)."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every "
                              "interface)."),
     port: int = typer.Option(8000, help="Port to listen on (0: any free port)."),
