@@ -126,9 +126,9 @@ def _load(settings: Settings) -> Recognizer:
 
     Without --backend a PyTorch model is served by onnxruntime where it is installed,
     exported in memory and checked against PyTorch first: the small batches a server
-    makes cost a third to a half as much there (serve_load --workers 2: 331.5 against
-    233-263 requests/s). Where that cannot be done, PyTorch serves it, as --backend torch
-    asks.
+    makes cost a third to a half as much there (serve_load --workers 2, alternated with
+    --backend torch: 329.0-331.0 against 126.9-296.6 requests/s). Where that cannot be
+    done, PyTorch serves it, as --backend torch asks.
     """
     from digitlab.api import Recognizer
     from digitlab.errors import DigitlabError

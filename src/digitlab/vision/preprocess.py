@@ -488,11 +488,11 @@ def _fit_box(ink: np.ndarray) -> np.ndarray:
 def _paste_centred(digit: np.ndarray) -> np.ndarray:
     """Place the digit so its centre of mass lands on pixel (14, 14), as MNIST did."""
     out = np.zeros((MNIST_SIDE, MNIST_SIDE), np.float32)
-    if digit.sum() <= 0:
+    total = digit.sum()
+    if total <= 0:
         return out
     # ndimage.center_of_mass's own arithmetic, without its per-call set-up.
     h, w = digit.shape
-    total = digit.sum()
     cy = float((digit * np.arange(h, dtype=float)[:, None]).sum() / total)
     cx = float((digit * np.arange(w, dtype=float)[None, :]).sum() / total)
     # Clamping keeps all the ink when an odd shape would push it off the field.
