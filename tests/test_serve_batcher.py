@@ -93,6 +93,23 @@ def test_a_cancelled_request_is_skipped() -> None:
     assert calls == [2]  # the cancelled request's five images were never classified
 
 
+def test_a_cancelled_request_takes_no_place_in_the_batch() -> None:
+    calls: list[int] = []
+    batcher = ModelBatcher(fake_model(calls), max_batch=4)
+
+    async def main() -> list[np.ndarray]:
+        first = asyncio.ensure_future(batcher(images(2, 1)))
+        gone = asyncio.ensure_future(batcher(images(2, 2)))
+        kept = asyncio.ensure_future(batcher(images(2, 3)))
+        await asyncio.sleep(0)  # all three are queued
+        gone.cancel()
+        return [await first, await kept]
+
+    answers = asyncio.run(main())
+    assert [float(a[0, 0]) for a in answers] == [1.0, 3.0]
+    assert calls == [4]  # one call: the cancelled request's place went to the next one
+
+
 def test_max_batch_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_batch"):
         ModelBatcher(fake_model([]), max_batch=0)

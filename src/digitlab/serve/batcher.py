@@ -43,8 +43,6 @@ class ModelBatcher:
         try:
             while self._waiting:
                 batch = self._take()
-                # A request whose client went away was cancelled; skip its images.
-                batch = [(images, future) for images, future in batch if not future.done()]
                 if not batch:
                     continue
                 stacked = np.concatenate([images for images, _ in batch])
@@ -64,7 +62,11 @@ class ModelBatcher:
             self._runner = None
 
     def _take(self) -> list[tuple[np.ndarray, asyncio.Future[np.ndarray]]]:
-        """The oldest waiting requests, up to max_batch images (always at least one)."""
+        """The oldest waiting requests, up to max_batch images (at least one request while
+        any is left). A request whose client went away was cancelled: it is dropped here,
+        so its images neither run nor take a place in the batch."""
+        self._waiting = [(images, future) for images, future in self._waiting
+                         if not future.done()]
         count, size = 0, 0
         for images, _ in self._waiting:
             if count and size + len(images) > self._max_batch:
