@@ -287,11 +287,13 @@ def _threshold(residual: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     if ink - paper < (MIN_CONTRAST if sure else SHADOWED_CONTRAST):
         return None
     mask = _drop_specks(residual > max(floor, (paper + ink) / 2))
-    if not _has_stroke(mask) or not (sure or _stroke_like(mask)):
+    box = mask_bbox(mask)
+    if box is None or not _has_stroke(box, mask.shape) or not (
+            sure or _stroke_like(mask, box)):
         return None
     # Keep the anti-aliased fringe of kept strokes only (2 px around them); the rest is
     # paper noise. Only the strokes' box, so grown, can hold any.
-    y0, x0, y1, x1 = mask_bbox(mask) or (0, 0, 0, 0)
+    y0, x0, y1, x1 = box
     near = (slice(max(0, y0 - 2), y1 + 2), slice(max(0, x0 - 2), x1 + 2))
     soft = np.zeros(residual.shape, np.float32)
     soft[near] = np.clip((residual[near] - paper) / (ink - paper), 0.0, 1.0)
@@ -323,25 +325,20 @@ def _drop_specks(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def _stroke_like(mask: np.ndarray) -> bool:
-    """Lines a pen drew: thin for their length, covering little of the picture, clear of
-    its edges (where a shadow's edge ends)."""
-    box = mask_bbox(mask)
-    if box is None:
-        return False
+def _stroke_like(mask: np.ndarray, box: BBox) -> bool:
+    """Lines a pen drew (`box`: the mask's): thin for their length, covering little of the
+    picture, clear of its edges (where a shadow's edge ends)."""
     if box[0] == 0 or box[1] == 0 or box[2] == mask.shape[0] or box[3] == mask.shape[1]:
         return False
     extent = max(box[2] - box[0], box[3] - box[1])
     return stroke_width(mask) <= 0.25 * extent and float(mask.mean()) <= 0.15
 
 
-def _has_stroke(mask: np.ndarray) -> bool:
-    """A digit spans a visible part of the picture; specks of paper grain do not."""
-    box = mask_bbox(mask)
-    if box is None:
-        return False
+def _has_stroke(box: BBox, shape: tuple[int, ...]) -> bool:
+    """A digit (its ink's box) spans a visible part of the picture; specks of paper grain
+    do not."""
     extent = max(box[2] - box[0], box[3] - box[1])
-    return extent >= max(3.0, 0.02 * max(mask.shape))
+    return extent >= max(3.0, 0.02 * max(shape))
 
 
 # --- geometry: crop, stroke width, 20-px box, centre of mass -----------------------------

@@ -90,7 +90,7 @@ def _merge_overlapping(pieces: list[_Piece]) -> list[_Piece]:
         return pieces
     tallest = _tallest(pieces)
     lines = [p for p in pieces if _line(p, tallest)]
-    pieces = sorted((p for p in pieces if p not in lines), key=lambda p: p.box[1])
+    pieces = sorted((p for p in pieces if not _line(p, tallest)), key=lambda p: p.box[1])
     merged = True
     while merged:
         merged = False
