@@ -374,7 +374,7 @@ class Recognizer:
         meta = {k: self._info[k] for k in ("model", "model_args", "normalize", "dataset",
                                            "classes", "outliers", "test_accuracy")}
         meta["epoch"] = self._info.get("epochs")
-        twin = onnx_twin(model.cpu(), meta, threads=threads)
+        twin = onnx_twin(model.cpu(), meta, self.backend, threads=threads)
         return Recognizer(twin, info={**self._info, "backend": twin.name,
                                       "exported": "to ONNX in memory at start-up"})
 

@@ -131,7 +131,6 @@ def _load(settings: Settings) -> Recognizer:
     done, PyTorch serves it, as --backend torch asks.
     """
     from digitlab.api import Recognizer
-    from digitlab.errors import DigitlabError
 
     # One thread per model call, as PyTorch gets in _tune_torch: concurrent requests keep
     # the cores busy, and onnxruntime's default pool spins its idle threads, which took
