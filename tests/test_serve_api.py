@@ -312,7 +312,7 @@ def test_concurrent_requests_share_one_model_call(recognizer, digits):
         release.wait(30)
         return recognizer.backend(images)
 
-    app = create_app(Recognizer(counting_backend, info=recognizer.info()), concurrency=4)
+    app = create_app(Recognizer(counting_backend, info=recognizer.info()), concurrency=1)
     release.set()  # the start-up warm-up
     with running(app) as base:
         entered.clear()
@@ -331,7 +331,7 @@ def test_concurrent_requests_share_one_model_call(recognizer, digits):
         for thread in rest:
             thread.start()
         deadline = time.monotonic() + 30
-        while len(app.state.batcher._waiting) < 9 and time.monotonic() < deadline:
+        while app.state.reader.waiting() < 9 and time.monotonic() < deadline:
             time.sleep(0.01)
         release.set()
         for thread in [first, *rest]:

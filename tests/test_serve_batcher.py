@@ -1,115 +1,202 @@
-"""ModelBatcher: the model call shared by concurrent requests."""
+"""DigitReader: concurrent requests read together in reader threads, off the event loop."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
+import time
 
 import numpy as np
 import pytest
 
-from digitlab.serve.batcher import ModelBatcher
+from digitlab.api import Prepared, Recognizer
+from digitlab.serve.batcher import DigitReader
+from digitlab.serve.upload import RequestProblem
+
+INFO = {"classes": list(range(10)), "model": "fake"}
 
 
-def images(n: int, value: int) -> np.ndarray:
-    return np.full((n, 28, 28), value, np.uint8)
+class FakeModel:
+    """Answers each 28x28 input with its pixel value as the digit; the first `hold` calls
+    wait for `release`, so a test can queue requests behind a call in progress."""
+
+    def __init__(self, hold: int = 0, fail_first: bool = False) -> None:
+        self.calls: list[list[int]] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.hold = hold
+        self.fail_first = fail_first
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        self.calls.append([int(v) for v in images[:, 0, 0]])
+        self.entered.set()
+        if len(self.calls) <= self.hold:
+            assert self.release.wait(30)
+        if self.fail_first and len(self.calls) == 1:
+            raise RuntimeError("model broke")
+        probs = np.full((len(images), 10), 0.01, np.float32)
+        probs[np.arange(len(images)), images[:, 0, 0]] = 0.91
+        return probs
 
 
-def fake_model(calls: list[int]):
-    """Probabilities whose first column is each image's pixel value, so answers can be
-    traced back to the request they belong to."""
-    def classify(batch: np.ndarray) -> np.ndarray:
-        calls.append(len(batch))
-        out = np.zeros((len(batch), 10), np.float32)
-        out[:, 0] = batch[:, 0, 0]
-        return out
-    return classify
+def prepare(data: bytes, number: bool) -> Prepared:
+    """b"3" is an image of a 3; b"blank" holds no digit; b"bad" is not an image; b"boom"
+    breaks digitlab."""
+    if data == b"bad":
+        raise RequestProblem(415, "not an image")
+    if data == b"boom":
+        raise RuntimeError("a bug")
+    if data == b"blank":
+        return Prepared(None, [], number=number)
+    return Prepared(None, [np.full((28, 28), int(data), np.uint8)], number=number)
 
 
-def test_waiting_requests_are_read_together_and_answered_in_order() -> None:
-    calls: list[int] = []
-    batcher = ModelBatcher(fake_model(calls))
+def reader_for(model: FakeModel, **kwargs) -> DigitReader:
+    return DigitReader(Recognizer(model, info=INFO), prepare, **kwargs)
 
-    async def main() -> list[np.ndarray]:
-        return await asyncio.gather(*(batcher(images(k % 3 + 1, k)) for k in range(8)))
 
-    results = asyncio.run(main())
-    # All eight queued before the model thread started: one call for their 15 images.
-    # (Requests arriving while a call runs wait for the next one: see test_serve_api.)
-    assert calls == [15]
-    for k, probs in enumerate(results):
-        assert probs.shape == (k % 3 + 1, 10)
-        assert (probs[:, 0] == k).all()
+async def until(condition, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.005)
+
+
+async def behind_a_held_call(reader: DigitReader, model: FakeModel, datas: list[bytes],
+                             **kwargs) -> list:
+    """Answers for `datas`, all queued while the reader is stuck in a first model call."""
+    reader.start()
+    try:
+        first = asyncio.ensure_future(reader(b"0"))
+        await until(model.entered.is_set)
+        rest = [asyncio.ensure_future(reader(d, **kwargs)) for d in datas]
+        await until(lambda: reader.waiting() == len(datas))
+        model.release.set()
+        await first
+        return list(await asyncio.gather(*rest, return_exceptions=True))
+    finally:
+        await asyncio.to_thread(reader.stop)
+
+
+def test_waiting_requests_are_read_in_one_model_call_and_answered_in_order() -> None:
+    model = FakeModel(hold=1)
+    reader = reader_for(model)
+    answers = asyncio.run(behind_a_held_call(reader, model, [b"%d" % (k % 10) for k in range(9)],
+                                             top_k=2))
+    # The first request alone, then the nine that queued behind it together.
+    assert model.calls == [[0], [k % 10 for k in range(9)]]
+    for k, reading in enumerate(answers):
+        assert reading.answer["digit"] == k % 10
+        assert len(reading.answer["top_k"]) == 2
+        assert json.loads(reading.body) == reading.answer  # rendered once, in the thread
+        assert not reading.blank
 
 
 def test_max_batch_splits_a_long_queue() -> None:
-    calls: list[int] = []
-    batcher = ModelBatcher(fake_model(calls), max_batch=4)
+    model = FakeModel(hold=1)
+    reader = reader_for(model, max_batch=3)
+    answers = asyncio.run(behind_a_held_call(reader, model, [b"%d" % k for k in range(7)]))
+    assert [len(c) for c in model.calls] == [1, 3, 3, 1]
+    assert [a.answer["digit"] for a in answers] == list(range(7))
 
-    async def main() -> list[np.ndarray]:
-        return await asyncio.gather(*(batcher(images(2, k)) for k in range(6)))
 
-    results = asyncio.run(main())
-    assert calls == [4, 4, 4]
-    assert [int(r[0, 0]) for r in results] == list(range(6))
+def test_a_bad_image_fails_its_own_request_only() -> None:
+    model = FakeModel(hold=1)
+    reader = reader_for(model)
+    good, bad, boom, blank, also = asyncio.run(behind_a_held_call(
+        reader, model, [b"4", b"bad", b"boom", b"blank", b"7"]))
+    assert good.answer["digit"] == 4 and also.answer["digit"] == 7
+    assert isinstance(bad, RequestProblem) and bad.status == 415
+    assert isinstance(boom, RequestProblem) and boom.status == 500
+    assert "internal error" in boom.error
+    assert blank.blank and blank.answer["digit"] is None
+    assert model.calls[1] == [4, 7]  # only the good images reached the model
 
 
 def test_a_failing_model_call_fails_its_requests_only() -> None:
-    calls: list[int] = []
-    model = fake_model(calls)
+    model = FakeModel(hold=1, fail_first=True)
+    reader = reader_for(model)
 
-    def flaky(batch: np.ndarray) -> np.ndarray:
-        if len(calls) == 0:
-            calls.append(-1)
-            raise RuntimeError("model broke")
-        return model(batch)
+    async def main() -> tuple[BaseException, list]:
+        reader.start()
+        try:
+            first = asyncio.ensure_future(reader(b"1"))
+            await until(model.entered.is_set)
+            second = asyncio.ensure_future(reader(b"2"))
+            model.release.set()
+            failed = await asyncio.gather(first, return_exceptions=True)
+            return failed[0], [await second, await reader(b"3")]
+        finally:
+            await asyncio.to_thread(reader.stop)
 
-    batcher = ModelBatcher(flaky)
-
-    async def main() -> tuple[list, np.ndarray]:
-        first = await asyncio.gather(batcher(images(1, 1)), batcher(images(1, 2)),
-                                     return_exceptions=True)
-        return first, await batcher(images(1, 3))
-
-    first, later = asyncio.run(main())
-    # Both requests of the failed call get the error (neither hangs); the next one works.
-    assert [type(e) for e in first] == [RuntimeError, RuntimeError]
-    assert float(later[0, 0]) == 3.0
+    failed, later = asyncio.run(main())
+    assert isinstance(failed, RequestProblem) and failed.status == 500
+    assert [r.answer["digit"] for r in later] == [2, 3]
 
 
 def test_a_cancelled_request_is_skipped() -> None:
-    calls: list[int] = []
-    batcher = ModelBatcher(fake_model(calls))
+    model = FakeModel(hold=1)
+    reader = reader_for(model)
 
-    async def main() -> np.ndarray:
-        first = asyncio.ensure_future(batcher(images(1, 1)))
-        gone = asyncio.ensure_future(batcher(images(5, 2)))
-        kept = asyncio.ensure_future(batcher(images(1, 3)))
-        await asyncio.sleep(0)  # all three are queued
-        gone.cancel()
-        await first
-        return await kept
-
-    assert float(asyncio.run(main())[0, 0]) == 3.0
-    assert calls == [2]  # the cancelled request's five images were never classified
-
-
-def test_a_cancelled_request_takes_no_place_in_the_batch() -> None:
-    calls: list[int] = []
-    batcher = ModelBatcher(fake_model(calls), max_batch=4)
-
-    async def main() -> list[np.ndarray]:
-        first = asyncio.ensure_future(batcher(images(2, 1)))
-        gone = asyncio.ensure_future(batcher(images(2, 2)))
-        kept = asyncio.ensure_future(batcher(images(2, 3)))
-        await asyncio.sleep(0)  # all three are queued
-        gone.cancel()
-        return [await first, await kept]
+    async def main() -> list:
+        reader.start()
+        try:
+            first = asyncio.ensure_future(reader(b"1"))
+            await until(model.entered.is_set)
+            gone = asyncio.ensure_future(reader(b"2"))
+            kept = asyncio.ensure_future(reader(b"3"))
+            await until(lambda: reader.waiting() == 2)
+            gone.cancel()
+            await asyncio.sleep(0)  # the cancellation reaches the job
+            model.release.set()
+            return [await first, await kept]
+        finally:
+            await asyncio.to_thread(reader.stop)
 
     answers = asyncio.run(main())
-    assert [float(a[0, 0]) for a in answers] == [1.0, 3.0]
-    assert calls == [4]  # one call: the cancelled request's place went to the next one
+    assert [a.answer["digit"] for a in answers] == [1, 3]
+    assert model.calls == [[1], [3]]  # the cancelled request's image was never read
 
 
-def test_max_batch_must_be_positive() -> None:
-    with pytest.raises(ValueError, match="max_batch"):
-        ModelBatcher(fake_model([]), max_batch=0)
+def test_a_second_reader_answers_while_the_first_is_busy() -> None:
+    model = FakeModel(hold=1)
+    reader = reader_for(model, threads=2)
+
+    async def main() -> int:
+        reader.start()
+        try:
+            stuck = asyncio.ensure_future(reader(b"1"))
+            await until(model.entered.is_set)
+            answer = await asyncio.wait_for(reader(b"5"), 30)  # while reader 1 is held
+            assert not stuck.done()
+            model.release.set()
+            await stuck
+            return answer.answer["digit"]
+        finally:
+            await asyncio.to_thread(reader.stop)
+
+    assert asyncio.run(main()) == 5
+
+
+def test_stop_ends_the_reader_threads() -> None:
+    reader = reader_for(FakeModel(), threads=3)
+
+    async def main() -> None:
+        reader.start()
+        assert (await reader(b"8")).answer["digit"] == 8
+        await asyncio.to_thread(reader.stop)
+
+    asyncio.run(main())
+    assert not [t for t in threading.enumerate() if t.name.startswith("digitlab-reader")]
+
+
+def test_calling_before_start_is_an_error() -> None:
+    with pytest.raises(RuntimeError, match="start"):
+        asyncio.run(reader_for(FakeModel())(b"1"))
+
+
+@pytest.mark.parametrize("kwargs", [{"threads": 0}, {"max_batch": 0}])
+def test_threads_and_max_batch_must_be_positive(kwargs) -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        reader_for(FakeModel(), **kwargs)

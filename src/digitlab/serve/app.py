@@ -1,7 +1,7 @@
 """The HTTP API and the drawing page: `create_app(recognizer)` builds the FastAPI app.
 
 The recognizer is loaded once, before the first request. Its work (decoding, preprocessing,
-the model) runs in worker threads behind a limiter, so the event loop keeps accepting and
+the model) runs in reader threads (serve/batcher.py), so the event loop keeps accepting and
 answering requests while digits are being read. A request a client got wrong is a 4xx with
 a JSON body {"error": ..., "detail": ...}; only a bug in digitlab is a 500, and even then
 the answer is JSON and the next request is served normally.
@@ -15,7 +15,6 @@ import os
 import warnings
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from functools import partial
 from importlib import resources
 from typing import Any
 
@@ -32,14 +31,13 @@ from starlette.exceptions import HTTPException
 from digitlab import __version__
 from digitlab.api import Prepared, Recognizer
 from digitlab.errors import DigitlabError, ImageError
-from digitlab.serve.batcher import ModelBatcher
+from digitlab.serve.batcher import INTERNAL, DigitReader
 from digitlab.serve.docs import render_docs
 from digitlab.serve.origin import check_origin
 from digitlab.serve.upload import RequestProblem, image_bytes, read_body
 from digitlab.vision.decode import FORMATS, MAX_BYTES, MAX_PIXELS
 
 DEFAULT_MAX_BYTES = 5 * 2**20
-INTERNAL = "internal error in digitlab (see the server log)"
 STATIC_TYPES = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
@@ -86,7 +84,7 @@ def create_app(
     concurrency: int | None = None,
 ) -> FastAPI:
     """The app. `recognizer` may be a loaded Recognizer or a function that loads one at
-    start-up; `concurrency` bounds how many images are read at once (default: CPU count)."""
+    start-up; `concurrency` is the number of reader threads (default: CPU count)."""
     if not 0 < max_bytes <= MAX_BYTES:
         raise DigitlabError(f"--max-bytes must be between 1 and the decoder's limit of "
                             f"{MAX_BYTES:,}, got {max_bytes:,}")
@@ -98,9 +96,12 @@ def create_app(
         # One throw-away prediction, so the first visitor does not pay for lazy set-up.
         await anyio.to_thread.run_sync(_warm_up, loaded)
         app.state.recognizer = loaded
-        app.state.limiter = anyio.CapacityLimiter(threads)
-        app.state.batcher = ModelBatcher(loaded.classify)
-        yield
+        app.state.reader = DigitReader(loaded, _prepare, threads=threads)
+        app.state.reader.start()
+        try:
+            yield
+        finally:
+            app.state.reader.stop()
 
     app = FastAPI(
         title="digitlab", version=__version__, lifespan=lifespan,
@@ -133,32 +134,15 @@ def _add_api(app: FastAPI, *, max_bytes: int) -> None:
         top_k: int = Query(3, ge=1, le=10, description="How many best guesses to list."),
         include_input: bool = Query(False, description="Add `input_png`: the 28x28 image "
                                     "the model saw, as a base64 PNG."),
-    ) -> JSONResponse:
+    ) -> Response:
         """The answer `digitlab predict --json` prints for the image."""
         body = await read_body(request, max_bytes=max_bytes)
         data = image_bytes(body, request.headers.get("content-type"))
-        state = request.app.state
-        try:
-            # Decoding and preprocessing run in worker threads, many requests at once;
-            # the model then reads the digits of all waiting requests in one call.
-            prepared = await anyio.to_thread.run_sync(partial(_prepare, data, number=number),
-                                                      limiter=state.limiter)
-            images = (np.stack(prepared.inputs) if prepared.inputs
-                      else np.zeros((0, 28, 28), np.uint8))
-            probs = (await state.batcher(images) if len(images)
-                     else state.recognizer.classify(images))
-            prediction = state.recognizer.finish([prepared], probs, top_k=top_k)[0]
-            answer = prediction.to_json(include_input=include_input)
-        except RequestProblem:
-            raise
-        except Exception:
-            # Answered here rather than by the catch-all handler, which makes uvicorn drop
-            # the connection: a keep-alive client's next request must still go through.
-            log.exception("reading an uploaded image failed")
-            raise RequestProblem(500, INTERNAL) from None
-        if prediction.blank:
-            raise RequestProblem(422, "no digit found in the image", answer)
-        return JSONResponse(answer)
+        reading = await request.app.state.reader(data, number=number, top_k=top_k,
+                                                 include_input=include_input)
+        if reading.blank:
+            raise RequestProblem(422, "no digit found in the image", reading.answer)
+        return Response(reading.body, media_type="application/json")
 
     @app.get("/api/model", summary="The model: name, size, accuracy, how it was trained")
     async def model(request: Request) -> dict[str, Any]:
@@ -169,7 +153,7 @@ def _add_api(app: FastAPI, *, max_bytes: int) -> None:
         return {"status": "ok", "model": request.app.state.recognizer.info().get("model")}
 
 
-def _prepare(data: bytes, *, number: bool) -> Prepared:
+def _prepare(data: bytes, number: bool) -> Prepared:
     check_header(data)
     try:
         return Recognizer.prepare(data, number=number)

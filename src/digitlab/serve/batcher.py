@@ -1,76 +1,177 @@
-"""One model call for the digits of many concurrent requests.
+"""Reading the images of many concurrent requests together, off the event loop.
 
-Requests are decoded and preprocessed in worker threads; their 28x28 inputs then queue
-here. While the model reads one batch, the inputs of the next requests gather, and the
-model reads them all in its next call. Under load the model's cost per image falls to a
-fraction of a one-image call; an idle server adds no waiting, since a lone request is
-classified at once.
+The event loop only hands each request's image to a queue and waits. Reader threads take
+every request waiting at that moment (up to max_batch), decode and preprocess each, read
+the digits of all of them in one model call, turn each into its answer, and hand the lot
+back to the event loop at once. Under load a thread hop, a wake-up of the event loop and
+a model call are each paid once per batch instead of once or twice per request; an idle
+server adds no waiting, since a lone request is read at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+import queue
+import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
-import anyio
 import numpy as np
 
-MAX_BATCH = 256  # images per model call; more waiting inputs go in the next call
+from digitlab.api import Prepared, Recognizer
+from digitlab.serve.upload import RequestProblem
+
+MAX_BATCH = 16  # requests a reader takes at once; more waiting ones go to the next take
+INTERNAL = "internal error in digitlab (see the server log)"
+
+log = logging.getLogger("digitlab.serve")
 
 
-class ModelBatcher:
-    """`await batcher(images)`: probabilities for uint8 [N, 28, 28], classified together with
-    whatever other requests are waiting. The model runs in one thread, one call at a time."""
+@dataclass(frozen=True)
+class Reading:
+    """The answer to one request: the JSON body, already rendered, and whether the image
+    held no digit (the answer then goes with a 422)."""
 
-    def __init__(self, classify: Callable[[np.ndarray], np.ndarray], *,
-                 max_batch: int = MAX_BATCH) -> None:
-        if max_batch < 1:
-            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
-        self._classify = classify
+    body: bytes
+    answer: dict[str, Any]
+    blank: bool
+
+
+@dataclass
+class _Job:
+    data: bytes
+    number: bool
+    top_k: int
+    include_input: bool
+    future: asyncio.Future[Reading]
+    gone: bool = False  # the request was cancelled (its client left): skip it
+    prepared: Prepared | None = field(default=None, repr=False)
+
+
+_STOP = None
+
+
+class DigitReader:
+    """`await reader(data, number=..., top_k=..., include_input=...)` -> Reading, or raises
+    RequestProblem. `prepare(data, number)` decodes and preprocesses one image in a reader thread
+    (raising RequestProblem for a bad one); the recognizer classifies and answers."""
+
+    def __init__(self, recognizer: Recognizer, prepare: Callable[[bytes, bool], Prepared], *,
+                 threads: int = 1, max_batch: int = MAX_BATCH) -> None:
+        if threads < 1 or max_batch < 1:
+            raise ValueError(f"threads and max_batch must be at least 1, got {threads}, "
+                             f"{max_batch}")
+        self._recognizer = recognizer
+        self._prepare = prepare
         self._max_batch = max_batch
-        self._waiting: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = []
-        # At most one runner, so at most one model call, at a time.
-        self._runner: asyncio.Task[None] | None = None
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._serve, name=f"digitlab-reader-{k}",
+                                          daemon=True) for k in range(threads)]
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def __call__(self, images: np.ndarray) -> np.ndarray:
-        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        self._waiting.append((images, future))
-        if self._runner is None:
-            self._runner = asyncio.create_task(self._run())
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        """Let the readers finish what they hold, then end them."""
+        for _ in self._threads:
+            self._queue.put(_STOP)
+        for thread in self._threads:
+            thread.join(30)
+
+    def waiting(self) -> int:
+        """Requests queued and not yet taken by a reader."""
+        return self._queue.qsize()
+
+    async def __call__(self, data: bytes, *, number: bool = False, top_k: int = 3,
+                       include_input: bool = False) -> Reading:
+        if self._loop is None:
+            raise RuntimeError("DigitReader.start() was not called")
+        future: asyncio.Future[Reading] = self._loop.create_future()
+        job = _Job(data, number, top_k, include_input, future)
+        future.add_done_callback(lambda f: setattr(job, "gone", f.cancelled()))
+        self._queue.put(job)
         return await future
 
-    async def _run(self) -> None:
-        try:
-            while self._waiting:
-                batch = self._take()
-                if not batch:
-                    continue
-                stacked = np.concatenate([images for images, _ in batch])
-                try:
-                    probs = await anyio.to_thread.run_sync(self._classify, stacked)
-                except Exception as exc:  # every waiting request gets the error, none hangs
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                at = 0
-                for images, future in batch:
-                    if not future.done():
-                        future.set_result(probs[at : at + len(images)])
-                    at += len(images)
-        finally:
-            self._runner = None
+    # --- in the reader threads ----------------------------------------------------------
 
-    def _take(self) -> list[tuple[np.ndarray, asyncio.Future[np.ndarray]]]:
-        """The oldest waiting requests, up to max_batch images (at least one request while
-        any is left). A request whose client went away was cancelled: it is dropped here,
-        so its images neither run nor take a place in the batch."""
-        self._waiting = [(images, future) for images, future in self._waiting
-                         if not future.done()]
-        count, size = 0, 0
-        for images, _ in self._waiting:
-            if count and size + len(images) > self._max_batch:
-                break
-            count, size = count + 1, size + len(images)
-        batch, self._waiting = self._waiting[:count], self._waiting[count:]
-        return batch
+    def _serve(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is _STOP:
+                return
+            batch = [job]
+            stop = False
+            while len(batch) < self._max_batch:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is _STOP:
+                    stop = True
+                    break
+                batch.append(more)
+            results = self.read([j for j in batch if not j.gone])
+            assert self._loop is not None
+            try:
+                self._loop.call_soon_threadsafe(_deliver, results)
+            except RuntimeError:  # the loop has closed: nobody is waiting any more
+                return
+            if stop:
+                return
+
+    def read(self, batch: list[_Job]) -> list[tuple[_Job, Reading | RequestProblem]]:
+        """Every job's answer or problem; one job's bad image never touches the others."""
+        results: list[tuple[_Job, Reading | RequestProblem]] = []
+        ready: list[_Job] = []
+        for job in batch:
+            try:
+                job.prepared = self._prepare(job.data, job.number)
+                ready.append(job)
+            except RequestProblem as problem:
+                results.append((job, problem))
+            except Exception:
+                log.exception("reading an uploaded image failed")
+                results.append((job, RequestProblem(500, INTERNAL)))
+        inputs = [image for job in ready for image in job.prepared.inputs]  # type: ignore[union-attr]
+        try:
+            probs = self._recognizer.classify(
+                np.stack(inputs) if inputs else np.zeros((0, 28, 28), np.uint8))
+        except Exception:
+            log.exception("the model call failed")
+            return results + [(job, RequestProblem(500, INTERNAL)) for job in ready]
+        at = 0
+        for job in ready:
+            prepared = job.prepared
+            assert prepared is not None
+            rows = probs[at : at + len(prepared.inputs)]
+            at += len(prepared.inputs)
+            try:
+                results.append((job, self._answer(job, prepared, rows)))
+            except Exception:
+                log.exception("answering a request failed")
+                results.append((job, RequestProblem(500, INTERNAL)))
+        return results
+
+    def _answer(self, job: _Job, prepared: Prepared, probs: np.ndarray) -> Reading:
+        prediction = self._recognizer.finish([prepared], probs, top_k=job.top_k)[0]
+        answer = prediction.to_json(include_input=job.include_input)
+        # Rendered here, as Starlette's JSONResponse would, so the event loop only sends it.
+        body = json.dumps(answer, ensure_ascii=False, allow_nan=False, indent=None,
+                          separators=(",", ":")).encode("utf-8")
+        return Reading(body, answer, prediction.blank)
+
+
+def _deliver(results: list[tuple[_Job, Reading | RequestProblem]]) -> None:
+    for job, result in results:
+        if job.future.done():
+            continue
+        if isinstance(result, RequestProblem):
+            job.future.set_exception(result)
+        else:
+            job.future.set_result(result)
