@@ -42,6 +42,9 @@ from digitlab.data.loader import load_split
 from digitlab.data.sources import default_root, fetch
 
 LOCAL = ("127.0.0.1", "localhost", "::1")
+STYLES = ("drawn", "page", "mnist")
+PATHS = {"page": "/api/predict?top_k=3&include_input=true"}  # what static/app.js asks
+PAGE_INK = 0x11  # static/app.js draws with #111 on #fff
 
 
 def main() -> None:
@@ -57,10 +60,13 @@ def main() -> None:
                         help="digitlab serve --backend (default: the server's choice).")
     parser.add_argument("--size", type=int, default=140,
                         help="Side of each PNG, in pixels (the page sends 140x140).")
-    parser.add_argument("--style", choices=("drawn", "mnist"), default="drawn",
-                        help="drawn: dark on white, --size pixels, fully preprocessed; mnist: "
-                        "the raw 28x28 white-on-black digit, which skips preprocessing (to "
-                        "see what HTTP and the model cost alone).")
+    parser.add_argument("--style", choices=STYLES, default="drawn",
+                        help="drawn: dark on white, --size pixels, grey PNG, fully "
+                        "preprocessed; page: the same as the drawing page sends it (an opaque "
+                        "RGBA PNG, ink #111, asking for the model's input back: "
+                        "top_k=3&include_input=true); mnist: the raw 28x28 white-on-black "
+                        "digit, which skips preprocessing (to see what HTTP and the model "
+                        "cost alone).")
     parser.add_argument("--warmup", type=int, default=200, help="Unmeasured requests first.")
     parser.add_argument("--max-seconds", type=float, default=180.0, help="Hard time cap.")
     parser.add_argument("--json", action="store_true", help="Also print the figures as JSON.")
@@ -68,7 +74,7 @@ def main() -> None:
     if not 1 <= args.requests <= 100_000 or not 1 <= args.concurrency <= 512:
         parser.error("--requests must be 1..100000 and --concurrency 1..512")
 
-    bodies, labels = digit_pngs(args.size, mnist_style=args.style == "mnist")
+    bodies, labels = digit_pngs(args.size, style=args.style)
     server, banner = None, None
     if args.url:
         host = urlsplit(args.url).hostname
@@ -90,18 +96,23 @@ def main() -> None:
         print(json.dumps(figures))
 
 
-def digit_pngs(size: int, *, mnist_style: bool = False,
+def digit_pngs(size: int, *, style: str = "drawn",
                count: int = 500) -> tuple[list[bytes], list[int]]:
-    """The first `count` MNIST test digits as PNGs: dark on white at size x size pixels, or
-    exactly as stored (28x28, white on black)."""
+    """The first `count` MNIST test digits as PNGs: dark on white at size x size pixels (grey,
+    or RGBA with the page's ink), or exactly as stored (28x28, white on black)."""
     root = default_root()
     fetch("mnist", root=root)
     split = load_split("mnist", root, "test")
     bodies = []
     for image in split.images[:count]:
-        picture = Image.fromarray(image if mnist_style else 255 - image)
-        if not mnist_style:
-            picture = picture.resize((size, size), Image.BILINEAR)
+        if style == "mnist":
+            picture = Image.fromarray(image)
+        else:
+            picture = Image.fromarray(255 - image).resize((size, size), Image.BILINEAR)
+        if style == "page":
+            paper = np.asarray(picture, np.float32) / 255.0
+            grey = np.round(PAGE_INK + paper * (255 - PAGE_INK)).astype(np.uint8)
+            picture = Image.fromarray(grey).convert("RGBA")
         buf = io.BytesIO()
         picture.save(buf, "PNG")
         bodies.append(buf.getvalue())
@@ -166,13 +177,13 @@ async def measure(url: str, pid: int | None, bodies: list[bytes], labels: list[i
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     await wait_ready(host, port, args.max_seconds)
     await run_load(host, port, bodies, labels, args.warmup, min(args.concurrency, 8), None,
-                   args.max_seconds)
+                   args.max_seconds, args.style)
     rss_before = rss_mib(pid)
     load_before = os.getloadavg()
     cpu_before = cpu_seconds(pid)
     started = time.perf_counter()
     result = await run_load(host, port, bodies, labels, args.requests, args.concurrency,
-                            args.rate, args.max_seconds)
+                            args.rate, args.max_seconds, args.style)
     wall = time.perf_counter() - started
     cpu_used = None if pid is None else cpu_seconds(pid) - cpu_before
     lat = np.array(result["latencies"]) * 1000
@@ -215,11 +226,11 @@ async def wait_ready(host: str, port: int, limit: float) -> None:
 
 
 async def run_load(host: str, port: int, bodies: list[bytes], labels: list[int], total: int,
-                   clients: int, rate: float | None, limit: float) -> dict:
+                   clients: int, rate: float | None, limit: float, style: str) -> dict:
     state = {"next": 0, "latencies": [], "errors": 0, "kinds": {}, "right": 0,
              "timed_out": False}
     start = time.perf_counter()
-    path = "/api/predict?top_k=1"
+    path = PATHS.get(style, "/api/predict?top_k=1")
 
     async def client(k: int) -> None:
         conn = Connection(host, port)
@@ -314,8 +325,8 @@ def descendants(pid: int) -> list[int]:
 
 
 def report(f: dict, args: argparse.Namespace, url: str) -> str:
-    shape = ("28x28 MNIST-style" if args.style == "mnist"
-             else f"{args.size}x{args.size} dark-on-white")
+    shape = {"mnist": "28x28 MNIST-style", "drawn": f"{args.size}x{args.size} dark-on-white",
+             "page": f"{args.size}x{args.size} RGBA page-style (include_input)"}[args.style]
     mode = f"open loop at {f['rate']:g} requests/s" if f["rate"] else "closed loop"
     lines = [
         *([f"server     {f['server']}"] if f.get("server") else []),

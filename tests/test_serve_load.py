@@ -1,5 +1,6 @@
 """The load benchmark itself, small: `benchmarks/serve_load.py` starts `digitlab serve`, sends
-a bounded number of real drawn digits from 32 clients, stops by itself and reports figures.
+a bounded number of real drawn digits from 32 clients (as the drawing page sends them: RGBA,
+asking for the model's input back), stops by itself and reports figures.
 Only what must hold on any machine is asserted (no errors, right answers, bounded memory);
 speed is the benchmark's to print, never a test's to time."""
 
@@ -19,7 +20,7 @@ SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "serve_load.py"
 def test_bounded_load_has_no_errors_and_no_memory_growth(mnist_root: Path) -> None:
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--requests", "400", "--concurrency", "32",
-         "--warmup", "50", "--max-seconds", "120", "--json"],
+         "--warmup", "50", "--max-seconds", "120", "--style", "page", "--json"],
         capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     text, figures = done.stdout.rsplit("\n", 2)[0], json.loads(done.stdout.splitlines()[-1])
