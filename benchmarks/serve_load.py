@@ -62,8 +62,8 @@ def main() -> None:
                         help="Side of each PNG, in pixels (the page sends 140x140).")
     parser.add_argument("--style", choices=STYLES, default="drawn",
                         help="drawn: dark on white, --size pixels, grey PNG, fully "
-                        "preprocessed; page: the same as the drawing page sends it (an opaque "
-                        "RGBA PNG, ink #111, asking for the model's input back: "
+                        "preprocessed; page: as the drawing page sends it (a grey PNG, ink "
+                        "#111, asking for the model's input back: "
                         "top_k=3&include_input=true); mnist: the raw 28x28 white-on-black "
                         "digit, which skips preprocessing (to see what HTTP and the model "
                         "cost alone).")
@@ -98,8 +98,8 @@ def main() -> None:
 
 def digit_pngs(size: int, *, style: str = "drawn",
                count: int = 500) -> tuple[list[bytes], list[int]]:
-    """The first `count` MNIST test digits as PNGs: dark on white at size x size pixels (grey,
-    or RGBA with the page's ink), or exactly as stored (28x28, white on black)."""
+    """The first `count` MNIST test digits as grey PNGs: dark on white at size x size pixels
+    (black ink, or the page's), or exactly as stored (28x28, white on black)."""
     root = default_root()
     fetch("mnist", root=root)
     split = load_split("mnist", root, "test")
@@ -111,8 +111,8 @@ def digit_pngs(size: int, *, style: str = "drawn",
             picture = Image.fromarray(255 - image).resize((size, size), Image.BILINEAR)
         if style == "page":
             paper = np.asarray(picture, np.float32) / 255.0
-            grey = np.round(PAGE_INK + paper * (255 - PAGE_INK)).astype(np.uint8)
-            picture = Image.fromarray(grey).convert("RGBA")
+            picture = Image.fromarray(
+                np.round(PAGE_INK + paper * (255 - PAGE_INK)).astype(np.uint8))
         buf = io.BytesIO()
         picture.save(buf, "PNG")
         bodies.append(buf.getvalue())
@@ -326,7 +326,7 @@ def descendants(pid: int) -> list[int]:
 
 def report(f: dict, args: argparse.Namespace, url: str) -> str:
     shape = {"mnist": "28x28 MNIST-style", "drawn": f"{args.size}x{args.size} dark-on-white",
-             "page": f"{args.size}x{args.size} RGBA page-style (include_input)"}[args.style]
+             "page": f"{args.size}x{args.size} page-style (include_input)"}[args.style]
     mode = f"open loop at {f['rate']:g} requests/s" if f["rate"] else "closed loop"
     lines = [
         *([f"server     {f['server']}"] if f.get("server") else []),

@@ -1,6 +1,6 @@
 """The load benchmark itself, small: `benchmarks/serve_load.py` starts `digitlab serve`, sends
-a bounded number of real drawn digits from 32 clients (as the drawing page sends them: RGBA,
-asking for the model's input back), stops by itself and reports figures.
+a bounded number of real drawn digits from 32 clients (as the drawing page sends them, asking for
+the model's input back), stops by itself and reports figures.
 Only what must hold on any machine is asserted (no errors, right answers, bounded memory);
 speed is the benchmark's to print, never a test's to time."""
 
