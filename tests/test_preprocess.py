@@ -388,15 +388,19 @@ def test_max_filter_is_scipys_to_the_bit() -> None:
 
 
 def test_sorted_statistics_match_numpy() -> None:
-    """np.median and `values > v` counts taken from one sorted copy, as _threshold does,
-    including float32 values next to a double threshold (0.1 is not a float32)."""
+    """np.median, np.percentile and `values > v` counts taken from one sorted copy, as
+    _threshold does, including float32 values next to a double threshold (0.1 is not a
+    float32); float64 too (stroke depths)."""
     rng = np.random.default_rng(2)
     for n in range(1, 300):
         for values in (rng.random(n).astype(np.float32),
                        np.where(rng.random(n) < 0.7, 0, rng.random(n)).astype(np.float32),
-                       (np.round(rng.random(n) * 4) / 4).astype(np.float32)):
+                       (np.round(rng.random(n) * 4) / 4).astype(np.float32),
+                       np.sqrt(rng.integers(1, 50, n)).astype(np.float64)):
             ordered = np.sort(values)
             assert preprocess.sorted_median(ordered) == float(np.median(values))
+            for q in (90, 50, 10, 99, 100, 0):
+                assert preprocess.sorted_percentile(ordered, q) == float(np.percentile(values, q))
             for v in (0.1, 0.25, 0.3, float(values[0]), float(ordered[-1])):
                 assert ordered.size - preprocess._rank(ordered, v) == np.count_nonzero(values > v)
 
@@ -418,6 +422,21 @@ def _zhang_suen_reference(mask: np.ndarray) -> np.ndarray:
                 img[removable] = 0
                 changed = True
     return img[1:-1, 1:-1].astype(bool)
+
+
+def test_mnist_like_border_test_is_numpys_median() -> None:
+    rng = np.random.default_rng(5)
+    for zeros in range(0, 225):
+        arr = np.zeros((28, 28), np.uint8)
+        arr[10:18, 10:18] = 200
+        border = np.zeros(224, np.uint8)
+        border[zeros:] = rng.integers(1, 256, 224 - zeros)
+        arr[:2] = border[:56].reshape(2, 28)
+        arr[-2:] = border[56:112].reshape(2, 28)
+        arr[2:-2, :2] = border[112:160].reshape(24, 2)
+        arr[2:-2, -2:] = border[160:208].reshape(24, 2)
+        edge = np.concatenate([arr[:2], arr[-2:], arr[:, :2].T, arr[:, -2:].T], axis=None)
+        assert preprocess.looks_mnist_like(arr) == bool(np.median(edge) == 0), zeros
 
 
 def test_thinning_matches_the_whole_picture_reference() -> None:

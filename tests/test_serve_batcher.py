@@ -135,6 +135,31 @@ def test_a_failing_model_call_fails_its_requests_only() -> None:
     assert [r.answer["digit"] for r in later] == [2, 3]
 
 
+def test_a_bug_outside_any_request_fails_its_batch_and_the_reader_goes_on(monkeypatch) -> None:
+    reader = reader_for(FakeModel())
+    real = reader.read
+    broken = [True]
+
+    def read_once_broken(batch):
+        if broken.pop() if broken else False:
+            raise RuntimeError("a bug")
+        return real(batch)
+
+    monkeypatch.setattr(reader, "read", read_once_broken)
+
+    async def main() -> tuple[BaseException, int]:
+        reader.start()
+        try:
+            failed = (await asyncio.gather(reader(b"1"), return_exceptions=True))[0]
+            return failed, (await asyncio.wait_for(reader(b"2"), 30)).answer["digit"]
+        finally:
+            await asyncio.to_thread(reader.stop)
+
+    failed, later = asyncio.run(main())
+    assert isinstance(failed, RequestProblem) and failed.status == 500
+    assert later == 2  # the same reader thread still serves
+
+
 def test_a_cancelled_request_is_skipped() -> None:
     model = FakeModel(hold=1)
     reader = reader_for(model)

@@ -102,7 +102,7 @@ def create_app(
         try:
             yield
         finally:
-            app.state.reader.stop()
+            await anyio.to_thread.run_sync(app.state.reader.stop)
 
     app = FastAPI(
         title="digitlab", version=__version__, lifespan=lifespan,

@@ -116,7 +116,12 @@ class DigitReader:
                     stop = True
                     break
                 batch.append(more)
-            results = self.read([j for j in batch if not j.gone])
+            live = [j for j in batch if not j.gone]
+            try:
+                results = self.read(live)
+            except Exception:  # a bug outside any one request: fail the batch, keep serving
+                log.exception("reading a batch of requests failed")
+                results = [(j, RequestProblem(500, INTERNAL)) for j in live]
             assert self._loop is not None
             try:
                 self._loop.call_soon_threadsafe(_deliver, results)

@@ -101,7 +101,8 @@ def looks_mnist_like(arr: np.ndarray) -> bool:
     if arr.shape != (MNIST_SIDE, MNIST_SIDE) or arr.dtype != np.uint8:
         return False
     border = np.concatenate([arr[:2], arr[-2:], arr[:, :2].T, arr[:, -2:].T], axis=None)
-    return bool(np.median(border) == 0 and arr.max() > 0)
+    # np.median(border) == 0, counted: over half the border is black.
+    return bool(np.count_nonzero(border == 0) > border.size // 2 and arr.max() > 0)
 
 
 def from_mnist_like(arr: np.ndarray) -> Preprocessed:
@@ -283,7 +284,7 @@ def _threshold(residual: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     candidates = ordered[_rank(ordered, floor) :]  # residual[residual > floor], sorted
     if candidates.size < 3:
         return None  # nothing stands out from the paper: no ink
-    ink = float(np.percentile(candidates, 90))
+    ink = sorted_percentile(candidates, 90)
     if ink - paper < (MIN_CONTRAST if sure else SHADOWED_CONTRAST):
         return None
     mask = _drop_specks(residual > max(floor, (paper + ink) / 2))
@@ -378,7 +379,7 @@ def stroke_width(mask: np.ndarray) -> float:
     ridge = mask & (depth >= max_filter(depth, 3))
     if not ridge.any():
         return 0.0
-    return 2.0 * float(np.median(depth[ridge])) - 1.0
+    return 2.0 * sorted_median(np.sort(depth[ridge])) - 1.0
 
 
 def _normalise_stroke(work: np.ndarray) -> np.ndarray | None:
@@ -567,6 +568,21 @@ def sorted_median(ordered: np.ndarray) -> float:
     if ordered.size % 2:
         return float(ordered[middle])
     return float(np.mean(ordered[middle - 1 : middle + 1]))
+
+
+def sorted_percentile(ordered: np.ndarray, q: float) -> float:
+    """np.percentile(ordered, q) of a sorted 1-D array, to the bit (its default 'linear'
+    method, in the array's precision) without its partition and set-up (70 us a call)."""
+    n = ordered.size
+    virtual = (n - 1) * (q / 100)
+    if virtual >= n - 1:
+        return float(ordered[-1])
+    below = math.floor(virtual)
+    low, high = ordered[below], ordered[below + 1]
+    gamma = virtual - below
+    step = high - low
+    # numpy's _lerp: from the nearer end, so that gamma = 1 lands exactly on `high`.
+    return float(high - step * (1 - gamma) if gamma >= 0.5 else low + step * gamma)
 
 
 def mask_bbox(mask: np.ndarray) -> BBox | None:
