@@ -362,7 +362,12 @@ def _to_working(crop: np.ndarray) -> np.ndarray:
     if factor > 1.0:
         crop = max_filter(crop, math.ceil(factor))
     shape = (max(1, round(crop.shape[0] / factor)), max(1, round(crop.shape[1] / factor)))
-    return np.pad(resize(crop, shape), WORK_BOX // 4)
+    small = resize(crop, shape)
+    margin = WORK_BOX // 4
+    # np.pad(small, margin), without its 30 us of set-up.
+    work = np.zeros((shape[0] + 2 * margin, shape[1] + 2 * margin), np.float32)
+    work[margin:-margin, margin:-margin] = small
+    return work
 
 
 def stroke_width(mask: np.ndarray) -> float:
