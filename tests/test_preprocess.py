@@ -449,3 +449,21 @@ def test_thinning_matches_the_whole_picture_reference() -> None:
     masks += [draw(d, stroke=s) < 0.5 for d in "017" for s in (6, 24, 60)]
     for mask in masks:
         assert np.array_equal(preprocess._thin(mask), _zhang_suen_reference(mask))
+
+
+def test_median_filter_is_scipys_to_the_bit(monkeypatch) -> None:
+    """Odd windows larger and smaller than the picture, flat and noisy pictures, and
+    windows made a few rows at a time (as for a long number strip)."""
+    rng = np.random.default_rng(6)
+    for trial in range(400):
+        h, w = (int(v) for v in rng.integers(1, 50, 2))
+        size = int(rng.choice([1, 3, 5, 9, 19, 21, 4]))
+        image = (rng.random((h, w)) if trial % 2 else
+                 np.round(rng.random((h, w)) * 3) / 3).astype(np.float32)
+        if trial % 5 == 0:
+            monkeypatch.setattr(preprocess, "WINDOW_VALUES", int(rng.integers(1, 5000)))
+        else:
+            monkeypatch.undo()
+        want = ndimage.median_filter(image, size=size, mode="nearest")
+        got = preprocess.median_filter(image, size)
+        assert got.dtype == want.dtype and np.array_equal(got, want), (h, w, size)

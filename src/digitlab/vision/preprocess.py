@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 from scipy import ndimage
 
@@ -26,6 +27,7 @@ WORK_BOX = 80  # stroke surgery happens at 4x the final resolution, then is aver
 STROKE_TARGET = 0.11
 STROKE_RANGE = (0.08, 0.18)
 MAX_WORK_SIDE = 1600  # bigger inputs are averaged down first; a digit needs far less
+WINDOW_VALUES = 2**21  # median_filter's working set per block of rows (8 MB of float32)
 MIN_CONTRAST = 0.08  # ink must differ from paper by this much (of full scale) to count
 SHADOWED_CONTRAST = 0.24  # ... and by this much where a hard shadow hides it (_threshold)
 SPECK_FRACTION = 0.02  # components smaller than this share of the largest are dirt
@@ -216,7 +218,7 @@ def _dark_ink(grey: np.ndarray) -> bool:
     """
     small = _shrink(grey, 32)
     size = _odd(0.6 * min(small.shape))
-    paper = resize(ndimage.median_filter(small, size=size, mode="nearest"), grey.shape)
+    paper = resize(median_filter(small, size), grey.shape)
     residual = (grey - paper).ravel()
     k = min(max(8, residual.size // 5000), residual.size // 4)
     brighter = np.partition(residual, residual.size - k)[residual.size - k]
@@ -557,6 +559,26 @@ def max_filter(image: np.ndarray, size: int) -> np.ndarray:
                 np.maximum(out[dst], src[shifted], out=out[dst])
             else:
                 np.maximum(out[:, dst], src[:, shifted], out=out[:, dst])
+    return out
+
+
+def median_filter(image: np.ndarray, size: int) -> np.ndarray:
+    """ndimage.median_filter(image, size, mode="nearest") for an odd size, to the bit, 2-3x
+    faster on these small pictures: every window's pixels side by side, then one partition
+    per row of windows (scipy's rank filter keeps a sorted window as it slides). Windows are
+    made a block of rows at a time, at most WINDOW_VALUES values, so memory stays small."""
+    if size % 2 == 0:
+        return ndimage.median_filter(image, size=size, mode="nearest")
+    h, w = image.shape
+    half, area = size // 2, size * size
+    padded = np.pad(image, half, mode="edge")  # "nearest": the edge pixel repeats outward
+    windows = sliding_window_view(padded, (size, size))
+    out = np.empty_like(image)
+    rows = max(1, WINDOW_VALUES // (w * area))
+    for top in range(0, h, rows):
+        block = windows[top : top + rows].reshape(-1, area)
+        out[top : top + rows] = np.partition(block, area // 2, axis=1)[:, area // 2].reshape(
+            -1, w)
     return out
 
 
