@@ -212,3 +212,23 @@ def test_blank_picture_has_no_digits() -> None:
     assert segment_number(np.ones((100, 300), np.float32)) == []
     noise = np.random.default_rng(4).normal(0.8, 0.02, (100, 300))
     assert segment_number(np.clip(noise, 0, 1).astype(np.float32)) == []
+
+
+def test_path_step_picks_as_argmin_over_the_three_moves() -> None:
+    """The path search's step against the stacked argmin it replaced: ties (integer costs)
+    and unreachable (infinite) cells included."""
+    from digitlab.vision.segment import _step
+
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        w, k = (int(v) for v in rng.integers(1, 12, 2))
+        cost = rng.integers(0, 4, (w, k)).astype(float)
+        cost[rng.random((w, k)) < 0.2] = np.inf
+        options = np.full((3, w, k), np.inf)
+        options[0] = cost
+        options[1, :, 1:] = cost[:, :-1] + 0.5
+        options[2, :, :-1] = cost[:, 1:] + 0.5
+        pick = options.argmin(axis=0)
+        moves, best = _step(cost, 0.5)
+        assert np.array_equal(moves, pick)
+        assert np.array_equal(best, np.take_along_axis(options, pick[None], axis=0)[0])

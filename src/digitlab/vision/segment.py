@@ -333,6 +333,20 @@ def _cut_paths_scaled(ink: np.ndarray, own: np.ndarray) -> list[tuple[np.ndarray
             for path, cost in found]
 
 
+def _step(cost: np.ndarray, drift: float) -> tuple[np.ndarray, np.ndarray]:
+    """One row of the path search: for each (start, offset), which move is cheapest (0 stay,
+    1 from the column to the left, 2 from the right; the first of the cheapest, as argmin
+    over the three picks it) and its cost. Three-way minimum without stacking the options."""
+    from_left = np.full(cost.shape, np.inf)
+    from_right = np.full(cost.shape, np.inf)
+    np.add(cost[:, :-1], drift, out=from_left[:, 1:])
+    np.add(cost[:, 1:], drift, out=from_right[:, :-1])
+    side = np.minimum(from_left, from_right)
+    stay = cost <= side
+    return (np.where(stay, 0, np.where(from_left <= from_right, 1, 2)),
+            np.where(stay, cost, side))
+
+
 def _cut_paths(ink: np.ndarray, own: np.ndarray, height: float
                ) -> list[tuple[np.ndarray, float]]:
     """Paths from top to bottom of a piece (one column per row) that cross little ink, each
@@ -355,13 +369,8 @@ def _cut_paths(ink: np.ndarray, own: np.ndarray, height: float
     cost = np.where(offsets == 0, ink[0, cols], np.inf)
     moves = np.zeros((h, w, 2 * reach + 1), np.int8)
     for y in range(1, h):
-        options = np.full((3, *cost.shape), np.inf)
-        options[0] = cost
-        options[1, :, 1:] = cost[:, :-1] + CUT_DRIFT  # from the column to the left
-        options[2, :, :-1] = cost[:, 1:] + CUT_DRIFT  # from the column to the right
-        pick = options.argmin(axis=0)
-        moves[y] = pick
-        cost = np.take_along_axis(options, pick[None], axis=0)[0] + ink[y, cols]
+        moves[y], cost = _step(cost, CUT_DRIFT)
+        cost += ink[y, cols]
         cost[outside] = np.inf
     end = cost.argmin(axis=1)
     total = cost[np.arange(w), end]
