@@ -93,6 +93,39 @@ def test_waiting_requests_are_read_in_one_model_call_and_answered_in_order() -> 
         assert not reading.blank
 
 
+def test_numbers_are_read_after_the_single_digits_and_each_on_its_own() -> None:
+    model = FakeModel(hold=1)
+    reader = reader_for(model)
+    seen: list[bool] = []
+    real_read = reader.read
+
+    def read(batch):  # which kind of request each model call served
+        seen.append(batch[0].number)
+        return real_read(batch)
+
+    reader.read = read  # type: ignore[method-assign]
+
+    async def main() -> list:
+        reader.start()
+        try:
+            first = asyncio.ensure_future(reader(b"0"))
+            await until(model.entered.is_set)
+            jobs = [asyncio.ensure_future(reader(d, number=n)) for d, n in
+                    [(b"1", False), (b"2", True), (b"3", False), (b"4", True), (b"5", False)]]
+            await until(lambda: reader.waiting() == 5)
+            model.release.set()
+            await first
+            return list(await asyncio.gather(*jobs))
+        finally:
+            await asyncio.to_thread(reader.stop)
+
+    answers = asyncio.run(main())
+    assert model.calls == [[0], [1, 3, 5], [2], [4]]
+    assert seen == [False, False, True, True]
+    assert [a.answer["number"] if a.answer.get("number") else a.answer["digit"]
+            for a in answers] == [1, "2", 3, "4", 5]
+
+
 def test_max_batch_splits_a_long_queue() -> None:
     model = FakeModel(hold=1)
     reader = reader_for(model, max_batch=3)
