@@ -7,6 +7,8 @@ PyTorch weights, whatever they are.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 from typer.testing import CliRunner
 
@@ -237,6 +240,27 @@ def test_recognizer_on_onnxruntime_answers_as_on_torch(mlp_run: Path, exported: 
         assert [p.digit for p in got] == [p.digit for p in want]
         np.testing.assert_allclose([p.probabilities for p in got],
                                    [p.probabilities for p in want], atol=1e-5)
+
+
+def test_predict_on_an_exported_model_never_imports_torch(exported: Path, tmp_path: Path,
+                                                          mnist_test_split) -> None:
+    """Importing torch is most of a `digitlab predict` run (about 2 s and 480 MB here); with
+    an exported model onnxruntime answers and torch is never loaded."""
+    picture = tmp_path / "seven.png"
+    Image.fromarray(255 - mnist_test_split.images[0]).resize((140, 140)).save(picture)
+    code = ("import sys\n"
+            "from digitlab.cli import main\n"
+            f"sys.argv = ['digitlab', 'predict', '--run', {str(exported)!r}, {str(picture)!r}]\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "print('torch loaded' if 'torch' in sys.modules else 'no torch')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    from digitlab.api import Recognizer
+
+    on_torch = Recognizer.load(exported.parent, backend="torch").predict(picture)
+    assert f"{picture}: {on_torch.digit}  ({on_torch.confidence:.1%})" in done.stdout
+    assert done.stdout.strip().endswith("no torch"), done.stdout
 
 
 def test_recognizer_backend_errors(mlp_run: Path, tmp_path: Path) -> None:

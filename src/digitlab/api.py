@@ -23,13 +23,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from digitlab.errors import DigitlabError, ImageError, RunDirError
+
+if TYPE_CHECKING:
+    import torch
 
 # Below this probability an answer is flagged low_confidence. On MNIST's test set the
 # default model (trained with label smoothing, so a sure answer scores ~0.96, not 1.0)
@@ -138,6 +140,8 @@ class TorchBackend:
 
     def __init__(self, model: torch.nn.Module, *, normalize: str, classes: list[str],
                  device: torch.device) -> None:
+        import torch
+
         # Convolutions read NHWC (channels_last) 2.5-3x faster than NCHW on a CPU once a
         # batch holds a few images (oneDNN skips a layout reorder per call), as in training.
         self.layout = (torch.channels_last
@@ -149,6 +153,8 @@ class TorchBackend:
         self.device = device
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
+        import torch
+
         from digitlab.data.loader import normalise
 
         x = normalise(torch.from_numpy(np.array(images, dtype=np.uint8)).to(self.device),
@@ -368,6 +374,8 @@ class Recognizer:
         onnxruntime or the exporter missing, an export that disagrees with PyTorch)."""
         if not isinstance(self.backend, TorchBackend):
             raise DigitlabError(f"the model already runs on {self._info['backend']}")
+        import torch
+
         from digitlab.export import onnx_twin
 
         model = copy.deepcopy(self.backend.model).to(memory_format=torch.contiguous_format)
