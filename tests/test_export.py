@@ -269,8 +269,7 @@ def test_recognizer_backend_errors(mlp_run: Path, tmp_path: Path) -> None:
 
     with pytest.raises(DigitlabError, match="no model.onnx in .*digitlab export --run"):
         Recognizer.load(mlp_run, backend="onnxruntime")
-    with pytest.raises(DigitlabError, match="needs an exported model"):
-        Recognizer.load(None, backend="onnxruntime")
+    assert Recognizer.load(None, backend="onnxruntime").info()["backend"] == "onnxruntime"
     with pytest.raises(DigitlabError, match="runs ONNX files; export"):
         Recognizer.load(mlp_run / WEIGHTS, backend="onnxruntime")
     with pytest.raises(DigitlabError, match="--backend must be one of torch, onnxruntime"):
@@ -351,28 +350,98 @@ def default_settings(backend: str | None = None, run: str | None = None):
                     concurrency=1)
 
 
+# --- the shipped model on onnxruntime ------------------------------------------------------
+
+
 @pytest.mark.slow
-def test_serve_runs_a_pytorch_model_on_onnxruntime_exported_in_memory(mnist_test_split
-                                                                      ) -> None:
-    """Without --backend, `digitlab serve` exports the model in memory and serves it with
-    onnxruntime (cheaper small batches); the answers are PyTorch's."""
+def test_the_shipped_onnx_file_is_the_shipped_weights(mnist_test_split) -> None:
+    """default-model.onnx was made from default-model.safetensors (`make default-model`
+    writes both): stamped with their SHA-256, and it answers as PyTorch on them does."""
+    import hashlib
+    from importlib import resources
+
+    from digitlab.api import DEFAULT_ONNX, DEFAULT_WEIGHTS, Recognizer
+
+    assets = resources.files("digitlab") / "assets"
+    stamp = OnnxBackend(Path(str(assets / DEFAULT_ONNX))).contract["weights_sha256"]
+    assert stamp == hashlib.sha256((assets / DEFAULT_WEIGHTS).read_bytes()).hexdigest(), (
+        "default-model.onnx is stale: run `python -m digitlab.default_model --onnx`")
+    shipped, torch_side = Recognizer.load(), Recognizer.load(backend="torch")
+    assert shipped.info()["backend"] == "onnxruntime"
+    assert torch_side.info()["backend"] == "torch"
+    images = np.asarray(mnist_test_split.images[:2000])
+    got, want = shipped.classify(images), torch_side.classify(images)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert (got.argmax(1) == want.argmax(1)).all()
+    # Everything info() says is the same but the backend: card, figures, how to read numbers.
+    assert ({k: v for k, v in shipped.info().items() if k != "backend"}
+            == {k: v for k, v in torch_side.info().items() if k != "backend"})
+    assert shipped.reading is torch_side.reading
+
+
+def test_a_stale_or_missing_shipped_onnx_file_is_not_used(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    import shutil
+    import sys
+    from importlib import resources
+
+    from digitlab.api import DEFAULT_CARD, DEFAULT_ONNX, DEFAULT_WEIGHTS, Recognizer
+
+    assets = Path(str(resources.files("digitlab") / "assets"))
+    for name in (DEFAULT_ONNX, DEFAULT_WEIGHTS, DEFAULT_CARD):
+        shutil.copy(assets / name, tmp_path / name)
+    assert Recognizer._load_shipped_onnx(1, tmp_path) is not None
+    (tmp_path / DEFAULT_WEIGHTS).write_bytes((assets / DEFAULT_WEIGHTS).read_bytes() + b" ")
+    assert Recognizer._load_shipped_onnx(1, tmp_path) is None  # other weights: stale
+    (tmp_path / DEFAULT_ONNX).unlink()
+    assert Recognizer._load_shipped_onnx(1, tmp_path) is None
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` fails
+    assert Recognizer._load_shipped_onnx(1, assets) is None
+    assert Recognizer.load().info()["backend"] == "torch"
+    with pytest.raises(DigitlabError, match="needs onnxruntime"):
+        Recognizer.load(backend="onnxruntime")
+
+
+@pytest.mark.slow
+def test_serve_runs_the_shipped_model_on_its_onnx_file(mnist_test_split) -> None:
+    """Without --backend, `digitlab serve` serves the shipped model from its ONNX file on
+    onnxruntime (cheaper small batches, one thread a call); --backend torch keeps PyTorch."""
     from digitlab.api import Recognizer
     from digitlab.serve.run import _load
 
     served = _load(default_settings())
     info = served.info()
-    assert info["backend"] == "onnxruntime" and info["exported"]
+    assert info["backend"] == "onnxruntime" and "exported" not in info
     assert info["source"] == "package default" and info["model"] == "cnn-fast"
     assert served.backend.session.get_session_options().intra_op_num_threads == 1
-    torch_side = Recognizer.load()
+    images = np.asarray(mnist_test_split.images[:500])
+    want = Recognizer.load(backend="torch").classify(images)
+    np.testing.assert_allclose(served.classify(images), want, atol=1e-5)
+    assert _load(default_settings("torch")).info()["backend"] == "torch"
+
+
+@pytest.mark.slow
+def test_serve_runs_a_pytorch_run_on_onnxruntime_exported_in_memory(mlp_run: Path,
+                                                                    mnist_test_split
+                                                                    ) -> None:
+    """A run directory has no ONNX file: `digitlab serve --run RUN` exports it in memory
+    and serves it with onnxruntime; the answers are PyTorch's."""
+    from digitlab.api import Recognizer
+    from digitlab.serve.run import _load
+
+    served = _load(default_settings(run=str(mlp_run)))
+    info = served.info()
+    assert info["backend"] == "onnxruntime" and info["exported"]
+    assert info["source"] == str(mlp_run) and info["model"] == "mlp"
+    assert served.backend.session.get_session_options().intra_op_num_threads == 1
+    torch_side = Recognizer.load(mlp_run)
     images = np.asarray(mnist_test_split.images[:500])
     got, want = served.classify(images), torch_side.classify(images)
     np.testing.assert_allclose(got, want, atol=1e-5)
     assert (got.argmax(1) == want.argmax(1)).all()
     # How a whole number is weighed travels with the model too.
     assert served.reading is torch_side.reading
-    # --backend torch keeps PyTorch.
-    assert _load(default_settings("torch")).info()["backend"] == "torch"
 
 
 def test_serve_falls_back_to_pytorch_without_onnxruntime(mlp_run: Path,

@@ -121,15 +121,16 @@ def test_default_model_ships_in_the_package_and_reads_mnist(recognizer, mnist_te
 
 
 @pytest.mark.slow
-def test_convolutions_run_channels_last_with_the_same_answers(recognizer, mnist_test_split,
-                                                               mnist_probs):
+def test_convolutions_run_channels_last_with_the_same_answers(mnist_test_split):
     """NHWC is the layout oneDNN's CPU convolutions are fast in (2.5-3x per batch here);
     the answers are those of the model in its stored layout."""
     import torch
 
     from digitlab.data.loader import normalise
 
-    backend = recognizer.backend
+    on_torch = Recognizer.load(backend="torch")
+    mnist_probs = on_torch.classify(np.asarray(mnist_test_split.images[:500]))
+    backend = on_torch.backend
     assert backend.layout is torch.channels_last
     conv = next(m for m in backend.model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)

@@ -42,6 +42,10 @@ BATCH_SIZE = 256  # images per model call in predict_many
 
 DEFAULT_WEIGHTS = "default-model.safetensors"
 DEFAULT_CARD = "default-model.json"  # how the shipped model was trained, and its figures
+# The same weights exported to ONNX (`make default-model`), stamped with the SHA-256 of the
+# weights they came from: where onnxruntime is installed the shipped model runs there, and
+# torch (about 2 s and 480 MB of every `digitlab predict`) is never imported.
+DEFAULT_ONNX = "default-model.onnx"
 
 ImageInput = str | os.PathLike[str] | bytes | bytearray | Image.Image | np.ndarray
 
@@ -266,7 +270,10 @@ class Recognizer:
              backend: str | None = None, threads: int = 0) -> Recognizer:
         """A run directory or weights file; None: the model shipped in the package.
         backend: "torch", or "onnxruntime" for a file made by `digitlab export` (an .onnx
-        run, or the model.onnx inside a run directory); None picks by the file.
+        run, or the model.onnx inside a run directory); None picks by the file. The shipped
+        model runs on onnxruntime where that is installed (its ONNX export ships beside
+        its weights; same answers within 1e-6, and torch is never imported), else on
+        PyTorch; backend="torch" always takes PyTorch.
         threads: onnxruntime's threads per call (0: its default, one per core); PyTorch's
         are process-wide (torch.set_num_threads)."""
         from digitlab.backends import BACKENDS
@@ -274,6 +281,14 @@ class Recognizer:
         if backend is not None and backend not in BACKENDS:
             raise DigitlabError(f"--backend must be one of {', '.join(BACKENDS)}; "
                                 f"got {backend!r}")
+        if run is None and backend != "torch":
+            shipped = cls._load_shipped_onnx(threads)
+            if shipped is not None:
+                return shipped
+            if backend == "onnxruntime":
+                raise DigitlabError("--backend onnxruntime needs onnxruntime (pip install "
+                                    "'digitlab[export]') and the package's default-model.onnx "
+                                    "(`make default-model`), or an exported model as --run")
         is_onnx = run is not None and Path(run).suffix.lower() == ".onnx"
         if backend == "onnxruntime" or (backend is None and is_onnx):
             return cls._load_onnx(run, threads)
@@ -327,6 +342,32 @@ class Recognizer:
         return cls(call, info=info)
 
     @classmethod
+    def _load_shipped_onnx(cls, threads: int, assets: Path | None = None
+                           ) -> Recognizer | None:
+        """The shipped model on onnxruntime; None where onnxruntime is not installed or the
+        package's ONNX file is missing or was not made from the shipped weights."""
+        import hashlib
+
+        try:
+            import onnxruntime  # noqa: F401  (OnnxBackend needs it anyway)
+        except ImportError:
+            return None
+        with resources.as_file(resources.files("digitlab") / "assets") as packaged:
+            folder = Path(assets or packaged)
+            onnx_file, weights = folder / DEFAULT_ONNX, folder / DEFAULT_WEIGHTS
+            if not (onnx_file.is_file() and weights.is_file()):
+                return None
+            from digitlab.backends import OnnxBackend
+
+            backend = OnnxBackend(onnx_file, threads=threads)
+            digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+            if backend.contract.get("weights_sha256") != digest:
+                return None  # stale: PyTorch runs the weights themselves
+            card_file = folder / DEFAULT_CARD
+            card = json.loads(card_file.read_text()) if card_file.is_file() else {}
+        return cls(backend, info=_onnx_info(backend, source="package default", card=card))
+
+    @classmethod
     def _load_onnx(cls, run: str | Path | None, threads: int = 0) -> Recognizer:
         """onnxruntime on an exported file; its preprocessing contract is in the file."""
         from digitlab.backends import OnnxBackend
@@ -344,28 +385,7 @@ class Recognizer:
             raise DigitlabError(f"--backend onnxruntime runs ONNX files; export {run} first "
                                 "with `digitlab export`")
         backend = OnnxBackend(path, threads=threads)
-        contract = backend.contract
-        info = {
-            "source": str(path),
-            "model": contract["model"],
-            "model_args": contract.get("model_args", {}),
-            "parameters": contract.get("parameters"),
-            "dataset": contract.get("dataset", "mnist"),
-            "classes": backend.classes,
-            "normalize": contract["normalize"],
-            "test_accuracy": contract.get("test_accuracy"),
-            "epochs": contract.get("epoch"),
-            "preset": None,
-            "trained": None,
-            "trained_with": {"digitlab_version": contract.get("digitlab_version")},
-            "config": None,
-            "figures": None,
-            "command": None,
-            "backend": backend.name,
-            "low_confidence_below": LOW_CONFIDENCE,
-            "outliers": contract.get("outliers", 0.0),
-        }
-        return cls(backend, info=info)
+        return cls(backend, info=_onnx_info(backend, source=str(path)))
 
     def on_onnxruntime(self, *, threads: int = 1) -> Recognizer:
         """The same model run by onnxruntime, exported in memory (digitlab.export.onnx_twin):
@@ -442,6 +462,37 @@ class Recognizer:
             digits = [_digit(p.inputs[k], rows[k]) for k in chosen]
             out.append(_prediction(p, digits, top_k))
         return out
+
+
+def _onnx_info(backend: Any, *, source: str, card: dict[str, Any] | None = None
+               ) -> dict[str, Any]:
+    """Recognizer.info() of an exported model: from its contract, plus the card of the
+    shipped model (how it was trained, its figures) when it is that one."""
+    contract, card = backend.contract, card or {}
+    config = card.get("config") or {}
+    return {
+        "source": source,
+        "model": contract["model"],
+        "model_args": contract.get("model_args", {}),
+        "parameters": contract.get("parameters"),
+        "dataset": contract.get("dataset", "mnist"),
+        "classes": backend.classes,
+        "normalize": contract["normalize"],
+        "test_accuracy": contract.get("test_accuracy"),
+        "epochs": contract.get("epoch"),
+        "preset": config.get("preset"),
+        "trained": config.get("started"),
+        "trained_with": {k: config.get(k) for k in ("digitlab_version", "torch_version",
+                                                    "device_used", "git_commit")
+                         if config.get(k) is not None}
+        or {"digitlab_version": contract.get("digitlab_version")},
+        "config": config or None,
+        "figures": card.get("figures"),
+        "command": card.get("command"),
+        "backend": backend.name,
+        "low_confidence_below": LOW_CONFIDENCE,
+        "outliers": contract.get("outliers", 0.0),
+    }
 
 
 def _digit(image: np.ndarray, probs: np.ndarray) -> DigitResult:

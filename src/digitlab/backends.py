@@ -20,7 +20,7 @@ BACKENDS = ("torch", "onnxruntime")
 PREFIX = "digitlab."
 # Keys whose values are JSON (lists, tables, numbers); the rest are plain strings.
 _JSON_KEYS = ("input_shape", "classes", "model_args", "mean", "std", "format_version",
-              "parameters", "test_accuracy", "epoch")
+              "parameters", "test_accuracy", "epoch", "outliers")
 
 
 class BackendError(DigitlabError):
