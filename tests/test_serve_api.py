@@ -448,6 +448,11 @@ def test_digitlab_serve_with_two_workers_answers_and_stops_on_ctrl_c(digits):
         # The supervisor only forwards signals: it holds no torch and no model of its own.
         maps = Path(f"/proc/{proc.pid}/maps").read_text()
         assert "libtorch" not in maps and "torch/lib" not in maps
+        # The workers run the shipped model's ONNX file on onnxruntime: no torch either.
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        maps = [Path(f"/proc/{pid}/maps").read_text() for pid in children]
+        assert sum("onnxruntime" in m for m in maps) == 2  # the two workers
+        assert not [m for m in maps if "libtorch" in m]
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
     finally:

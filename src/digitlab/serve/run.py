@@ -79,7 +79,6 @@ def serve(
     if recognizer is not None:
         from digitlab.serve.app import create_app
 
-        _tune_torch()
         app = create_app(recognizer, max_bytes=max_bytes, cors_origin=cors_origin,
                          concurrency=settings.concurrency)
         server = uvicorn.Server(uvicorn.Config(app, log_level="info", access_log=access_log,
@@ -102,7 +101,6 @@ def app_from_env() -> FastAPI:
     from digitlab.serve.app import create_app
 
     settings = Settings(**json.loads(os.environ[SETTINGS_ENV]))
-    _tune_torch()
     return create_app(partial(_load, settings),
                       max_bytes=settings.max_bytes,
                       cors_origin=settings.cors_origin, concurrency=settings.concurrency)
@@ -122,7 +120,8 @@ def _model_info(settings: Settings) -> dict[str, Any]:
 
 
 def _load(settings: Settings) -> Recognizer:
-    """The settings' model (imports torch: only where a model is used).
+    """The settings' model. torch is imported only where PyTorch runs or exports it: the
+    shipped model comes with its ONNX file, which onnxruntime runs without torch.
 
     Without --backend a PyTorch model is served by onnxruntime where it is installed,
     exported in memory and checked against PyTorch first: the small batches a server
@@ -141,6 +140,8 @@ def _load(settings: Settings) -> Recognizer:
             return recognizer.on_onnxruntime(threads=1)
         except DigitlabError:
             pass
+    if recognizer.info()["backend"] == "torch":
+        _tune_torch()  # only where PyTorch runs the model: onnxruntime needs no torch at all
     return recognizer
 
 
