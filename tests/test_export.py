@@ -369,6 +369,8 @@ def test_the_shipped_onnx_file_is_the_shipped_weights(mnist_test_split) -> None:
     shipped, torch_side = Recognizer.load(), Recognizer.load(backend="torch")
     assert shipped.info()["backend"] == "onnxruntime"
     assert torch_side.info()["backend"] == "torch"
+    # Asking for another device than the CPU means PyTorch (onnxruntime runs on the CPU).
+    assert Recognizer.load(device="auto").info()["backend"] == "torch"
     images = np.asarray(mnist_test_split.images[:2000])
     got, want = shipped.classify(images), torch_side.classify(images)
     np.testing.assert_allclose(got, want, atol=1e-5)

@@ -270,10 +270,10 @@ class Recognizer:
              backend: str | None = None, threads: int = 0) -> Recognizer:
         """A run directory or weights file; None: the model shipped in the package.
         backend: "torch", or "onnxruntime" for a file made by `digitlab export` (an .onnx
-        run, or the model.onnx inside a run directory); None picks by the file. The shipped
-        model runs on onnxruntime where that is installed (its ONNX export ships beside
-        its weights; same answers within 1e-6, and torch is never imported), else on
-        PyTorch; backend="torch" always takes PyTorch.
+        run, or the model.onnx inside a run directory); None picks by the file. On the CPU
+        the shipped model runs on onnxruntime where that is installed (its ONNX export
+        ships beside its weights; same answers within 1e-6, and torch is never imported),
+        else on PyTorch; backend="torch", or another device, takes PyTorch.
         threads: onnxruntime's threads per call (0: its default, one per core); PyTorch's
         are process-wide (torch.set_num_threads)."""
         from digitlab.backends import BACKENDS
@@ -281,7 +281,7 @@ class Recognizer:
         if backend is not None and backend not in BACKENDS:
             raise DigitlabError(f"--backend must be one of {', '.join(BACKENDS)}; "
                                 f"got {backend!r}")
-        if run is None and backend != "torch":
+        if run is None and backend != "torch" and device == "cpu":
             shipped = cls._load_shipped_onnx(threads)
             if shipped is not None:
                 return shipped
