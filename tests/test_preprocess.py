@@ -401,6 +401,9 @@ def test_sorted_statistics_match_numpy() -> None:
             assert preprocess.sorted_median(ordered) == float(np.median(values))
             for q in (90, 50, 10, 99, 100, 0):
                 assert preprocess.sorted_percentile(ordered, q) == float(np.percentile(values, q))
+            for centre in (preprocess.sorted_median(ordered), 0.0, 0.25, float(ordered[-1])):
+                assert preprocess.median_distance(ordered, centre) == float(
+                    np.median(np.abs(values - centre)))
             for v in (0.1, 0.25, 0.3, float(values[0]), float(ordered[-1])):
                 assert ordered.size - preprocess._rank(ordered, v) == np.count_nonzero(values > v)
 
@@ -422,6 +425,18 @@ def _zhang_suen_reference(mask: np.ndarray) -> np.ndarray:
                 img[removable] = 0
                 changed = True
     return img[1:-1, 1:-1].astype(bool)
+
+
+def test_pixel_noise_of_mostly_equal_neighbours_is_numpys() -> None:
+    """The short cut for flat paper (most horizontal steps exactly 0) gives numpy's median,
+    on either side of half the steps being zero."""
+    rng = np.random.default_rng(7)
+    for share in np.linspace(0.3, 0.7, 41):
+        residual = (rng.random((20, 31)) * (rng.random((20, 31)) > share)).astype(np.float32)
+        residual[:, 1::2] = residual[:, ::2][:, :15]  # many equal neighbours
+        steps = np.abs(np.diff(residual, axis=1))
+        want = 1.4826 * float(np.median(steps)) / float(np.sqrt(2.0))
+        assert preprocess._pixel_noise(residual) == want
 
 
 def test_mnist_like_border_test_is_numpys_median() -> None:

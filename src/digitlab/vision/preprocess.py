@@ -270,7 +270,7 @@ def _threshold(residual: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     # of the picture, one value many times over: sorting beats partitioning such data).
     ordered = np.sort(residual, axis=None)
     paper = sorted_median(ordered)
-    spread = 1.4826 * sorted_median(np.sort(np.abs(ordered - paper)))
+    spread = 1.4826 * median_distance(ordered, paper)
     coarse = paper + max(5.0 * spread, MIN_CONTRAST / 2)
     # The spread also counts a shadow's edge or a gradient the lighting analysis left, and
     # five times it can sit above a faint stroke. So the floor comes from the paper's
@@ -309,6 +309,8 @@ def _pixel_noise(residual: np.ndarray) -> float:
     if residual.shape[1] < 2:
         return float("inf")
     steps = np.abs(np.diff(residual, axis=1))
+    if steps.size - np.count_nonzero(steps) > steps.size // 2:
+        return 0.0  # flat paper: most neighbours are equal, so the median step is 0
     return 1.4826 * sorted_median(np.sort(steps, axis=None)) / float(np.sqrt(2.0))
 
 
@@ -595,6 +597,17 @@ def sorted_median(ordered: np.ndarray) -> float:
     if ordered.size % 2:
         return float(ordered[middle])
     return float(np.mean(ordered[middle - 1 : middle + 1]))
+
+
+def median_distance(ordered: np.ndarray, centre: float) -> float:
+    """np.median(np.abs(ordered - centre)) of a sorted 1-D array, to the bit. When over half
+    the values are exactly `centre` (flat paper's residual: most pixels are the paper
+    itself) it is 0 without sorting the distances."""
+    at = ordered.dtype.type(centre)
+    ties = _rank(ordered, centre) - int(np.searchsorted(ordered, at, side="left"))
+    if ties > ordered.size // 2:
+        return 0.0
+    return sorted_median(np.sort(np.abs(ordered - centre)))
 
 
 def sorted_percentile(ordered: np.ndarray, q: float) -> float:
