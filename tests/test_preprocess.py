@@ -482,3 +482,24 @@ def test_median_filter_is_scipys_to_the_bit(monkeypatch) -> None:
         want = ndimage.median_filter(image, size=size, mode="nearest")
         got = preprocess.median_filter(image, size)
         assert got.dtype == want.dtype and np.array_equal(got, want), (h, w, size)
+
+
+def test_drop_specks_matches_the_area_rule_everywhere() -> None:
+    """Components under 2% of the largest (or single pixels) go; the short cut for a lone
+    stroke must give the same mask: one blob, one pixel, blobs with specks, nothing."""
+    rng = np.random.default_rng(8)
+    masks = [np.zeros((9, 9), bool)]
+    lone = np.zeros((9, 9), bool)
+    lone[4, 4] = True
+    masks.append(lone)
+    for _ in range(300):
+        h, w = (int(v) for v in rng.integers(2, 40, 2))
+        mask = rng.random((h, w)) > rng.uniform(0.5, 0.99)
+        masks.append(ndimage.binary_dilation(mask, iterations=int(rng.integers(0, 3))))
+    for mask in masks:
+        labels, _ = ndimage.label(mask, structure=np.ones((3, 3)))
+        areas = np.bincount(labels.ravel())
+        areas[0] = 0
+        keep = areas >= max(2.0, 0.02 * areas.max())
+        keep[0] = False
+        assert np.array_equal(preprocess._drop_specks(mask), keep[labels])

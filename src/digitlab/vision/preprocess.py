@@ -320,7 +320,9 @@ def _drop_specks(mask: np.ndarray) -> np.ndarray:
         return mask
     # Components lie inside the box of all the ink: label only that.
     inside = (slice(box[0], box[2]), slice(box[1], box[3]))
-    labels, _ = ndimage.label(mask[inside], structure=np.ones((3, 3)))
+    labels, count = ndimage.label(mask[inside], structure=np.ones((3, 3)))
+    if count == 1:  # one stroke, nothing smaller beside it (most drawings): keep it whole
+        return mask if np.count_nonzero(labels) >= 2 else np.zeros_like(mask)
     areas = np.bincount(labels.ravel())
     areas[0] = 0
     keep = areas >= max(2.0, SPECK_FRACTION * areas.max())
