@@ -396,6 +396,8 @@ def test_a_stale_or_missing_shipped_onnx_file_is_not_used(tmp_path: Path,
     assert Recognizer._load_shipped_onnx(1, tmp_path) is not None
     (tmp_path / DEFAULT_WEIGHTS).write_bytes((assets / DEFAULT_WEIGHTS).read_bytes() + b" ")
     assert Recognizer._load_shipped_onnx(1, tmp_path) is None  # other weights: stale
+    (tmp_path / DEFAULT_ONNX).write_bytes(b"not an onnx model")  # onnxruntime refuses it
+    assert Recognizer._load_shipped_onnx(1, tmp_path) is None
     (tmp_path / DEFAULT_ONNX).unlink()
     assert Recognizer._load_shipped_onnx(1, tmp_path) is None
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` fails

@@ -357,9 +357,12 @@ class Recognizer:
             onnx_file, weights = folder / DEFAULT_ONNX, folder / DEFAULT_WEIGHTS
             if not (onnx_file.is_file() and weights.is_file()):
                 return None
-            from digitlab.backends import OnnxBackend
+            from digitlab.backends import BackendError, OnnxBackend
 
-            backend = OnnxBackend(onnx_file, threads=threads)
+            try:
+                backend = OnnxBackend(onnx_file, threads=threads)
+            except BackendError:  # e.g. an onnxruntime too old for the file: PyTorch runs it
+                return None
             digest = hashlib.sha256(weights.read_bytes()).hexdigest()
             if backend.contract.get("weights_sha256") != digest:
                 return None  # stale: PyTorch runs the weights themselves
