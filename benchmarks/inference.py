@@ -2,10 +2,10 @@
 
 Each model is exported the way `digitlab export` does it (and checked the same way), then
 both run the same normalised real MNIST test images on the CPU, PyTorch in the memory
-layout digitlab's own inference uses (channels_last for convolutional models). Weights are untrained
-(seed 0): speed does not depend on what the weights are. Each figure is the median of
---repeats timed runs of at least --seconds each; other work on the machine makes the
-figures noisy, so run it on a quiet machine and say what else was running. On a busy
+layout digitlab's own inference uses (channels_last for convolutional models). Weights are
+untrained (seed 0): speed does not depend on what the weights are. Each figure is the
+median of --repeats timed runs of at least --seconds each; other work on the machine makes
+the figures noisy, so run it on a quiet machine and say what else was running. On a busy
 machine OpenMP's spinning threads slow PyTorch down many times over; OMP_WAIT_POLICY=PASSIVE
 (which this script also applies to onnxruntime's threads) shows what the CPU can do.
 
@@ -29,6 +29,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from digitlab.api import inference_layout
 from digitlab.config import PRESETS
 from digitlab.data import sources
 from digitlab.data.loader import DeviceData, load_split
@@ -102,11 +103,8 @@ def main() -> None:
             session = ort.InferenceSession(str(exported.path), _session_options(),
                                            providers=["CPUExecutionProvider"])
             params = sum(p.numel() for p in model.parameters())
-            # PyTorch runs the model as the product does (api.TorchBackend): convolutional
-            # models in channels_last, which oneDNN reads without a reorder per call.
-            layout = (torch.channels_last
-                      if any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
-                      else torch.contiguous_format)
+            # PyTorch runs the model as the product does (api.TorchBackend).
+            layout = inference_layout(model)
             model = model.to(memory_format=layout)
             for batch in BATCHES:
                 x = inputs[batch].contiguous(memory_format=layout)
