@@ -310,8 +310,7 @@ class Recognizer:
                     raise RunDirError("the package's default model is missing "
                                       f"({weights}); run `make default-model` or pass --run")
                 model, meta = load_model(weights, dev)
-                card = json.loads((assets / DEFAULT_CARD).read_text()) if (
-                    assets / DEFAULT_CARD).is_file() else {}
+                card = _read_card(assets)
             config, source = card.get("config", {}), "package default"
         else:
             path = Path(run)
@@ -331,14 +330,7 @@ class Recognizer:
             "normalize": meta.get("normalize", "unit"),
             "test_accuracy": meta.get("test_accuracy"),
             "epochs": meta.get("epoch"),
-            "preset": config.get("preset"),
-            "trained": config.get("started"),
-            "trained_with": {k: config.get(k) for k in ("digitlab_version", "torch_version",
-                                                        "device_used", "git_commit")
-                             if config.get(k) is not None},
-            "config": config or None,
-            "figures": card.get("figures"),
-            "command": card.get("command"),
+            **_how_trained(config, card),
             "backend": call.name,
             "low_confidence_below": LOW_CONFIDENCE,
             "outliers": meta.get("outliers", config.get("outliers", 0.0)),
@@ -370,8 +362,7 @@ class Recognizer:
             digest = hashlib.sha256(weights.read_bytes()).hexdigest()
             if backend.contract.get("weights_sha256") != digest:
                 return None  # stale: PyTorch runs the weights themselves
-            card_file = folder / DEFAULT_CARD
-            card = json.loads(card_file.read_text()) if card_file.is_file() else {}
+            card = _read_card(folder)
         return cls(backend, info=_onnx_info(backend, source="package default", card=card))
 
     @classmethod
@@ -471,12 +462,35 @@ class Recognizer:
         return out
 
 
+def _read_card(folder: Path) -> dict[str, Any]:
+    """The shipped model's card (how it was trained, its figures); {} when there is none."""
+    card = folder / DEFAULT_CARD
+    return json.loads(card.read_text()) if card.is_file() else {}
+
+
+def _how_trained(config: dict[str, Any], card: dict[str, Any]) -> dict[str, Any]:
+    """The part of Recognizer.info() that says how and when the model was trained."""
+    return {
+        "preset": config.get("preset"),
+        "trained": config.get("started"),
+        "trained_with": {k: config.get(k) for k in ("digitlab_version", "torch_version",
+                                                    "device_used", "git_commit")
+                         if config.get(k) is not None},
+        "config": config or None,
+        "figures": card.get("figures"),
+        "command": card.get("command"),
+    }
+
+
 def _onnx_info(backend: Any, *, source: str, card: dict[str, Any] | None = None
                ) -> dict[str, Any]:
     """Recognizer.info() of an exported model: from its contract, plus the card of the
     shipped model (how it was trained, its figures) when it is that one."""
     contract, card = backend.contract, card or {}
-    config = card.get("config") or {}
+    trained = _how_trained(card.get("config") or {}, card)
+    # An export on its own carries only the digitlab version that made it.
+    trained["trained_with"] = trained["trained_with"] or {
+        "digitlab_version": contract.get("digitlab_version")}
     return {
         "source": source,
         "model": contract["model"],
@@ -487,15 +501,7 @@ def _onnx_info(backend: Any, *, source: str, card: dict[str, Any] | None = None
         "normalize": contract["normalize"],
         "test_accuracy": contract.get("test_accuracy"),
         "epochs": contract.get("epoch"),
-        "preset": config.get("preset"),
-        "trained": config.get("started"),
-        "trained_with": {k: config.get(k) for k in ("digitlab_version", "torch_version",
-                                                    "device_used", "git_commit")
-                         if config.get(k) is not None}
-        or {"digitlab_version": contract.get("digitlab_version")},
-        "config": config or None,
-        "figures": card.get("figures"),
-        "command": card.get("command"),
+        **trained,
         "backend": backend.name,
         "low_confidence_below": LOW_CONFIDENCE,
         "outliers": contract.get("outliers", 0.0),
