@@ -440,9 +440,12 @@ class Recognizer:
         return [p if isinstance(p, Prediction) else next(answers) for p in prepared]
 
     def _answer(self, prepared: list[Prepared], *, top_k: int) -> list[Prediction]:
+        return self.finish(prepared, self.classify_prepared(prepared), top_k=top_k)
+
+    def classify_prepared(self, prepared: Sequence[Prepared]) -> np.ndarray:
+        """Probabilities of all the prepared inputs' images, in order, in one model call."""
         flat = [img for p in prepared for img in p.inputs]
-        probs = self.classify(np.stack(flat) if flat else np.zeros((0, 28, 28), np.uint8))
-        return self.finish(prepared, probs, top_k=top_k)
+        return self.classify(np.stack(flat) if flat else np.zeros((0, 28, 28), np.uint8))
 
     def finish(self, prepared: Sequence[Prepared], probs: np.ndarray, *, top_k: int = 3
                ) -> list[Prediction]:

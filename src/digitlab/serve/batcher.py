@@ -18,7 +18,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -50,7 +50,6 @@ class _Job:
     include_input: bool
     future: asyncio.Future[Reading]
     gone: bool = False  # the request was cancelled (its client left): skip it
-    prepared: Prepared | None = field(default=None, repr=False)
 
 
 _STOP = None
@@ -148,27 +147,22 @@ class DigitReader:
     def read(self, batch: list[_Job]) -> list[tuple[_Job, Reading | RequestProblem]]:
         """Every job's answer or problem; one job's bad image never touches the others."""
         results: list[tuple[_Job, Reading | RequestProblem]] = []
-        ready: list[_Job] = []
+        ready: list[tuple[_Job, Prepared]] = []
         for job in batch:
             try:
-                job.prepared = self._prepare(job.data, job.number)
-                ready.append(job)
+                ready.append((job, self._prepare(job.data, job.number)))
             except RequestProblem as problem:
                 results.append((job, problem))
             except Exception:
                 log.exception("reading an uploaded image failed")
                 results.append((job, RequestProblem(500, INTERNAL)))
-        inputs = [image for job in ready for image in job.prepared.inputs]  # type: ignore[union-attr]
         try:
-            probs = self._recognizer.classify(
-                np.stack(inputs) if inputs else np.zeros((0, 28, 28), np.uint8))
+            probs = self._recognizer.classify_prepared([prepared for _, prepared in ready])
         except Exception:
             log.exception("the model call failed")
-            return results + [(job, RequestProblem(500, INTERNAL)) for job in ready]
+            return results + [(job, RequestProblem(500, INTERNAL)) for job, _ in ready]
         at = 0
-        for job in ready:
-            prepared = job.prepared
-            assert prepared is not None
+        for job, prepared in ready:
             rows = probs[at : at + len(prepared.inputs)]
             at += len(prepared.inputs)
             try:
