@@ -381,6 +381,28 @@ def test_the_shipped_onnx_file_is_the_shipped_weights(mnist_test_split) -> None:
     assert shipped.reading is torch_side.reading
 
 
+@pytest.mark.slow
+def test_default_model_export_stamps_the_weights_it_came_from(tmp_path: Path,
+                                                              mnist_root: Path) -> None:
+    """`python -m digitlab.default_model --onnx` (and `make default-model`) writes an ONNX
+    file whose contract carries the weights' SHA-256, which the loader then accepts."""
+    import hashlib
+    import shutil
+    from importlib import resources
+
+    from digitlab.api import DEFAULT_CARD, DEFAULT_WEIGHTS, Recognizer
+    from digitlab.default_model import export_onnx
+
+    assets = Path(str(resources.files("digitlab") / "assets"))
+    for name in (DEFAULT_WEIGHTS, DEFAULT_CARD):
+        shutil.copy(assets / name, tmp_path / name)
+    out = export_onnx(tmp_path, check_count=200)
+    digest = hashlib.sha256((tmp_path / DEFAULT_WEIGHTS).read_bytes()).hexdigest()
+    assert OnnxBackend(out).contract["weights_sha256"] == digest
+    loaded = Recognizer._load_shipped_onnx(1, tmp_path)
+    assert loaded is not None and loaded.info()["source"] == "package default"
+
+
 def test_a_stale_or_missing_shipped_onnx_file_is_not_used(tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch
                                                           ) -> None:

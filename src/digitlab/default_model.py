@@ -59,16 +59,13 @@ def install(run: Path, *, benchmark: dict[str, Any] | None = None,
 def export_onnx(assets: Path = ASSETS, *, check_count: int = 10000) -> Path:
     """Export the installed weights to DEFAULT_ONNX, checked against PyTorch on real test
     images, with the weights' SHA-256 in its contract (a stale file is never used)."""
-    from digitlab.backends import OnnxBackend
-    from digitlab.export import export_model, with_contract
+    from digitlab.export import export_model
 
     weights = assets / DEFAULT_WEIGHTS
     out = assets / DEFAULT_ONNX
+    stamp = {"weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
     export_model(run=weights, fmt="onnx", out=out, exporter="torchscript",
-                 check_count=check_count)
-    contract = OnnxBackend(out).contract
-    contract["weights_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
-    atomic_write(out, with_contract(out.read_bytes(), contract))
+                 check_count=check_count, contract_extra=stamp)
     return out
 
 

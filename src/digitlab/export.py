@@ -273,16 +273,19 @@ def export_model(
     exporter: str = "auto",
     check_count: int = 10000,
     tolerance: float = TOLERANCE,
+    contract_extra: dict[str, Any] | None = None,
 ) -> ExportResult:
     """Export the model of a run directory (or weights file) and check it on `check_count`
-    real test images; the file is only put in place if the check passes."""
+    real test images; the file is only put in place if the check passes. `contract_extra`
+    adds keys to the contract the file carries."""
     from digitlab.engine.rundir import load_model
 
     _check_options(fmt, exporter, check_count)
     model, meta = load_model(run, "cpu")
     out = out if out is not None else _default_out(run, fmt, meta["model"])
     return export_module(model, meta, fmt=fmt, out=out, root=root, exporter=exporter,
-                         check_count=check_count, tolerance=tolerance)
+                         check_count=check_count, tolerance=tolerance,
+                         contract_extra=contract_extra)
 
 
 def onnx_twin(model: nn.Module, meta: dict[str, Any],
@@ -332,12 +335,15 @@ def export_module(
     exporter: str = "auto",
     check_count: int = 10000,
     tolerance: float = TOLERANCE,
+    contract_extra: dict[str, Any] | None = None,
 ) -> ExportResult:
     """Export a loaded model whose weights metadata is `meta` (model, model_args, normalize,
-    dataset, classes), check the file against the model, and only then write `out`."""
+    dataset, classes), check the file against the model, and only then write `out`.
+    `contract_extra` adds keys to the contract the file carries."""
     _check_options(fmt, exporter, check_count)
     model = model.eval()
-    contract = make_contract(meta, parameters=sum(p.numel() for p in model.parameters()))
+    contract = {**make_contract(meta, parameters=sum(p.numel() for p in model.parameters())),
+                **(contract_extra or {})}
     wrapped = _Probabilities(model).eval()
     if out.is_dir():
         raise ExportError(f"--out {out} is a directory; give a file name")
