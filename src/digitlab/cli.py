@@ -324,8 +324,9 @@ def serve_cmd(
                                     "exported .onnx (default: the model shipped with "
                                     "digitlab)."),
     backend: str | None = typer.Option(None, help="torch, or onnxruntime (default: "
-                                       "onnxruntime where installed, a PyTorch model "
-                                       "exported to it in memory at start-up; else torch)."),
+                                       "onnxruntime where installed: the shipped model's "
+                                       "ONNX file, or a run's model exported to it in memory "
+                                       "at start-up; else torch)."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every "
                              "interface)."),
     port: int = typer.Option(8000, help="Port to listen on (0: any free port)."),

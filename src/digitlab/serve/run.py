@@ -135,13 +135,14 @@ def _load(settings: Settings) -> Recognizer:
     # the cores busy, and onnxruntime's default pool spins its idle threads, which took
     # the CPU the other requests' preprocessing needed (232 against 366 requests/s).
     recognizer = Recognizer.load(settings.run, backend=settings.backend, threads=1)
-    if settings.backend is None and recognizer.info()["backend"] == "torch":
+    if recognizer.info()["backend"] != "torch":
+        return recognizer
+    if settings.backend is None:
         try:
             return recognizer.on_onnxruntime(threads=1)
         except DigitlabError:
             pass
-    if recognizer.info()["backend"] == "torch":
-        _tune_torch()  # only where PyTorch runs the model: onnxruntime needs no torch at all
+    _tune_torch()  # only where PyTorch runs the model: onnxruntime needs no torch at all
     return recognizer
 
 
