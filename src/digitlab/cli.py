@@ -305,7 +305,9 @@ def predict_cmd(
                                            "the model saw for each input in this directory."),
     device: str = typer.Option("cpu", help="auto, cpu, cuda or mps."),
     backend: str | None = typer.Option(None, help="torch, or onnxruntime for a file made by "
-                                       "`digitlab export` (default: by the --run file)."),
+                                       "`digitlab export` (default: by the --run file; "
+                                       "the shipped model runs on onnxruntime where "
+                                       "installed)."),
 ) -> None:
     """Read handwritten digits (or numbers) from photos, scans and drawings."""
     from digitlab.predict import run_predict
