@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: train test bench lint default-model clean-venv
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py src/digitlab/vision/_flat.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'

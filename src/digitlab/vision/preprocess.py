@@ -9,6 +9,7 @@ scans in polarity, lighting, paper texture, noise and pen width, so those are un
 from __future__ import annotations
 
 import math
+import types
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -18,6 +19,12 @@ from PIL import Image
 from scipy import ndimage
 
 from digitlab.errors import ImageError
+
+_flat: types.ModuleType | None
+try:  # the compiled flat-paper path (vision/_flat.c), built where a C compiler was found
+    from digitlab.vision import _flat
+except ImportError:  # pragma: no cover - every step below has its NumPy/SciPy/Pillow form
+    _flat = None
 
 MNIST_SIDE = 28
 DIGIT_BOX = 20  # MNIST fits the longer side of every digit into 20 px
@@ -78,6 +85,9 @@ class InkMap:
 
 def to_mnist(grey: np.ndarray) -> Preprocessed:
     """Normalise one digit the way MNIST's scans were; a picture without ink is blank."""
+    done = _flat_to_mnist(grey)
+    if done is not None:
+        return done
     ink = ink_map(grey)
     box = ink.bbox()
     if ink.blank or box is None:
@@ -87,6 +97,21 @@ def to_mnist(grey: np.ndarray) -> Preprocessed:
     # Strokes MNIST would accept are resampled once, straight from the input pixels.
     image = _paste_centred(_fit_box(crop if redrawn is None else redrawn))
     return Preprocessed(_to_uint8(image), blank=False, bbox=ink.to_input(box))
+
+
+def _flat_to_mnist(grey: np.ndarray) -> Preprocessed | None:
+    """to_mnist of a digit on flat paper (a drawing, a clean scan) in one compiled call, bit
+    for bit what the steps below give; None where it declines (photos, strokes to redraw,
+    odd sizes) or is not built, and the steps below run."""
+    if _flat is None or not (isinstance(grey, np.ndarray) and grey.dtype == np.float32
+                             and grey.ndim == 2 and grey.flags.c_contiguous):
+        return None
+    image = np.empty((MNIST_SIDE, MNIST_SIDE), np.uint8)
+    found = _flat.to_mnist(grey, image)
+    if found is None:
+        return None
+    blank, box = found
+    return _blank() if blank else Preprocessed(image, blank=False, bbox=box)
 
 
 def prepare_batch(images: Iterable[np.ndarray]) -> np.ndarray:
@@ -385,7 +410,7 @@ def stroke_width(mask: np.ndarray) -> float:
     # so the distances, and the result, are those of the whole picture.
     y0, x0, y1, x1 = box
     mask = mask[max(0, y0 - 1) : y1 + 1, max(0, x0 - 1) : x1 + 1]
-    depth = ndimage.distance_transform_edt(mask)
+    depth = distance_to_zero(mask)
     # Pixels at least as deep as all eight neighbours lie on the strokes' centre lines.
     ridge = mask & (depth >= max_filter(depth, 3))
     if not ridge.any():
@@ -410,12 +435,12 @@ def _normalise_stroke(work: np.ndarray) -> np.ndarray | None:
         return None
     # The redrawn digit's box shrinks or grows with the stroke, so aim at the new box.
     target = max(2.0, STROKE_TARGET * (long_side - width) / (1.0 - STROKE_TARGET))
-    distance = ndimage.distance_transform_edt(~skeleton(mask))
+    distance = distance_to_zero(~skeleton(mask))
     redrawn = np.clip(target / 2.0 + 0.5 - distance, 0.0, 1.0)
     if width > target:
         # Thinning also erodes: a stubby arm shorter than it is wide has no skeleton
         # branch, but its core survives erosion.
-        depth = ndimage.distance_transform_edt(mask)
+        depth = distance_to_zero(mask)
         redrawn = np.maximum(redrawn, np.clip(depth - (width - target) / 2.0, 0.0, 1.0))
     return redrawn.astype(np.float32)
 
@@ -514,9 +539,18 @@ def _paste_centred(digit: np.ndarray) -> np.ndarray:
 
 
 def resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Float resize: area averaging to shrink (anti-aliased), bicubic to enlarge (sharp)."""
+    """Float resize: area averaging to shrink (anti-aliased), bicubic to enlarge (sharp).
+
+    Pillow's resampling of a float image; where vision/_flat.c is built, its copy of that
+    code, so that the compiled flat-paper path and this one resample alike. (Pillow 13
+    resamples some shapes vertically first, which moves a few values by one float32 step.)
+    """
     if image.shape == shape:
         return image.astype(np.float32, copy=False)
+    if _flat is not None:
+        out = np.empty(shape, np.float32)
+        _flat.resize(np.ascontiguousarray(image, dtype=np.float32), out)
+        return out
     shrinking = shape[0] * shape[1] < image.shape[0] * image.shape[1]
     method = Image.Resampling.BOX if shrinking else Image.Resampling.BICUBIC
     pil = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32))
@@ -584,6 +618,16 @@ def median_filter(image: np.ndarray, size: int) -> np.ndarray:
         out[top : top + rows] = np.partition(block, area // 2, axis=1)[:, area // 2].reshape(
             -1, w)
     return out
+
+
+def distance_to_zero(mask: np.ndarray) -> np.ndarray:
+    """ndimage.distance_transform_edt(mask): each pixel's distance to the nearest zero,
+    the same float64 values (square roots of exact integers), compiled where built."""
+    if _flat is not None and mask.size:
+        out = np.empty(mask.shape, np.float64)
+        if _flat.edt(np.ascontiguousarray(mask, dtype=bool), out):
+            return out
+    return ndimage.distance_transform_edt(mask)
 
 
 def _rank(ordered: np.ndarray, value: float) -> int:

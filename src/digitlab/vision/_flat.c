@@ -1,0 +1,1027 @@
+/* digitlab.vision._flat: `to_mnist` for a digit on flat paper, in one compiled call.
+
+   The drawing page, a paint program or a clean scan gives a digit on perfectly even paper
+   (preprocess._flat_paper_residual). For those, preprocess.to_mnist is a chain of ~100
+   small NumPy, SciPy and Pillow calls whose interpreter overhead costs more than their
+   arithmetic. This file does the same steps, in the same order and the same precision
+   (float32 where NumPy works in float32, Pillow's resampling coefficients, NumPy's
+   pairwise sums, SciPy's exact distances), so the result is bit for bit the Python one;
+   tests/test_flat_native.py holds the two against each other. It releases the GIL.
+
+   Anything off the common path (not flat paper, a huge or tiny picture, strokes to be
+   redrawn, a window wider than the picture) is declined: the caller runs the Python code.
+   Build with -ffp-contract=off: a fused multiply-add would round differently.
+*/
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <float.h>
+#include <limits.h>
+#include <stddef.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { DONE = 0, BLANK = 1, DECLINE = 2, NOMEM = 3 };
+
+#define MNIST_SIDE 28
+#define DIGIT_BOX 20.0
+#define WORK_BOX 80.0
+#define WORK_MARGIN 20 /* WORK_BOX // 4 */
+#define MAX_WORK_SIDE 1600
+#define STROKE_LOW 0.08
+#define STROKE_HIGH 0.18
+#define MIN_CONTRAST 0.08
+#define SHADOWED_CONTRAST 0.24
+#define SPECK_FRACTION 0.02
+#define FLAT_LEVELS 2
+#define FLAT_SHARE 0.5
+#define FLAT_BORDER_SHARE 0.95
+#define FLAT_FAR 64 /* round(255 * 0.25) */
+
+typedef struct {
+    int y0, x0, y1, x1; /* ends exclusive */
+} Box;
+
+/* --- order statistics (exact: selection, not sorting) --------------------------------- */
+
+/* The k-th smallest (0-based) of a[0..n-1]; reorders a so that a[i] <= a[k] for i < k and
+   a[i] >= a[k] for i > k. Three-way partitions: flat paper repeats one value thousands of
+   times. */
+#define DEFINE_SELECT(NAME, T)                                                           \
+    static T NAME(T *a, size_t n, size_t k) {                                           \
+        size_t lo = 0, hi = n;                                                          \
+        while (hi - lo > 1) {                                                           \
+            T x = a[lo], y = a[lo + (hi - lo) / 2], z = a[hi - 1];                      \
+            T pivot = (x < y) ? ((y < z) ? y : ((x < z) ? z : x))                       \
+                              : ((x < z) ? x : ((y < z) ? z : y));                      \
+            size_t lt = lo, i = lo, gt = hi;                                            \
+            while (i < gt) {                                                            \
+                T v = a[i];                                                             \
+                if (v < pivot) {                                                        \
+                    a[i] = a[lt];                                                       \
+                    a[lt++] = v;                                                        \
+                    i++;                                                                \
+                } else if (v > pivot) {                                                 \
+                    a[i] = a[--gt];                                                     \
+                    a[gt] = v;                                                          \
+                } else {                                                                \
+                    i++;                                                                \
+                }                                                                       \
+            }                                                                           \
+            if (k < lt) {                                                               \
+                hi = lt;                                                                \
+            } else if (k >= gt) {                                                       \
+                lo = gt;                                                                \
+            } else {                                                                    \
+                return pivot;                                                           \
+            }                                                                           \
+        }                                                                               \
+        return a[k];                                                                    \
+    }
+
+DEFINE_SELECT(select_f, float)
+DEFINE_SELECT(select_d, double)
+
+/* np.median of a float32 array (destroys it): the middle value, or the float32 mean of the
+   middle two. */
+static double median_f(float *a, size_t n) {
+    size_t mid = n / 2;
+    float upper = select_f(a, n, mid);
+    if (n % 2) return (double)upper;
+    float lower = a[0];
+    for (size_t i = 1; i < mid; i++)
+        if (a[i] > lower) lower = a[i];
+    float sum = lower + upper;
+    return (double)(sum / 2.0f);
+}
+
+static double median_d(double *a, size_t n) {
+    size_t mid = n / 2;
+    double upper = select_d(a, n, mid);
+    if (n % 2) return upper;
+    double lower = a[0];
+    for (size_t i = 1; i < mid; i++)
+        if (a[i] > lower) lower = a[i];
+    return (lower + upper) / 2.0;
+}
+
+/* How many values are <= value, compared in float32 (preprocess._rank). */
+static size_t rank_f(const float *a, size_t n, double value) {
+    float v = (float)value;
+    size_t count = 0;
+    for (size_t i = 0; i < n; i++) count += a[i] <= v;
+    return count;
+}
+
+/* --- NumPy's pairwise summation (np.sum's order of additions) -------------------------- */
+
+#define DEFINE_PAIRWISE(NAME, T, ACC)                                                    \
+    static ACC NAME(const T *a, size_t n) {                                             \
+        if (n < 8) {                                                                    \
+            ACC res = -0.0;                                                             \
+            for (size_t i = 0; i < n; i++) res += (ACC)a[i];                            \
+            return res;                                                                 \
+        } else if (n <= 128) {                                                          \
+            ACC r[8], res;                                                              \
+            size_t i;                                                                   \
+            for (int j = 0; j < 8; j++) r[j] = (ACC)a[j];                               \
+            for (i = 8; i < n - (n % 8); i += 8)                                        \
+                for (int j = 0; j < 8; j++) r[j] += (ACC)a[i + j];                      \
+            res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));    \
+            for (; i < n; i++) res += (ACC)a[i];                                        \
+            return res;                                                                 \
+        } else {                                                                        \
+            size_t n2 = n / 2;                                                          \
+            n2 -= n2 % 8;                                                               \
+            return NAME(a, n2) + NAME(a + n2, n - n2);                                  \
+        }                                                                               \
+    }
+
+DEFINE_PAIRWISE(sum_f, float, float)
+DEFINE_PAIRWISE(sum_d, double, double)
+
+/* --- masks, boxes, maximum filters ------------------------------------------------------ */
+
+static int row_any(const uint8_t *p, int w) {
+    int x = 0;
+    for (; x + 8 <= w; x += 8) {
+        uint64_t v;
+        memcpy(&v, p + x, 8);
+        if (v) return 1;
+    }
+    for (; x < w; x++)
+        if (p[x]) return 1;
+    return 0;
+}
+
+/* preprocess.mask_bbox: rows from either end, then the columns of the rows between. */
+static int mask_bbox(const uint8_t *m, int h, int w, Box *box) {
+    int y0 = 0, y1 = h - 1;
+    while (y0 < h && !row_any(m + (size_t)y0 * w, w)) y0++;
+    if (y0 == h) return 0;
+    while (!row_any(m + (size_t)y1 * w, w)) y1--;
+    uint8_t stack[512], *cols = w <= 512 ? stack : malloc(w);
+    int x0 = 0, x1 = w - 1;
+    if (cols) {
+        memset(cols, 0, w);
+        for (int y = y0; y <= y1; y++) {
+            const uint8_t *row = m + (size_t)y * w;
+            for (int x = 0; x < w; x++) cols[x] |= row[x];
+        }
+        while (!cols[x0]) x0++;
+        while (!cols[x1]) x1--;
+        if (cols != stack) free(cols);
+    } else { /* no memory for the column flags: look pixel by pixel */
+        x0 = w, x1 = -1;
+        for (int y = y0; y <= y1; y++)
+            for (int x = 0; x < w; x++)
+                if (m[(size_t)y * w + x]) {
+                    x0 = x < x0 ? x : x0;
+                    x1 = x > x1 ? x : x1;
+                }
+    }
+    box->y0 = y0;
+    box->x0 = x0;
+    box->y1 = y1 + 1;
+    box->x1 = x1 + 1;
+    return 1;
+}
+
+/* preprocess.max_filter (= ndimage.maximum_filter when the window fits the picture): the
+   window [i + low, i + high] clipped to the picture, one axis then the other, each offset
+   as a maximum of shifted rows (loops the compiler vectorises). tmp: h * w values. */
+#define DEFINE_MAXF(NAME, T)                                                             \
+    static void NAME(const T *src, T *dst, T *tmp, int h, int w, int size) {            \
+        int low = -(size / 2), high = size - size / 2 - 1;                              \
+        memcpy(tmp, src, sizeof(T) * (size_t)h * w);                                    \
+        for (int o = low; o <= high; o++) {                                             \
+            if (!o) continue;                                                           \
+            int y0 = o < 0 ? -o : 0, y1 = o > 0 ? h - o : h;                            \
+            for (int y = y0; y < y1; y++) {                                             \
+                T *d = tmp + (size_t)y * w;                                             \
+                const T *r = src + (size_t)(y + o) * w;                                 \
+                for (int x = 0; x < w; x++) d[x] = r[x] > d[x] ? r[x] : d[x];           \
+            }                                                                           \
+        }                                                                               \
+        memcpy(dst, tmp, sizeof(T) * (size_t)h * w);                                    \
+        for (int o = low; o <= high; o++) {                                             \
+            if (!o) continue;                                                           \
+            int x0 = o < 0 ? -o : 0, x1 = o > 0 ? w - o : w;                            \
+            for (int y = 0; y < h; y++) {                                               \
+                T *d = dst + (size_t)y * w;                                             \
+                const T *r = tmp + (size_t)y * w + o;                                   \
+                for (int x = x0; x < x1; x++) d[x] = r[x] > d[x] ? r[x] : d[x];         \
+            }                                                                           \
+        }                                                                               \
+    }
+
+DEFINE_MAXF(maxf_u8, uint8_t)
+DEFINE_MAXF(maxf_f, float)
+DEFINE_MAXF(maxf_d, double)
+
+/* --- exact Euclidean distance transform (ndimage.distance_transform_edt's distances) ----- */
+
+/* Distance of every pixel to the nearest zero of m (0 for the zeros themselves), as the
+   square root of an exact integer, like SciPy's. Returns DECLINE when m has no zero. */
+static int edt(const uint8_t *m, int h, int w, double *out) {
+    const int64_t inf = INT64_MAX / 4;
+    int64_t *g = malloc(sizeof(int64_t) * (size_t)h * w);
+    int *v = malloc(sizeof(int) * (w + 1));
+    int64_t *zn = malloc(sizeof(int64_t) * (w + 1)), *zd = malloc(sizeof(int64_t) * (w + 1));
+    if (!g || !v || !zn || !zd) {
+        free(g), free(v), free(zn), free(zd);
+        return NOMEM;
+    }
+    int any_zero = 0;
+    for (int x = 0; x < w; x++) { /* per column: distance to the nearest zero, squared */
+        int64_t d = inf;
+        for (int y = 0; y < h; y++) {
+            if (!m[(size_t)y * w + x]) d = 0, any_zero = 1;
+            else if (d < inf) d++;
+            g[(size_t)y * w + x] = d;
+        }
+        d = inf;
+        for (int y = h - 1; y >= 0; y--) {
+            if (!m[(size_t)y * w + x]) d = 0;
+            else if (d < inf) d++;
+            int64_t e = g[(size_t)y * w + x] < d ? g[(size_t)y * w + x] : d;
+            g[(size_t)y * w + x] = e >= inf ? inf : e * e;
+        }
+    }
+    if (!any_zero) {
+        free(g), free(v), free(zn), free(zd);
+        return DECLINE;
+    }
+    for (int y = 0; y < h; y++) { /* per row: lower envelope of parabolas (Felzenszwalb &
+                                     Huttenlocher). Parabola j starts where x reaches
+                                     zn[j] / zd[j], kept as a fraction: exact comparisons. */
+        const int64_t *f = g + (size_t)y * w;
+        int k = -1;
+        for (int q = 0; q < w; q++) {
+            if (f[q] >= inf) continue;
+            int64_t num = 0, den = 0; /* den 0: from minus infinity */
+            while (k >= 0) {
+                int p = v[k];
+                num = (f[q] + (int64_t)q * q) - (f[p] + (int64_t)p * p);
+                den = 2 * (int64_t)(q - p);
+                /* num / den <= zn[k] / zd[k]; both denominators are positive */
+                if (zd[k] == 0 || num * zd[k] > zn[k] * den) break;
+                k--;
+                num = 0, den = 0;
+            }
+            v[++k] = q;
+            zn[k] = num, zd[k] = den;
+        }
+        int j = 0;
+        for (int x = 0; x < w; x++) {
+            /* move on while the next parabola starts before x: zn / zd < x */
+            while (j < k && zn[j + 1] < (int64_t)x * zd[j + 1]) j++;
+            int64_t dx = x - v[j];
+            out[(size_t)y * w + x] = sqrt((double)(dx * dx + f[v[j]]));
+        }
+    }
+    free(g), free(v), free(zn), free(zd);
+    return DONE;
+}
+
+/* preprocess.stroke_width: twice the median depth of the strokes' centre lines, minus 1. */
+static int stroke_width(const uint8_t *m, int h, int w, double *width) {
+    Box b;
+    if (!mask_bbox(m, h, w, &b)) {
+        *width = 0.0;
+        return DONE;
+    }
+    int y0 = b.y0 > 0 ? b.y0 - 1 : 0, x0 = b.x0 > 0 ? b.x0 - 1 : 0;
+    int y1 = b.y1 + 1 < h ? b.y1 + 1 : h, x1 = b.x1 + 1 < w ? b.x1 + 1 : w;
+    int ch = y1 - y0, cw = x1 - x0;
+    if (ch < 3 || cw < 3) return DECLINE;
+    size_t n = (size_t)ch * cw;
+    uint8_t *crop = malloc(n);
+    double *depth = malloc(sizeof(double) * n * 3);
+    if (!crop || !depth) {
+        free(crop), free(depth);
+        return NOMEM;
+    }
+    for (int y = 0; y < ch; y++) memcpy(crop + (size_t)y * cw, m + (size_t)(y + y0) * w + x0, cw);
+    double *peak = depth + n, *tmp = depth + 2 * n;
+    int status = edt(crop, ch, cw, depth);
+    if (status != DONE) {
+        free(crop), free(depth);
+        return status;
+    }
+    maxf_d(depth, peak, tmp, ch, cw, 3);
+    size_t count = 0;
+    for (size_t i = 0; i < n; i++)
+        if (crop[i] && depth[i] >= peak[i]) tmp[count++] = depth[i];
+    *width = count ? 2.0 * median_d(tmp, count) - 1.0 : 0.0;
+    free(crop), free(depth);
+    return DONE;
+}
+
+/* --- connected strokes: ndimage.label with 8-connectivity, then preprocess._drop_specks -- */
+
+static int drop_specks(uint8_t *mask, int h, int w) {
+    Box b;
+    if (!mask_bbox(mask, h, w, &b)) return DONE;
+    /* The ink's box with a ring of background, so that no neighbour falls outside it.
+       label: 0 background, -1 ink not yet reached, c > 0 the c-th component. */
+    int bh = b.y1 - b.y0, bw = b.x1 - b.x0, pw = bw + 2;
+    size_t pn = (size_t)(bh + 2) * pw;
+    int32_t *label = calloc(pn, sizeof(int32_t));
+    int32_t *stack = malloc(sizeof(int32_t) * pn);
+    size_t *areas = malloc(sizeof(size_t) * ((size_t)bh * bw + 1));
+    if (!label || !stack || !areas) {
+        free(label), free(stack), free(areas);
+        return NOMEM;
+    }
+    for (int y = 0; y < bh; y++) {
+        const uint8_t *row = mask + (size_t)(y + b.y0) * w + b.x0;
+        int32_t *out = label + (size_t)(y + 1) * pw + 1;
+        for (int x = 0; x < bw; x++) out[x] = -(int32_t)row[x];
+    }
+    const ptrdiff_t step[8] = {-pw - 1, -pw, -pw + 1, -1, 1, pw - 1, pw, pw + 1};
+    int32_t count = 0;
+    size_t total = 0;
+    for (size_t i = 0; i < pn; i++) {
+        if (label[i] != -1) continue;
+        size_t top = 0, area = 0;
+        label[i] = ++count;
+        stack[top++] = (int32_t)i;
+        while (top) {
+            int32_t p = stack[--top];
+            area++;
+            for (int k = 0; k < 8; k++) {
+                int32_t q = p + (int32_t)step[k];
+                if (label[q] == -1) {
+                    label[q] = count;
+                    stack[top++] = q;
+                }
+            }
+        }
+        areas[count] = area;
+        total += area;
+    }
+    if (count == 1) { /* one stroke (most drawings): kept whole unless a single pixel */
+        if (total < 2) memset(mask, 0, (size_t)h * w);
+    } else {
+        size_t largest = 0;
+        for (int32_t c = 1; c <= count; c++) largest = areas[c] > largest ? areas[c] : largest;
+        double need = SPECK_FRACTION * (double)largest;
+        if (need < 2.0) need = 2.0;
+        for (int y = 0; y < bh; y++) {
+            uint8_t *row = mask + (size_t)(y + b.y0) * w + b.x0;
+            const int32_t *own = label + (size_t)(y + 1) * pw + 1;
+            for (int x = 0; x < bw; x++)
+                if (own[x] && (double)areas[own[x]] < need) row[x] = 0;
+        }
+    }
+    free(label), free(stack), free(areas);
+    return DONE;
+}
+
+/* --- Pillow's resampling of a float ("F") image: BOX to shrink, BICUBIC to enlarge ------- */
+
+static double box_filter(double x) { return (x > -0.5 && x <= 0.5) ? 1.0 : 0.0; }
+
+static double bicubic_filter(double x) {
+#define a -0.5
+    if (x < 0.0) x = -x;
+    if (x < 1.0) return ((a + 2.0) * x - (a + 3.0)) * x * x + 1;
+    if (x < 2.0) return (((x - 5) * x + 8) * x - 4) * a;
+    return 0.0;
+#undef a
+}
+
+static int coefficients(int in_size, int out_size, int bicubic, int **boundsp, double **kkp) {
+    double (*filter)(double) = bicubic ? bicubic_filter : box_filter;
+    float in0 = 0.0f, in1 = (float)in_size;
+    double scale = (double)(in1 - in0) / out_size, filterscale = scale;
+    if (filterscale < 1.0) filterscale = 1.0;
+    double support = (bicubic ? 2.0 : 0.5) * filterscale;
+    int ksize = (int)ceil(support) * 2 + 1;
+    double *kk = malloc(sizeof(double) * (size_t)out_size * ksize);
+    int *bounds = malloc(sizeof(int) * (size_t)out_size * 2);
+    if (!kk || !bounds) {
+        free(kk), free(bounds);
+        return 0;
+    }
+    for (int xx = 0; xx < out_size; xx++) {
+        double center = in0 + (xx + 0.5) * scale;
+        double ww = 0.0, ss = 1.0 / filterscale;
+        int xmin = (int)(center - support + 0.5);
+        if (xmin < 0) xmin = 0;
+        int xmax = (int)(center + support + 0.5);
+        if (xmax > in_size) xmax = in_size;
+        xmax -= xmin;
+        double *k = &kk[(size_t)xx * ksize];
+        int x;
+        for (x = 0; x < xmax; x++) {
+            double wt = filter((x + xmin - center + 0.5) * ss);
+            k[x] = wt;
+            ww += wt;
+        }
+        for (x = 0; x < xmax; x++)
+            if (ww != 0.0) k[x] /= ww;
+        for (; x < ksize; x++) k[x] = 0;
+        bounds[xx * 2] = xmin;
+        bounds[xx * 2 + 1] = xmax;
+    }
+    *boundsp = bounds;
+    *kkp = kk;
+    return ksize;
+}
+
+/* preprocess.resize: src [h, w] -> dst [oh, ow] (Image.resize of an "F" image, then the
+   bicubic overshoot clipped to the input's range). */
+static int resize(const float *src, int h, int w, size_t stride, float *dst, int oh, int ow) {
+    if (oh == h && ow == w) {
+        for (int y = 0; y < h; y++) memcpy(dst + (size_t)y * w, src + y * stride, sizeof(float) * w);
+        return DONE;
+    }
+    int bicubic = !((int64_t)oh * ow < (int64_t)h * w);
+    int *bv = NULL, *bh = NULL;
+    double *kv = NULL, *kh = NULL;
+    int kvs = coefficients(h, oh, bicubic, &bv, &kv);
+    if (!kvs) return NOMEM;
+    int first = bv[0], last = bv[(oh - 1) * 2] + bv[(oh - 1) * 2 + 1];
+    const float *in = src;
+    size_t in_w = stride;
+    float *temp = NULL;
+    if (ow != w) { /* horizontal pass over the rows the vertical pass will use */
+        int khs = coefficients(w, ow, bicubic, &bh, &kh);
+        if (!khs) {
+            free(bv), free(kv);
+            return NOMEM;
+        }
+        for (int i = 0; i < oh; i++) bv[i * 2] -= first;
+        int rows = last - first;
+        temp = malloc(sizeof(float) * (size_t)rows * ow);
+        if (!temp) {
+            free(bv), free(kv), free(bh), free(kh);
+            return NOMEM;
+        }
+        for (int yy = 0; yy < rows; yy++)
+            for (int xx = 0; xx < ow; xx++) {
+                int xmin = bh[xx * 2], xmax = bh[xx * 2 + 1];
+                const double *k = &kh[(size_t)xx * khs];
+                double ss = 0.0;
+                for (int x = 0; x < xmax; x++) ss += src[(size_t)(yy + first) * stride + x + xmin] * k[x];
+                temp[(size_t)yy * ow + xx] = (float)ss;
+            }
+        free(bh), free(kh);
+        in = temp;
+        in_w = ow;
+    }
+    if (oh != h) {
+        for (int yy = 0; yy < oh; yy++) {
+            int ymin = bv[yy * 2], ymax = bv[yy * 2 + 1];
+            const double *k = &kv[(size_t)yy * kvs];
+            for (int xx = 0; xx < ow; xx++) {
+                double ss = 0.0;
+                for (int y = 0; y < ymax; y++) ss += in[(size_t)(y + ymin) * in_w + xx] * k[y];
+                dst[(size_t)yy * ow + xx] = (float)ss;
+            }
+        }
+    } else {
+        for (int y = 0; y < oh; y++) memcpy(dst + (size_t)y * ow, in + y * in_w, sizeof(float) * ow);
+    }
+    free(temp), free(bv), free(kv);
+    if (bicubic) {
+        float lo = src[0], hi = src[0];
+        for (int y = 0; y < h; y++)
+            for (int x = 0; x < w; x++) {
+                float v = src[y * stride + x];
+                lo = v < lo ? v : lo;
+                hi = v > hi ? v : hi;
+            }
+        for (size_t i = 0; i < (size_t)oh * ow; i++)
+            dst[i] = dst[i] < lo ? lo : (dst[i] > hi ? hi : dst[i]);
+    }
+    return DONE;
+}
+
+/* --- the pipeline ------------------------------------------------------------------------ */
+
+/* The working copy is at most WORK_SIDE square (WORK_BOX and its margins on either side). */
+#define WORK_SIDE (80 + 2 * WORK_MARGIN)
+
+typedef struct {
+    int h, w;
+    float *grey, *residual, *scratch, *soft; /* h * w each */
+    uint8_t *mask;                           /* h * w */
+    float *work, *digit;                     /* WORK_SIDE^2 and WORK_BOX^2 */
+    uint8_t *wmask;                          /* WORK_SIDE^2 */
+} Buffers;
+
+/* preprocess.as_grey for float32 input, then preprocess._flat_paper_residual. */
+static int flat_residual(const float *in, Buffers *b) {
+    size_t n = (size_t)b->h * b->w;
+    float *g = b->grey;
+    float top = -FLT_MAX;
+    for (size_t i = 0; i < n; i++) {
+        float v = in[i];
+        v = isnan(v) ? 0.0f : v; /* np.nan_to_num: NaN 0, infinities the largest floats */
+        v = v == INFINITY ? FLT_MAX : (v == -INFINITY ? -FLT_MAX : v);
+        top = v > top ? v : top;
+    }
+    const int scaled = top > 1.0f;
+    /* four histograms: one pixel after another mostly lands in the same bin, and
+       incrementing a single counter would wait on the previous increment each time */
+    size_t counts[4][256];
+    memset(counts, 0, sizeof(counts));
+    uint8_t *levels = b->mask; /* borrowed; the mask is made later */
+    for (size_t i = 0; i < n; i++) {
+        float v = in[i];
+        v = isnan(v) ? 0.0f : v;
+        v = v == INFINITY ? FLT_MAX : (v == -INFINITY ? -FLT_MAX : v);
+        if (scaled) v = v / 255.0f;
+        v = v < 0.0f ? 0.0f : (v > 1.0f ? 1.0f : v);
+        g[i] = v;
+        levels[i] = (uint8_t)rintf(v * 255.0f);
+    }
+    for (size_t i = 0; i < n; i++) counts[i & 3][levels[i]]++;
+    size_t hist[256];
+    for (int v = 0; v < 256; v++) hist[v] = counts[0][v] + counts[1][v] + counts[2][v] + counts[3][v];
+    int paper = 0;
+    for (int v = 1; v < 256; v++)
+        if (hist[v] > hist[paper]) paper = v;
+    int lo = paper - FLAT_LEVELS < 0 ? 0 : paper - FLAT_LEVELS;
+    int hi = paper + FLAT_LEVELS > 255 ? 255 : paper + FLAT_LEVELS;
+    size_t near = 0;
+    for (int v = lo; v <= hi; v++) near += hist[v];
+    if ((double)near < FLAT_SHARE * (double)n) return DECLINE;
+    int h = b->h, w = b->w;
+    size_t border = 0, edge = 2 * (size_t)w + 2 * (size_t)h;
+#define ON_PAPER(i) (levels[i] >= lo && levels[i] <= hi)
+    for (int x = 0; x < w; x++) border += ON_PAPER(x) + ON_PAPER((size_t)(h - 1) * w + x);
+    for (int y = 0; y < h; y++) border += ON_PAPER((size_t)y * w) + ON_PAPER((size_t)y * w + w - 1);
+#undef ON_PAPER
+    if ((double)border < FLAT_BORDER_SHARE * (double)edge) return DECLINE;
+    size_t darker = 0, lighter = 0;
+    for (int v = 0; v < paper - FLAT_FAR; v++) darker += hist[v];
+    for (int v = paper + FLAT_FAR + 1; v < 256; v++) lighter += hist[v];
+    float level = (float)(paper / 255.0);
+    if (darker > lighter) {
+        float d = (float)((double)level > 0.05 ? (double)level : 0.05);
+        for (size_t i = 0; i < n; i++) b->residual[i] = (level - g[i]) / d;
+    } else {
+        for (size_t i = 0; i < n; i++) b->residual[i] = g[i] - level;
+    }
+    return DONE;
+}
+
+/* preprocess._threshold: the soft ink map (b->soft, zero outside `near`) and the mask. */
+static int threshold(Buffers *b, Box *box, Box *near) {
+    int h = b->h, w = b->w;
+    size_t n = (size_t)h * w;
+    const float *r = b->residual;
+    float *s = b->scratch;
+
+    /* Flat paper: most residuals are exactly 0, and a value held by over half the pixels
+       is the median (both middle values, when n is even). */
+    size_t ties = 0;
+    for (size_t i = 0; i < n; i++) ties += r[i] == 0.0f;
+    double paper = 0.0;
+    if (!(ties > n / 2)) {
+        memcpy(s, r, sizeof(float) * n);
+        paper = median_f(s, n);
+        ties = 0;
+        for (size_t i = 0; i < n; i++) ties += r[i] == (float)paper;
+    }
+    float at = (float)paper;
+    double spread = 0.0;
+    if (!(ties > n / 2)) {
+        for (size_t i = 0; i < n; i++) s[i] = fabsf(r[i] - at);
+        spread = median_f(s, n);
+    }
+    spread *= 1.4826;
+    double coarse = paper + (5.0 * spread > MIN_CONTRAST / 2 ? 5.0 * spread : MIN_CONTRAST / 2);
+
+    size_t steps = (size_t)h * (w - 1), zeros = 0;
+    for (int y = 0; y < h; y++)
+        for (int x = 0; x < w - 1; x++) {
+            float d = fabsf(r[(size_t)y * w + x + 1] - r[(size_t)y * w + x]);
+            s[(size_t)y * (w - 1) + x] = d;
+            zeros += d == 0.0f;
+        }
+    double noise = 0.0;
+    if (!(zeros > steps / 2)) noise = 1.4826 * median_f(s, steps) / sqrt(2.0);
+    double floor_ = 5.0 * noise;
+    if (2.0 * spread > floor_) floor_ = 2.0 * spread;
+    if (MIN_CONTRAST / 2 > floor_) floor_ = MIN_CONTRAST / 2;
+    floor_ = paper + floor_;
+    int sure = n - rank_f(r, n, coarse) >= 3;
+    if (sure && coarse < floor_) floor_ = coarse;
+
+    float cut = (float)floor_;
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++)
+        if (r[i] > cut) s[m++] = r[i];
+    if (m < 3) return BLANK;
+    double virtual_ = (double)(m - 1) * (90 / 100.0);
+    double ink;
+    if (virtual_ >= (double)(m - 1)) {
+        float top = s[0];
+        for (size_t i = 1; i < m; i++)
+            if (s[i] > top) top = s[i];
+        ink = top;
+    } else {
+        size_t below = (size_t)floor(virtual_);
+        float low = select_f(s, m, below), high = s[below + 1];
+        for (size_t i = below + 2; i < m; i++)
+            if (s[i] < high) high = s[i];
+        double gamma = virtual_ - (double)below;
+        float step = high - low;
+        ink = gamma >= 0.5 ? (double)(high - step * (float)(1 - gamma))
+                           : (double)(low + step * (float)gamma);
+    }
+    if (ink - paper < (sure ? MIN_CONTRAST : SHADOWED_CONTRAST)) return BLANK;
+
+    double half = (paper + ink) / 2;
+    float thr = (float)(floor_ > half ? floor_ : half);
+    uint8_t *mask = b->mask;
+    for (size_t i = 0; i < n; i++) mask[i] = r[i] > thr;
+    int status = drop_specks(mask, h, w);
+    if (status != DONE) return status;
+    if (!mask_bbox(mask, h, w, box)) return BLANK;
+    int extent = box->y1 - box->y0 > box->x1 - box->x0 ? box->y1 - box->y0 : box->x1 - box->x0;
+    double need = 0.02 * (double)(h > w ? h : w);
+    if (!((double)extent >= (need > 3.0 ? need : 3.0))) return BLANK;
+    if (!sure) { /* preprocess._stroke_like */
+        if (box->y0 == 0 || box->x0 == 0 || box->y1 == h || box->x1 == w) return BLANK;
+        double width;
+        status = stroke_width(mask, h, w, &width);
+        if (status != DONE) return status;
+        size_t inked = 0;
+        for (size_t i = 0; i < n; i++) inked += mask[i];
+        if (!(width <= 0.25 * extent && (double)inked / (double)n <= 0.15)) return BLANK;
+    }
+    near->y0 = box->y0 - 2 > 0 ? box->y0 - 2 : 0;
+    near->x0 = box->x0 - 2 > 0 ? box->x0 - 2 : 0;
+    near->y1 = box->y1 + 2 < h ? box->y1 + 2 : h;
+    near->x1 = box->x1 + 2 < w ? box->x1 + 2 : w;
+    int nh = near->y1 - near->y0, nw = near->x1 - near->x0;
+    if (nh < 5 || nw < 5) return DECLINE;
+    size_t nn = (size_t)nh * nw;
+    uint8_t *sub = malloc(nn * 3);
+    if (!sub) return NOMEM;
+    for (int y = 0; y < nh; y++)
+        memcpy(sub + (size_t)y * nw, mask + (size_t)(y + near->y0) * w + near->x0, nw);
+    maxf_u8(sub, sub + nn, sub + 2 * nn, nh, nw, 5);
+    float p = (float)paper, range = (float)(ink - paper);
+    for (int y = 0; y < nh; y++)
+        for (int x = 0; x < nw; x++) {
+            float v = (r[(size_t)(y + near->y0) * w + x + near->x0] - p) / range;
+            v = v < 0.0f ? 0.0f : (v > 1.0f ? 1.0f : v);
+            b->soft[(size_t)y * nw + x] = v * (float)sub[nn + (size_t)y * nw + x];
+        }
+    free(sub);
+    return DONE;
+}
+
+/* --- redrawing strokes outside MNIST's width range (preprocess._normalise_stroke) -------- */
+
+/* Zhang & Suen's rule per neighbourhood code (neighbour i, clockwise from north, is bit i),
+   for the first and the second sub-iteration: preprocess._zhang_suen_tables. */
+static uint8_t thin_first[256], thin_second[256];
+
+static void make_thin_tables(void) {
+    for (int code = 0; code < 256; code++) {
+        int p[8], count = 0, transitions = 0;
+        for (int i = 0; i < 8; i++) count += p[i] = (code >> i) & 1;
+        for (int i = 0; i < 8; i++) transitions += p[i] == 0 && p[(i + 1) % 8] == 1;
+        int n = p[0], e = p[2], s = p[4], w = p[6];
+        int thin = count >= 2 && count <= 6 && transitions == 1;
+        thin_first[code] = thin && !(n && e && s) && !(e && s && w);
+        thin_second[code] = thin && !(n && e && w) && !(n && s && w);
+    }
+}
+
+/* preprocess.skeleton: Zhang-Suen thinning of the mask's box, into skel (h * w, zeroed). */
+static int skeleton(const uint8_t *mask, int w, const Box *box, uint8_t *skel) {
+    int bh = box->y1 - box->y0, bw = box->x1 - box->x0, pw = bw + 2;
+    size_t pn = (size_t)(bh + 2) * pw;
+    uint8_t *img = calloc(pn, 1), *gone = malloc(pn);
+    int32_t *ink = malloc(sizeof(int32_t) * pn);
+    if (!img || !gone || !ink) {
+        free(img), free(gone), free(ink);
+        return NOMEM;
+    }
+    size_t count = 0;
+    for (int y = 0; y < bh; y++)
+        for (int x = 0; x < bw; x++)
+            if (mask[(size_t)(y + box->y0) * w + x + box->x0]) {
+                size_t i = (size_t)(y + 1) * pw + x + 1;
+                img[i] = 1;
+                ink[count++] = (int32_t)i;
+            }
+    const ptrdiff_t step[8] = {-pw, -pw + 1, 1, pw + 1, pw, pw - 1, -1, -pw - 1};
+    int changed = 1;
+    while (changed) {
+        changed = 0;
+        for (int pass = 0; pass < 2; pass++) {
+            const uint8_t *table = pass ? thin_second : thin_first;
+            size_t removed = 0;
+            for (size_t j = 0; j < count; j++) { /* decide all, then remove: in parallel */
+                int32_t i = ink[j];
+                int code = 0;
+                for (int k = 0; k < 8; k++) code |= img[i + step[k]] << k;
+                gone[j] = table[code];
+                removed += gone[j];
+            }
+            if (!removed) continue;
+            size_t kept = 0;
+            for (size_t j = 0; j < count; j++) {
+                if (gone[j]) img[ink[j]] = 0;
+                else ink[kept++] = ink[j];
+            }
+            count = kept;
+            changed = 1;
+        }
+    }
+    for (int y = 0; y < bh; y++)
+        for (int x = 0; x < bw; x++)
+            skel[(size_t)(y + box->y0) * w + x + box->x0] = img[(size_t)(y + 1) * pw + x + 1];
+    free(img), free(gone), free(ink);
+    return DONE;
+}
+
+/* The strokes of `mask` (box: its ink's) redrawn along their skeleton at MNIST's typical
+   width, into out (float32, h * w). */
+static int redraw(const uint8_t *mask, int h, int w, const Box *box, int long_side, double width,
+                  float *out) {
+    size_t n = (size_t)h * w;
+    double target = 0.11 * (long_side - width) / (1.0 - 0.11);
+    if (target < 2.0) target = 2.0;
+    uint8_t *skel = calloc(n, 1);
+    double *distance = malloc(sizeof(double) * n * 2);
+    if (!skel || !distance) {
+        free(skel), free(distance);
+        return NOMEM;
+    }
+    int status = skeleton(mask, w, box, skel);
+    if (status == DONE) {
+        for (size_t i = 0; i < n; i++) skel[i] = !skel[i]; /* distances to the skeleton */
+        status = edt(skel, h, w, distance);                 /* DECLINE: it vanished */
+    }
+    if (status == DONE && width > target) {
+        /* Thinning also erodes: a stubby arm shorter than it is wide has no skeleton
+           branch, but its core survives erosion. */
+        status = edt(mask, h, w, distance + n);
+    }
+    if (status == DONE) {
+        double shrink = (width - target) / 2.0;
+        for (size_t i = 0; i < n; i++) {
+            double v = target / 2.0 + 0.5 - distance[i];
+            v = v < 0.0 ? 0.0 : (v > 1.0 ? 1.0 : v);
+            if (width > target) {
+                double core = distance[n + i] - shrink;
+                core = core < 0.0 ? 0.0 : (core > 1.0 ? 1.0 : core);
+                v = core > v ? core : v;
+            }
+            out[i] = (float)v;
+        }
+    }
+    free(skel), free(distance);
+    return status;
+}
+
+/* preprocess._paste_centred, then _to_uint8 (the digit is at most 20x20). */
+static void paste_centred(const float *digit, int h, int w, uint8_t *out) {
+    float field[MNIST_SIDE * MNIST_SIDE] = {0};
+    double weighted[MNIST_SIDE * MNIST_SIDE] = {0};
+    size_t n = (size_t)h * w;
+    float total = sum_f(digit, n);
+    if (total > 0) {
+        for (int y = 0; y < h; y++)
+            for (int x = 0; x < w; x++) weighted[y * w + x] = digit[y * w + x] * (double)y;
+        double cy = sum_d(weighted, n) / (double)total;
+        for (int y = 0; y < h; y++)
+            for (int x = 0; x < w; x++) weighted[y * w + x] = digit[y * w + x] * (double)x;
+        double cx = sum_d(weighted, n) / (double)total;
+        int top = (int)nearbyint(MNIST_SIDE / 2.0 - cy), left = (int)nearbyint(MNIST_SIDE / 2.0 - cx);
+        top = top < 0 ? 0 : top;
+        left = left < 0 ? 0 : left;
+        top = top < MNIST_SIDE - h ? top : MNIST_SIDE - h;
+        left = left < MNIST_SIDE - w ? left : MNIST_SIDE - w;
+        for (int y = 0; y < h; y++)
+            for (int x = 0; x < w; x++) field[(y + top) * MNIST_SIDE + x + left] = digit[y * w + x];
+    }
+    for (int i = 0; i < MNIST_SIDE * MNIST_SIDE; i++) {
+        float v = field[i] < 0.0f ? 0.0f : (field[i] > 1.0f ? 1.0f : field[i]);
+        out[i] = (uint8_t)rintf(v * 255.0f);
+    }
+}
+
+static int pipeline(const float *in, int h, int w, uint8_t *out, Box *ink_box) {
+    if (h < 2 || w < 2 || h > MAX_WORK_SIDE || w > MAX_WORK_SIDE) return DECLINE;
+    size_t n = (size_t)h * w;
+    /* One block for every buffer: after the first call glibc keeps a block this size on
+       its heap (its mmap threshold adapts), so the pages are not faulted in every time. */
+    size_t floats = 4 * n + WORK_SIDE * WORK_SIDE + 80 * 80;
+    char *block = malloc(sizeof(float) * floats + n + WORK_SIDE * WORK_SIDE);
+    if (!block) return NOMEM;
+    Buffers b = {h, w, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+    float *f = (float *)block;
+    b.grey = f, b.residual = f + n, b.scratch = f + 2 * n, b.soft = f + 3 * n;
+    b.work = f + 4 * n, b.digit = b.work + WORK_SIDE * WORK_SIDE;
+    b.mask = (uint8_t *)(f + floats), b.wmask = b.mask + n;
+    int status;
+    if ((status = flat_residual(in, &b)) != DONE) goto done;
+    Box near;
+    if ((status = threshold(&b, ink_box, &near)) != DONE) goto done;
+
+    /* _to_working: the crop (= near) at WORK_BOX px with a margin, to measure its strokes */
+    int ch = near.y1 - near.y0, cw = near.x1 - near.x0;
+    const float *crop = b.soft;
+    double factor = (ch > cw ? ch : cw) / WORK_BOX;
+    const float *src = crop;
+    if (factor > 1.0) {
+        int size = (int)ceil(factor);
+        if ((ch < cw ? ch : cw) < size) {
+            status = DECLINE;
+            goto done;
+        }
+        maxf_f(crop, b.scratch, b.grey, ch, cw, size); /* grey and scratch are free now */
+        src = b.scratch;
+    }
+    int sh = (int)nearbyint(ch / factor), sw = (int)nearbyint(cw / factor);
+    sh = sh < 1 ? 1 : sh;
+    sw = sw < 1 ? 1 : sw;
+    int wh = sh + 2 * WORK_MARGIN, ww = sw + 2 * WORK_MARGIN;
+    if (wh > WORK_SIDE || ww > WORK_SIDE) { /* cannot happen: the longer side is WORK_BOX */
+        status = DECLINE;
+        goto done;
+    }
+    memset(b.work, 0, sizeof(float) * (size_t)wh * ww);
+    if ((status = resize(src, ch, cw, cw, b.digit, sh, sw)) != DONE) goto done;
+    for (int y = 0; y < sh; y++)
+        memcpy(b.work + (size_t)(y + WORK_MARGIN) * ww + WORK_MARGIN, b.digit + (size_t)y * sw,
+               sizeof(float) * sw);
+
+    /* _normalise_stroke: strokes in MNIST's width range are used as they are, others are
+       redrawn at MNIST's typical width */
+    for (size_t i = 0; i < (size_t)wh * ww; i++) b.wmask[i] = b.work[i] >= 0.5f;
+    const float *fit = crop;
+    int fit_h = ch, fit_w = cw;
+    Box wb;
+    if (mask_bbox(b.wmask, wh, ww, &wb)) {
+        int long_side = wb.y1 - wb.y0 > wb.x1 - wb.x0 ? wb.y1 - wb.y0 : wb.x1 - wb.x0;
+        double width;
+        if ((status = stroke_width(b.wmask, wh, ww, &width)) != DONE) goto done;
+        double ratio = width / long_side;
+        if (!(STROKE_LOW <= ratio && ratio <= STROKE_HIGH)) {
+            if ((status = redraw(b.wmask, wh, ww, &wb, long_side, width, b.work)) != DONE)
+                goto done;
+            fit = b.work, fit_h = wh, fit_w = ww;
+        }
+    }
+
+    /* _fit_box: the ink's box, its longer side scaled to DIGIT_BOX px */
+    uint8_t *fm = fit == crop ? b.mask : b.wmask; /* masks no longer needed, large enough */
+    for (int y = 0; y < fit_h; y++)
+        for (int x = 0; x < fit_w; x++) fm[y * fit_w + x] = fit[(size_t)y * fit_w + x] >= 0.5f;
+    Box fb;
+    if (!mask_bbox(fm, fit_h, fit_w, &fb)) {
+        paste_centred(NULL, 0, 0, out);
+        status = DONE;
+        goto done;
+    }
+    int fh = fb.y1 - fb.y0, fw = fb.x1 - fb.x0;
+    double scale = DIGIT_BOX / (fh > fw ? fh : fw);
+    int dh = (int)nearbyint(fh * scale), dw = (int)nearbyint(fw * scale);
+    dh = dh < 1 ? 1 : dh;
+    dw = dw < 1 ? 1 : dw;
+    float digit[MNIST_SIDE * MNIST_SIDE];
+    if (dh > MNIST_SIDE || dw > MNIST_SIDE) { /* cannot happen: at most DIGIT_BOX */
+        status = DECLINE;
+        goto done;
+    }
+    const float *corner = fit + (size_t)fb.y0 * fit_w + fb.x0;
+    if ((status = resize(corner, fh, fw, fit_w, digit, dh, dw)) != DONE) goto done;
+    paste_centred(digit, dh, dw, out);
+    status = DONE;
+done:
+    free(block);
+    return status;
+}
+
+/* --- Python ------------------------------------------------------------------------------ */
+
+/* A C-contiguous two-axis array whose format is one of `formats` ("f" float32, "d" float64,
+   "B" uint8, "?" bool). */
+static int get_array(PyObject *arg, Py_buffer *view, const char *formats, int writable) {
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(arg, view, flags) < 0) return -1;
+    if (view->ndim == 2 && view->format && view->format[0] && strchr(formats, view->format[0]) &&
+        view->format[1] == '\0' && view->shape[0] > 0 && view->shape[1] > 0 &&
+        view->shape[0] < INT_MAX / 8 && view->shape[1] < INT_MAX / 8 &&
+        view->shape[0] * view->shape[1] < INT_MAX)
+        return 0;
+    PyBuffer_Release(view);
+    PyErr_Format(PyExc_TypeError, "expected a C-contiguous 2-D array of type '%s'", formats);
+    return -1;
+}
+
+static PyObject *py_to_mnist(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *grey_arg, *out_arg;
+    if (!PyArg_ParseTuple(args, "OO", &grey_arg, &out_arg)) return NULL;
+    Py_buffer grey, out;
+    if (get_array(grey_arg, &grey, "f", 0) < 0) return NULL;
+    if (get_array(out_arg, &out, "B", 1) < 0) {
+        PyBuffer_Release(&grey);
+        return NULL;
+    }
+    int status = DECLINE;
+    Box box = {0, 0, 0, 0};
+    if (out.shape[0] == MNIST_SIDE && out.shape[1] == MNIST_SIDE) {
+        int h = (int)grey.shape[0], w = (int)grey.shape[1];
+        Py_BEGIN_ALLOW_THREADS
+        status = pipeline((const float *)grey.buf, h, w, (uint8_t *)out.buf, &box);
+        Py_END_ALLOW_THREADS
+    } else {
+        PyErr_SetString(PyExc_ValueError, "out must be uint8 [28, 28]");
+    }
+    PyBuffer_Release(&grey);
+    PyBuffer_Release(&out);
+    if (PyErr_Occurred()) return NULL;
+    switch (status) {
+    case DONE:
+        return Py_BuildValue("(O(iiii))", Py_False, box.y0, box.x0, box.y1, box.x1);
+    case BLANK:
+        return Py_BuildValue("(OO)", Py_True, Py_None);
+    case NOMEM:
+        return PyErr_NoMemory();
+    default:
+        Py_RETURN_NONE;
+    }
+}
+
+static PyObject *py_resize(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *src_arg, *dst_arg;
+    if (!PyArg_ParseTuple(args, "OO", &src_arg, &dst_arg)) return NULL;
+    Py_buffer src, dst;
+    if (get_array(src_arg, &src, "f", 0) < 0) return NULL;
+    if (get_array(dst_arg, &dst, "f", 1) < 0) {
+        PyBuffer_Release(&src);
+        return NULL;
+    }
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = resize((const float *)src.buf, (int)src.shape[0], (int)src.shape[1],
+                    (size_t)src.shape[1], (float *)dst.buf, (int)dst.shape[0], (int)dst.shape[1]);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&src);
+    PyBuffer_Release(&dst);
+    if (status != DONE) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_edt(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *mask_arg, *out_arg;
+    if (!PyArg_ParseTuple(args, "OO", &mask_arg, &out_arg)) return NULL;
+    Py_buffer mask, out;
+    if (get_array(mask_arg, &mask, "?B", 0) < 0) return NULL;
+    if (get_array(out_arg, &out, "d", 1) < 0) {
+        PyBuffer_Release(&mask);
+        return NULL;
+    }
+    int status = DECLINE;
+    if (out.shape[0] == mask.shape[0] && out.shape[1] == mask.shape[1]) {
+        Py_BEGIN_ALLOW_THREADS
+        status = edt((const uint8_t *)mask.buf, (int)mask.shape[0], (int)mask.shape[1],
+                     (double *)out.buf);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&mask);
+    PyBuffer_Release(&out);
+    if (status == NOMEM) return PyErr_NoMemory();
+    return PyBool_FromLong(status == DONE);
+}
+
+static PyMethodDef methods[] = {
+    {"to_mnist", py_to_mnist, METH_VARARGS,
+     "to_mnist(grey, out) for float32 grey [H, W] and uint8 out [28, 28]: None when declined "
+     "(run the Python code), else (blank, (y0, x0, y1, x1) of the ink or None)."},
+    {"resize", py_resize, METH_VARARGS,
+     "resize(src, dst): float32 src resampled into dst's shape, as preprocess.resize does."},
+    {"edt", py_edt, METH_VARARGS,
+     "edt(mask, out): each pixel's distance (float64) to the nearest zero of mask; False "
+     "(out untouched) when mask has no zero or out's shape differs."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_flat", "preprocess.to_mnist for digits on flat paper, compiled.", -1,
+    methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__flat(void) {
+    make_thin_tables();
+    return PyModule_Create(&module);
+}

@@ -1,0 +1,9 @@
+"""Types of the compiled module built from _flat.c (see there)."""
+
+import numpy as np
+
+Box = tuple[int, int, int, int]
+
+def to_mnist(grey: np.ndarray, out: np.ndarray, /) -> tuple[bool, Box | None] | None: ...
+def resize(src: np.ndarray, dst: np.ndarray, /) -> None: ...
+def edt(mask: np.ndarray, out: np.ndarray, /) -> bool: ...

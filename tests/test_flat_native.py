@@ -1,0 +1,184 @@
+"""The compiled flat-paper path (vision/_flat.c) against the Python steps it replaces.
+
+`to_mnist` first offers a picture to the compiled code; whatever it answers must be, bit
+for bit, what the NumPy/SciPy/Pillow steps give, and what it declines they still do.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+from scipy import ndimage
+
+from digitlab.vision import preprocess
+from digitlab.vision.preprocess import distance_to_zero, resize, to_mnist
+
+
+@pytest.fixture(scope="module", autouse=True)
+def built() -> None:
+    if preprocess._flat is None:
+        if os.environ.get("CI"):
+            pytest.fail("vision/_flat.c was not built (pip install -e . needs a C compiler)")
+        pytest.skip("vision/_flat.c is not built here (no C compiler at install time)")
+
+
+def python_steps(grey: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> preprocess.Preprocessed:
+    with monkeypatch.context() as m:
+        m.setattr(preprocess, "_flat_to_mnist", lambda grey: None)
+        return to_mnist(grey)
+
+
+def compare(greys: list[np.ndarray], monkeypatch: pytest.MonkeyPatch) -> int:
+    """Assert equal answers; returns how many pictures the compiled path took."""
+    taken = 0
+    for k, grey in enumerate(greys):
+        fast = preprocess._flat_to_mnist(grey)
+        if fast is None:
+            continue
+        taken += 1
+        slow = python_steps(grey, monkeypatch)
+        assert fast.blank == slow.blank, k
+        assert fast.bbox == slow.bbox, k
+        assert fast.image.dtype == np.uint8 and fast.image.shape == (28, 28)
+        assert np.array_equal(fast.image, slow.image), (k, np.abs(
+            fast.image.astype(int) - slow.image).max())
+    return taken
+
+
+def pen(shape: tuple[int, int], strokes, *, width: int, ink: float, paper: float,
+        seed: int = 0, specks: int = 0) -> np.ndarray:
+    """A drawing on even paper: `strokes` are polylines in (x, y) pixels."""
+    image = Image.new("F", (shape[1], shape[0]), paper)
+    draw = ImageDraw.Draw(image)
+    for line in strokes:
+        draw.line(line, fill=ink, width=width, joint="curve")
+    rng = np.random.default_rng(seed)
+    for _ in range(specks):
+        x, y = rng.integers(0, shape[1] - 2), rng.integers(0, shape[0] - 2)
+        draw.rectangle([x, y, x + rng.integers(0, 2), y + rng.integers(0, 2)], fill=ink)
+    return np.array(image, dtype=np.float32)
+
+
+def drawings(count: int, seed: int) -> list[np.ndarray]:
+    """Random pen drawings: sizes, widths, polarity, grey levels, specks, near the edges."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(count):
+        h, w = (int(v) for v in rng.integers(24, 260, 2))
+        points = rng.integers(0, 1 << 16, (int(rng.integers(2, 7)), 2)) / (1 << 16)
+        margin = rng.uniform(0.0, 0.3)
+        line = [(float(margin * w + p[0] * (1 - 2 * margin) * w),
+                 float(margin * h + p[1] * (1 - 2 * margin) * h)) for p in points]
+        strokes = [line]
+        if rng.random() < 0.3:  # a second stroke, e.g. the bar of a 4 or a 7
+            strokes.append([(w * 0.3, h * 0.5), (w * 0.7, h * 0.5)])
+        width = int(rng.integers(1, max(2, min(h, w) // 6)))
+        dark = rng.random() < 0.7
+        paper, ink = (1.0, rng.uniform(0.0, 0.5)) if dark else (rng.uniform(0.0, 0.2), 1.0)
+        grey = pen((h, w), strokes, width=width, ink=ink, paper=paper, seed=k,
+                   specks=int(rng.integers(0, 4)))
+        if rng.random() < 0.3:  # stored in 8 bits, as files are
+            grey = np.round(grey * 255) / np.float32(255)
+        if rng.random() < 0.1:  # 0..255 floats: as_grey scales them
+            grey = grey * np.float32(255)
+        out.append(np.ascontiguousarray(grey, dtype=np.float32))
+    return out
+
+
+def test_random_drawings_match_the_python_steps(monkeypatch) -> None:
+    greys = drawings(400, seed=1)
+    taken = compare(greys, monkeypatch)
+    assert taken >= 250, taken  # most drawings are the compiled path's to answer
+
+
+@pytest.mark.slow
+def test_mnist_digits_drawn_as_the_page_sends_them(mnist_test_split, monkeypatch) -> None:
+    greys = []
+    for k, image in enumerate(mnist_test_split.images[:300]):
+        side = (140, 100, 280)[k % 3]
+        picture = Image.fromarray(255 - image).resize((side, side), Image.BILINEAR)
+        ink = (17, 0, 90)[k % 3]
+        levels = np.asarray(picture, np.float32) / 255.0
+        greys.append(np.round(ink + levels * (255 - ink)).astype(np.float32) / np.float32(255))
+    taken = compare(greys, monkeypatch)
+    assert taken >= 240, taken
+
+
+def test_edge_cases_match(monkeypatch) -> None:
+    blank = np.ones((140, 140), np.float32)
+    one_dot = blank.copy()
+    one_dot[70, 70] = 0.0
+    at_edge = pen((100, 100), [[(0, 0), (0, 99)]], width=6, ink=0.0, paper=1.0)
+    faint = pen((140, 140), [[(40, 20), (90, 120)]], width=8, ink=0.9, paper=1.0)
+    with_nan = pen((120, 90), [[(45, 20), (45, 100)]], width=9, ink=0.0, paper=1.0)
+    with_nan[0, :5] = np.nan
+    with_nan[-1, -3:] = np.inf
+    tiny = pen((6, 6), [[(3, 0), (3, 5)]], width=1, ink=0.0, paper=1.0)
+    line = pen((60, 200), [[(10, 30), (190, 30)]], width=2, ink=0.0, paper=1.0)
+    greys = [blank, one_dot, at_edge, faint, with_nan, tiny, line]
+    compare(greys, monkeypatch)
+    assert preprocess._flat_to_mnist(blank).blank  # answered, not declined
+
+
+def test_declines_what_it_does_not_do() -> None:
+    rng = np.random.default_rng(0)
+    photo = np.clip(0.6 + 0.2 * rng.standard_normal((120, 120)), 0, 1).astype(np.float32)
+    huge = np.ones((1700, 50), np.float32)
+    assert preprocess._flat_to_mnist(photo) is None  # uneven paper: the lighting analysis
+    assert preprocess._flat_to_mnist(huge) is None  # reduced first by the Python code
+    assert preprocess._flat_to_mnist(np.ones((50, 50), np.float64)) is None
+    assert preprocess._flat_to_mnist(np.ones((50, 50), np.float32)[:, ::2]) is None
+    # and to_mnist still answers them through the Python steps
+    assert to_mnist(np.ones((50, 50), np.float64)).blank
+
+
+def test_resize_is_pillows_resampling() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        h, w = (int(v) for v in rng.integers(2, 120, 2))
+        image = rng.random((h, w), dtype=np.float32)
+        for shape in [(int(rng.integers(1, 100)), w), (h, int(rng.integers(1, 100)))]:
+            # one axis: the very same arithmetic as Pillow's
+            shrinking = shape[0] * shape[1] < h * w
+            method = Image.Resampling.BOX if shrinking else Image.Resampling.BICUBIC
+            pil = np.asarray(Image.fromarray(image).resize(shape[::-1], method), np.float32)
+            if not shrinking:
+                pil = np.clip(pil, image.min(), image.max())
+            assert np.array_equal(resize(image, shape), pil), (h, w, shape)
+        # both axes: Pillow 13 sometimes resamples the rows first, a float32 step apart
+        shape = (int(rng.integers(1, 100)), int(rng.integers(1, 100)))
+        shrinking = shape[0] * shape[1] < h * w
+        method = Image.Resampling.BOX if shrinking else Image.Resampling.BICUBIC
+        pil = np.asarray(Image.fromarray(image).resize(shape[::-1], method), np.float32)
+        if not shrinking:
+            pil = np.clip(pil, image.min(), image.max())
+        assert np.allclose(resize(image, shape), pil, rtol=0, atol=1e-6)
+
+
+def test_distances_are_scipys() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        h, w = (int(v) for v in rng.integers(1, 80, 2))
+        mask = rng.random((h, w)) < rng.random()
+        if rng.random() < 0.5:
+            mask = ndimage.binary_dilation(mask, iterations=int(rng.integers(1, 4)))
+        expected = ndimage.distance_transform_edt(mask)
+        got = distance_to_zero(mask)
+        assert got.dtype == np.float64 and np.array_equal(got, expected)
+    assert np.array_equal(distance_to_zero(np.ones((3, 4), bool)),
+                          ndimage.distance_transform_edt(np.ones((3, 4), bool)))
+
+
+def test_bad_arrays_are_refused_not_read() -> None:
+    flat = preprocess._flat
+    with pytest.raises(TypeError):
+        flat.to_mnist(np.ones((10, 10), np.float64), np.empty((28, 28), np.uint8))
+    with pytest.raises(TypeError):
+        flat.to_mnist(np.ones((10,), np.float32), np.empty((28, 28), np.uint8))
+    with pytest.raises(ValueError):
+        flat.to_mnist(np.ones((10, 10), np.float32), np.empty((27, 28), np.uint8))
+    with pytest.raises((TypeError, ValueError, BufferError)):
+        flat.resize(np.ones((10, 10), np.float32), np.empty((5, 5), np.float32)[:, ::2])
