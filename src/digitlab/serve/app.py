@@ -37,6 +37,7 @@ from digitlab.serve.docs import render_docs
 from digitlab.serve.origin import check_origin
 from digitlab.serve.upload import RequestProblem, image_bytes, read_body
 from digitlab.vision.decode import FORMATS, MAX_BYTES, MAX_PIXELS
+from digitlab.vision.png import grey_size
 
 DEFAULT_MAX_BYTES = 5 * 2**20
 STATIC_TYPES = {
@@ -178,8 +179,13 @@ def check_header(data: bytes) -> None:
     """415 for what is not an image digitlab reads, 413 for too many pixels.
 
     Only the header is parsed (microseconds), so the status a client gets depends on what
-    the file is, never on the wording of the decoder's messages.
+    the file is, never on the wording of the decoder's messages. A plain grey PNG (what the
+    drawing page sends) is checked whole without Pillow: an image, its size known.
     """
+    size = grey_size(data)
+    if size is not None:
+        _check_pixels(*size)
+        return
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
@@ -193,6 +199,10 @@ def check_header(data: bytes) -> None:
                                  {"limit_pixels": MAX_PIXELS}) from None
         except Exception:  # a damaged header: the decoder will explain it (422)
             return
+    _check_pixels(width, height)
+
+
+def _check_pixels(width: int, height: int) -> None:
     if width * height > MAX_PIXELS:
         raise RequestProblem(413, f"the image is {width}x{height} pixels, more than the "
                              f"{MAX_PIXELS:,} pixel limit", {"limit_pixels": MAX_PIXELS})

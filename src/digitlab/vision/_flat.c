@@ -908,6 +908,47 @@ done:
     return status;
 }
 
+/* --- PNG rows (vision/png.py inflates them; this undoes the per-row filters) ----------- */
+
+/* raw: h rows of a filter byte and w bytes (8-bit greyscale) -> out [h, w]. DECLINE on an
+   unknown filter type. */
+static int unfilter(const uint8_t *raw, int h, int w, uint8_t *out) {
+    for (int y = 0; y < h; y++) {
+        const uint8_t *row = raw + (size_t)y * (w + 1) + 1;
+        uint8_t *cur = out + (size_t)y * w;
+        const uint8_t *up = y ? cur - w : NULL;
+        switch (row[-1]) {
+        case 0:
+            memcpy(cur, row, w);
+            break;
+        case 1: /* Sub */
+            cur[0] = row[0];
+            for (int x = 1; x < w; x++) cur[x] = (uint8_t)(row[x] + cur[x - 1]);
+            break;
+        case 2: /* Up */
+            for (int x = 0; x < w; x++) cur[x] = (uint8_t)(row[x] + (up ? up[x] : 0));
+            break;
+        case 3: /* Average */
+            for (int x = 0; x < w; x++) {
+                int left = x ? cur[x - 1] : 0, above = up ? up[x] : 0;
+                cur[x] = (uint8_t)(row[x] + ((left + above) >> 1));
+            }
+            break;
+        case 4: /* Paeth */
+            for (int x = 0; x < w; x++) {
+                int a = x ? cur[x - 1] : 0, b = up ? up[x] : 0, c = (x && up) ? up[x - 1] : 0;
+                int p = a + b - c, pa = abs(p - a), pb = abs(p - b), pc = abs(p - c);
+                int pred = (pa <= pb && pa <= pc) ? a : (pb <= pc ? b : c);
+                cur[x] = (uint8_t)(row[x] + pred);
+            }
+            break;
+        default:
+            return DECLINE;
+        }
+    }
+    return DONE;
+}
+
 /* --- Python ------------------------------------------------------------------------------ */
 
 /* A C-contiguous two-axis array whose format is one of `formats` ("f" float32, "d" float64,
@@ -1004,7 +1045,30 @@ static PyObject *py_edt(PyObject *self, PyObject *args) {
     return PyBool_FromLong(status == DONE);
 }
 
+static PyObject *py_unfilter(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer raw, out;
+    PyObject *out_arg;
+    if (!PyArg_ParseTuple(args, "y*O", &raw, &out_arg)) return NULL;
+    if (get_array(out_arg, &out, "B", 1) < 0) {
+        PyBuffer_Release(&raw);
+        return NULL;
+    }
+    int h = (int)out.shape[0], w = (int)out.shape[1], status = DECLINE;
+    if (raw.len == (Py_ssize_t)h * (w + 1)) {
+        Py_BEGIN_ALLOW_THREADS
+        status = unfilter((const uint8_t *)raw.buf, h, w, (uint8_t *)out.buf);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&raw);
+    PyBuffer_Release(&out);
+    return PyBool_FromLong(status == DONE);
+}
+
 static PyMethodDef methods[] = {
+    {"unfilter", py_unfilter, METH_VARARGS,
+     "unfilter(raw, out): PNG rows (filter byte + pixels, 8-bit grey) into uint8 out [H, W]; "
+     "False for a wrong length or an unknown filter."},
     {"to_mnist", py_to_mnist, METH_VARARGS,
      "to_mnist(grey, out) for float32 grey [H, W] and uint8 out [28, 28]: None when declined "
      "(run the Python code), else (blank, (y0, x0, y1, x1) of the ink or None)."},

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from digitlab.errors import ImageError
+from digitlab.vision import png
 
 Source = str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryIO
 
@@ -36,6 +37,9 @@ def decode_image(
     drawing implies, and only the first frame of an animation is used.
     """
     data = _read_bytes(source, max_bytes)
+    plain = png.read_grey(data, max_pixels=max_pixels, min_side=MIN_SIDE)
+    if plain is not None:  # a plain grey PNG, as the drawing page sends: Pillow's pixels
+        return plain.astype(np.float32) / 255.0
     name = _describe(source)
     image = _open(data, name, max_pixels)
     try:

@@ -9,7 +9,6 @@ scans in polarity, lighting, paper texture, noise and pen width, so those are un
 from __future__ import annotations
 
 import math
-import types
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -19,12 +18,7 @@ from PIL import Image
 from scipy import ndimage
 
 from digitlab.errors import ImageError
-
-_flat: types.ModuleType | None
-try:  # the compiled flat-paper path (vision/_flat.c), built where a C compiler was found
-    from digitlab.vision import _flat
-except ImportError:  # pragma: no cover - every step below has its NumPy/SciPy/Pillow form
-    _flat = None
+from digitlab.vision.native import flat as _flat
 
 MNIST_SIDE = 28
 DIGIT_BOX = 20  # MNIST fits the longer side of every digit into 20 px
