@@ -219,13 +219,13 @@ static int mask_bbox(const uint8_t *m, int h, int w, Box *box) {
 
 DEFINE_MAXF(maxf_u8, uint8_t)
 DEFINE_MAXF(maxf_f, float)
-DEFINE_MAXF(maxf_d, double)
+DEFINE_MAXF(maxf_i64, int64_t)
 
 /* --- exact Euclidean distance transform (ndimage.distance_transform_edt's distances) ----- */
 
-/* Distance of every pixel to the nearest zero of m (0 for the zeros themselves), as the
-   square root of an exact integer, like SciPy's. Returns DECLINE when m has no zero. */
-static int edt(const uint8_t *m, int h, int w, double *out) {
+/* Squared distance of every pixel to the nearest zero of m (0 for the zeros themselves).
+   Returns DECLINE when m has no zero. */
+static int edt_squared(const uint8_t *m, int h, int w, int64_t *out) {
     const int64_t inf = INT64_MAX / 4;
     int64_t *g = malloc(sizeof(int64_t) * (size_t)h * w);
     int *v = malloc(sizeof(int) * (w + 1));
@@ -279,11 +279,23 @@ static int edt(const uint8_t *m, int h, int w, double *out) {
             /* move on while the next parabola starts before x: zn / zd < x */
             while (j < k && zn[j + 1] < (int64_t)x * zd[j + 1]) j++;
             int64_t dx = x - v[j];
-            out[(size_t)y * w + x] = sqrt((double)(dx * dx + f[v[j]]));
+            out[(size_t)y * w + x] = dx * dx + f[v[j]];
         }
     }
     free(g), free(v), free(zn), free(zd);
     return DONE;
+}
+
+/* Distances as SciPy's distance_transform_edt gives them: square roots of exact integers. */
+static int edt(const uint8_t *m, int h, int w, double *out) {
+    size_t n = (size_t)h * w;
+    int64_t *squared = malloc(sizeof(int64_t) * n);
+    if (!squared) return NOMEM;
+    int status = edt_squared(m, h, w, squared);
+    if (status == DONE)
+        for (size_t i = 0; i < n; i++) out[i] = sqrt((double)squared[i]);
+    free(squared);
+    return status;
 }
 
 /* preprocess.stroke_width: twice the median depth of the strokes' centre lines, minus 1. */
@@ -299,23 +311,26 @@ static int stroke_width(const uint8_t *m, int h, int w, double *width) {
     if (ch < 3 || cw < 3) return DECLINE;
     size_t n = (size_t)ch * cw;
     uint8_t *crop = malloc(n);
-    double *depth = malloc(sizeof(double) * n * 3);
+    int64_t *depth = malloc(sizeof(int64_t) * n * 3);
     if (!crop || !depth) {
         free(crop), free(depth);
         return NOMEM;
     }
     for (int y = 0; y < ch; y++) memcpy(crop + (size_t)y * cw, m + (size_t)(y + y0) * w + x0, cw);
-    double *peak = depth + n, *tmp = depth + 2 * n;
-    int status = edt(crop, ch, cw, depth);
+    int64_t *peak = depth + n, *tmp = depth + 2 * n;
+    /* Squared depths: a square root keeps their order, so the ridge is found on integers
+       and only its depths are rooted. */
+    int status = edt_squared(crop, ch, cw, depth);
     if (status != DONE) {
         free(crop), free(depth);
         return status;
     }
-    maxf_d(depth, peak, tmp, ch, cw, 3);
+    maxf_i64(depth, peak, tmp, ch, cw, 3);
+    double *ridge = (double *)tmp; /* same size, no longer needed as int64 */
     size_t count = 0;
     for (size_t i = 0; i < n; i++)
-        if (crop[i] && depth[i] >= peak[i]) tmp[count++] = depth[i];
-    *width = count ? 2.0 * median_d(tmp, count) - 1.0 : 0.0;
+        if (crop[i] && depth[i] >= peak[i]) ridge[count++] = sqrt((double)depth[i]);
+    *width = count ? 2.0 * median_d(ridge, count) - 1.0 : 0.0;
     free(crop), free(depth);
     return DONE;
 }
@@ -513,35 +528,52 @@ typedef struct {
     uint8_t *mask;                           /* h * w */
     float *work, *digit;                     /* WORK_SIDE^2 and WORK_BOX^2 */
     uint8_t *wmask;                          /* WORK_SIDE^2 */
+    size_t zeros;                            /* residuals exactly 0 */
 } Buffers;
 
 /* preprocess.as_grey for float32 input, then preprocess._flat_paper_residual. */
 static int flat_residual(const float *in, Buffers *b) {
     size_t n = (size_t)b->h * b->w;
     float *g = b->grey;
+    /* np.nan_to_num (NaN 0, infinities the largest floats), /255 when the largest value
+       passes 1, np.clip to [0, 1]. Drawings have none of that to do: the loops stay simple
+       enough for the compiler to vectorise. */
     float top = -FLT_MAX;
+    int odd = 0;
     for (size_t i = 0; i < n; i++) {
         float v = in[i];
-        v = isnan(v) ? 0.0f : v; /* np.nan_to_num: NaN 0, infinities the largest floats */
-        v = v == INFINITY ? FLT_MAX : (v == -INFINITY ? -FLT_MAX : v);
+        odd |= !(v >= 0.0f && v <= 1.0f); /* NaN, infinite, negative or over 1 */
         top = v > top ? v : top;
     }
-    const int scaled = top > 1.0f;
+    if (odd) {
+        for (size_t i = 0; i < n; i++) {
+            float v = in[i];
+            v = isnan(v) ? 0.0f : v;
+            g[i] = v == INFINITY ? FLT_MAX : (v == -INFINITY ? -FLT_MAX : v);
+        }
+        if (top > 1.0f) /* also for +inf: nan_to_num makes it FLT_MAX, over 1 all the same */
+            for (size_t i = 0; i < n; i++) g[i] = g[i] / 255.0f;
+        for (size_t i = 0; i < n; i++) g[i] = g[i] < 0.0f ? 0.0f : (g[i] > 1.0f ? 1.0f : g[i]);
+    } else {
+        memcpy(g, in, sizeof(float) * n);
+    }
+    /* Grey levels, rounded half to even as np.round does: adding and taking away 1.5 * 2^23
+       leaves a float in [0, 255] rounded to an integer in the current (nearest) mode. */
+    uint8_t *levels = b->mask; /* borrowed; the mask is made later */
+    const float magic = 12582912.0f;
+    for (size_t i = 0; i < n; i++) levels[i] = (uint8_t)(int)((g[i] * 255.0f + magic) - magic);
     /* four histograms: one pixel after another mostly lands in the same bin, and
        incrementing a single counter would wait on the previous increment each time */
     size_t counts[4][256];
     memset(counts, 0, sizeof(counts));
-    uint8_t *levels = b->mask; /* borrowed; the mask is made later */
-    for (size_t i = 0; i < n; i++) {
-        float v = in[i];
-        v = isnan(v) ? 0.0f : v;
-        v = v == INFINITY ? FLT_MAX : (v == -INFINITY ? -FLT_MAX : v);
-        if (scaled) v = v / 255.0f;
-        v = v < 0.0f ? 0.0f : (v > 1.0f ? 1.0f : v);
-        g[i] = v;
-        levels[i] = (uint8_t)rintf(v * 255.0f);
+    size_t i4 = n - n % 4;
+    for (size_t i = 0; i < i4; i += 4) {
+        counts[0][levels[i]]++;
+        counts[1][levels[i + 1]]++;
+        counts[2][levels[i + 2]]++;
+        counts[3][levels[i + 3]]++;
     }
-    for (size_t i = 0; i < n; i++) counts[i & 3][levels[i]]++;
+    for (size_t i = i4; i < n; i++) counts[0][levels[i]]++;
     size_t hist[256];
     for (int v = 0; v < 256; v++) hist[v] = counts[0][v] + counts[1][v] + counts[2][v] + counts[3][v];
     int paper = 0;
@@ -563,12 +595,16 @@ static int flat_residual(const float *in, Buffers *b) {
     for (int v = 0; v < paper - FLAT_FAR; v++) darker += hist[v];
     for (int v = paper + FLAT_FAR + 1; v < 256; v++) lighter += hist[v];
     float level = (float)(paper / 255.0);
+    float *r = b->residual;
     if (darker > lighter) {
         float d = (float)((double)level > 0.05 ? (double)level : 0.05);
-        for (size_t i = 0; i < n; i++) b->residual[i] = (level - g[i]) / d;
+        for (size_t i = 0; i < n; i++) r[i] = (level - g[i]) / d;
     } else {
-        for (size_t i = 0; i < n; i++) b->residual[i] = g[i] - level;
+        for (size_t i = 0; i < n; i++) r[i] = g[i] - level;
     }
+    size_t zeros = 0;
+    for (size_t i = 0; i < n; i++) zeros += r[i] == 0.0f;
+    b->zeros = zeros;
     return DONE;
 }
 
@@ -581,8 +617,7 @@ static int threshold(Buffers *b, Box *box, Box *near) {
 
     /* Flat paper: most residuals are exactly 0, and a value held by over half the pixels
        is the median (both middle values, when n is even). */
-    size_t ties = 0;
-    for (size_t i = 0; i < n; i++) ties += r[i] == 0.0f;
+    size_t ties = b->zeros;
     double paper = 0.0;
     if (!(ties > n / 2)) {
         memcpy(s, r, sizeof(float) * n);
@@ -622,13 +657,15 @@ static int threshold(Buffers *b, Box *box, Box *near) {
     if (m < 3) return BLANK;
     double virtual_ = (double)(m - 1) * (90 / 100.0);
     double ink;
-    if (virtual_ >= (double)(m - 1)) {
-        float top = s[0];
-        for (size_t i = 1; i < m; i++)
-            if (s[i] > top) top = s[i];
+    float top = s[0];
+    size_t at_top = 0;
+    for (size_t i = 0; i < m; i++) top = s[i] > top ? s[i] : top;
+    for (size_t i = 0; i < m; i++) at_top += s[i] == top;
+    size_t below = (size_t)floor(virtual_);
+    if (virtual_ >= (double)(m - 1) || below >= m - at_top) {
+        /* the percentile lies among copies of the largest value (solid ink): it is that */
         ink = top;
     } else {
-        size_t below = (size_t)floor(virtual_);
         float low = select_f(s, m, below), high = s[below + 1];
         for (size_t i = below + 2; i < m; i++)
             if (s[i] < high) high = s[i];
@@ -823,7 +860,7 @@ static int pipeline(const float *in, int h, int w, uint8_t *out, Box *ink_box) {
     size_t floats = 4 * n + WORK_SIDE * WORK_SIDE + 80 * 80;
     char *block = malloc(sizeof(float) * floats + n + WORK_SIDE * WORK_SIDE);
     if (!block) return NOMEM;
-    Buffers b = {h, w, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+    Buffers b = {h, w, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0};
     float *f = (float *)block;
     b.grey = f, b.residual = f + n, b.scratch = f + 2 * n, b.soft = f + 3 * n;
     b.work = f + 4 * n, b.digit = b.work + WORK_SIDE * WORK_SIDE;
@@ -913,10 +950,13 @@ done:
 /* raw: h rows of a filter byte and w bytes (8-bit greyscale) -> out [h, w]. DECLINE on an
    unknown filter type. */
 static int unfilter(const uint8_t *raw, int h, int w, uint8_t *out) {
-    for (int y = 0; y < h; y++) {
+    uint8_t *zero = calloc(w, 1); /* the row above the first one */
+    if (!zero) return NOMEM;
+    int status = DONE;
+    for (int y = 0; y < h && status == DONE; y++) {
         const uint8_t *row = raw + (size_t)y * (w + 1) + 1;
         uint8_t *cur = out + (size_t)y * w;
-        const uint8_t *up = y ? cur - w : NULL;
+        const uint8_t *up = y ? cur - w : zero;
         switch (row[-1]) {
         case 0:
             memcpy(cur, row, w);
@@ -926,27 +966,31 @@ static int unfilter(const uint8_t *raw, int h, int w, uint8_t *out) {
             for (int x = 1; x < w; x++) cur[x] = (uint8_t)(row[x] + cur[x - 1]);
             break;
         case 2: /* Up */
-            for (int x = 0; x < w; x++) cur[x] = (uint8_t)(row[x] + (up ? up[x] : 0));
+            for (int x = 0; x < w; x++) cur[x] = (uint8_t)(row[x] + up[x]);
             break;
         case 3: /* Average */
+            cur[0] = (uint8_t)(row[0] + (up[0] >> 1));
+            for (int x = 1; x < w; x++) cur[x] = (uint8_t)(row[x] + ((cur[x - 1] + up[x]) >> 1));
+            break;
+        case 4: { /* Paeth: the neighbour nearest a + b - c, ties to a, then b */
+            int a = 0, c = 0;
             for (int x = 0; x < w; x++) {
-                int left = x ? cur[x - 1] : 0, above = up ? up[x] : 0;
-                cur[x] = (uint8_t)(row[x] + ((left + above) >> 1));
+                int b = up[x];
+                int pa = abs(b - c), pb = abs(a - c), pc = abs(a + b - 2 * c);
+                int pred = a, least = pa;
+                if (pb < least) pred = b, least = pb;
+                if (pc < least) pred = c;
+                a = cur[x] = (uint8_t)(row[x] + pred);
+                c = b;
             }
             break;
-        case 4: /* Paeth */
-            for (int x = 0; x < w; x++) {
-                int a = x ? cur[x - 1] : 0, b = up ? up[x] : 0, c = (x && up) ? up[x - 1] : 0;
-                int p = a + b - c, pa = abs(p - a), pb = abs(p - b), pc = abs(p - c);
-                int pred = (pa <= pb && pa <= pc) ? a : (pb <= pc ? b : c);
-                cur[x] = (uint8_t)(row[x] + pred);
-            }
-            break;
+        }
         default:
-            return DECLINE;
+            status = DECLINE;
         }
     }
-    return DONE;
+    free(zero);
+    return status;
 }
 
 /* --- Python ------------------------------------------------------------------------------ */
@@ -1062,6 +1106,7 @@ static PyObject *py_unfilter(PyObject *self, PyObject *args) {
     }
     PyBuffer_Release(&raw);
     PyBuffer_Release(&out);
+    if (status == NOMEM) return PyErr_NoMemory();
     return PyBool_FromLong(status == DONE);
 }
 
