@@ -40,6 +40,7 @@ from PIL import Image
 
 from digitlab.data.loader import load_split
 from digitlab.data.sources import default_root, fetch
+from digitlab.vision.png import write_grey
 
 LOCAL = ("127.0.0.1", "localhost", "::1")
 STYLES = ("drawn", "page", "mnist")
@@ -62,8 +63,9 @@ def main() -> None:
                         help="Side of each PNG, in pixels (the page sends 140x140).")
     parser.add_argument("--style", choices=STYLES, default="drawn",
                         help="drawn: dark on white, --size pixels, grey PNG, fully "
-                        "preprocessed; page: as the drawing page sends it (a grey PNG, ink "
-                        "#111, asking for the model's input back: "
+                        "preprocessed (PNGs as Pillow writes them); page: as the drawing page "
+                        "sends it (a grey PNG encoded as static/app.js does, ink #111, asking "
+                        "for the model's input back: "
                         "top_k=3&include_input=true); mnist: the raw 28x28 white-on-black "
                         "digit, which skips preprocessing (to see what HTTP and the model "
                         "cost alone).")
@@ -109,10 +111,10 @@ def digit_pngs(size: int, *, style: str = "drawn",
             picture = Image.fromarray(image)
         else:
             picture = Image.fromarray(255 - image).resize((size, size), Image.BILINEAR)
-        if style == "page":
+        if style == "page":  # the page's ink, and its encoder: filter 0 rows, zlib
             paper = np.asarray(picture, np.float32) / 255.0
-            picture = Image.fromarray(
-                np.round(PAGE_INK + paper * (255 - PAGE_INK)).astype(np.uint8))
+            bodies.append(write_grey(np.round(PAGE_INK + paper * (255 - PAGE_INK))))
+            continue
         buf = io.BytesIO()
         picture.save(buf, "PNG")
         bodies.append(buf.getvalue())

@@ -459,3 +459,41 @@ def test_digitlab_serve_with_two_workers_answers_and_stops_on_ctrl_c(digits):
         proc.kill()
     assert proc.returncode == 0, out
     assert "Traceback" not in out
+
+
+QUERIES = ["", "top_k=0", "top_k=11", "top_k=three", "top_k=-5", "top_k= 4", "top_k=4.0",
+           "top_k=4.", "top_k=4.5", "top_k=", "top_k=%2B3", "top_k=0x3", "top_k=3_0",
+           "top_k=4__0", "top_k=_4", "top_k=%EF%BC%91", "top_k=1e1", "top_k=2&top_k=4",
+           "number=maybe", "number=", "number=YES", "number=%20true", "include_input=2",
+           "include_input=On", "number=1&include_input=0", "top_k=0&number=x&include_input=f",
+           "unknown=1"]
+
+
+def test_query_parameters_follow_fastapis_rules() -> None:
+    """/api/predict parses its query string itself (a plain ASGI endpoint, for speed); it
+    must accept and refuse exactly what FastAPI would with the signature it documents."""
+    from fastapi import FastAPI
+    from fastapi.exceptions import RequestValidationError
+    from starlette.datastructures import QueryParams
+
+    from digitlab.serve.app import _predict_doc, predict_params
+
+    reference = FastAPI()
+
+    @reference.post("/")
+    async def echo(number: bool = _predict_doc.__defaults__[0],  # type: ignore[index]
+                   top_k: int = _predict_doc.__defaults__[1],  # type: ignore[index]
+                   include_input: bool = _predict_doc.__defaults__[2]):  # type: ignore[index]
+        return [number, top_k, include_input]
+
+    with running(reference) as base, httpx.Client(base_url=base, timeout=30) as client:
+        for query in QUERIES:
+            expected = client.post(f"/?{query}")
+            try:
+                got = list(predict_params(QueryParams(query)))
+            except RequestValidationError as exc:
+                assert expected.status_code == 422, query
+                wanted = [(e["loc"], e["msg"], e["input"]) for e in expected.json()["detail"]]
+                assert [(list(e["loc"]), e["msg"], e["input"]) for e in exc.errors()] == wanted
+            else:
+                assert expected.status_code == 200 and expected.json() == got, query
