@@ -249,8 +249,11 @@ def _prepare(image: ImageInput, *, number: bool) -> Prepared:
         return Prepared(path, found.images, number=True, reader=found)
     # An image that already is a 28x28 MNIST digit (white on black, empty border) is fed
     # as is: preprocessing it again could only move it away from what the model learnt.
-    pixels = np.round(grey * 255).astype(np.uint8)
-    done = from_mnist_like(pixels) if looks_mnist_like(pixels) else to_mnist(grey)
+    pixels = np.round(grey * 255).astype(np.uint8) if grey.shape == (28, 28) else None
+    if pixels is not None and looks_mnist_like(pixels):
+        done = from_mnist_like(pixels)
+    else:
+        done = to_mnist(grey)
     return Prepared(path, [] if done.blank else [done.image], number=False)
 
 

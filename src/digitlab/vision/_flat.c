@@ -84,6 +84,40 @@ typedef struct {
 DEFINE_SELECT(select_f, float)
 DEFINE_SELECT(select_d, double)
 
+/* A float's bits as an integer in the same order (no NaN): negative floats reversed below
+   the positive ones. */
+static inline uint32_t float_key(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof(u));
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+/* The k-th smallest (0-based) of a[0..n-1] by radix selection on float_key: three passes
+   of 11, 11 and 10 bits, each keeping only the bucket holding rank k. keys: n values of
+   scratch. Linear, and free of the data-dependent branches that make a quickselect slow
+   on the ~100 grey levels of a drawing's ink. */
+static float radix_select(const float *a, size_t n, size_t k, uint32_t *keys) {
+    for (size_t i = 0; i < n; i++) keys[i] = float_key(a[i]);
+    static const int shift[3] = {21, 10, 0}, width[3] = {11, 11, 10};
+    uint32_t count[2048];
+    size_t m = n;
+    for (int pass = 0; pass < 3; pass++) {
+        uint32_t digits = (1u << width[pass]) - 1;
+        memset(count, 0, sizeof(uint32_t) * (digits + 1));
+        for (size_t i = 0; i < m; i++) count[(keys[i] >> shift[pass]) & digits]++;
+        uint32_t bucket = 0;
+        while (k >= count[bucket]) k -= count[bucket++];
+        size_t kept = 0;
+        for (size_t i = 0; i < m; i++)
+            if (((keys[i] >> shift[pass]) & digits) == bucket) keys[kept++] = keys[i];
+        m = kept;
+    }
+    uint32_t key = keys[0], u = (key & 0x80000000u) ? (key & 0x7fffffffu) : ~key;
+    float f;
+    memcpy(&f, &u, sizeof(f));
+    return f;
+}
+
 /* np.median of a float32 array (destroys it): the middle value, or the float32 mean of the
    middle two. */
 static double median_f(float *a, size_t n) {
@@ -105,14 +139,6 @@ static double median_d(double *a, size_t n) {
     for (size_t i = 1; i < mid; i++)
         if (a[i] > lower) lower = a[i];
     return (lower + upper) / 2.0;
-}
-
-/* How many values are <= value, compared in float32 (preprocess._rank). */
-static size_t rank_f(const float *a, size_t n, double value) {
-    float v = (float)value;
-    size_t count = 0;
-    for (size_t i = 0; i < n; i++) count += a[i] <= v;
-    return count;
 }
 
 /* --- NumPy's pairwise summation (np.sum's order of additions) -------------------------- */
@@ -219,54 +245,63 @@ static int mask_bbox(const uint8_t *m, int h, int w, Box *box) {
 
 DEFINE_MAXF(maxf_u8, uint8_t)
 DEFINE_MAXF(maxf_f, float)
-DEFINE_MAXF(maxf_i64, int64_t)
+DEFINE_MAXF(maxf_i32, int32_t)
 
 /* --- exact Euclidean distance transform (ndimage.distance_transform_edt's distances) ----- */
 
-/* Squared distance of every pixel to the nearest zero of m (0 for the zeros themselves).
-   Returns DECLINE when m has no zero. */
-static int edt_squared(const uint8_t *m, int h, int w, int64_t *out) {
-    const int64_t inf = INT64_MAX / 4;
-    int64_t *g = malloc(sizeof(int64_t) * (size_t)h * w);
-    int *v = malloc(sizeof(int) * (w + 1));
+/* Squared distance of every pixel to the nearest zero of m (0 for the zeros themselves),
+   exact integers. Returns DECLINE when m has no zero. (Sides up to MAX_WORK_SIDE plus
+   margins: squares fit an int32.) */
+#define FAR (1 << 24) /* further than any pixel of a picture: no zero in the column */
+static int edt_squared(const uint8_t *m, int h, int w, int32_t *out) {
+    if (h > 8192 || w > 8192) return DECLINE;
+    int32_t *v = malloc(sizeof(int32_t) * (w + 1)), *f = malloc(sizeof(int32_t) * (w + 1));
     int64_t *zn = malloc(sizeof(int64_t) * (w + 1)), *zd = malloc(sizeof(int64_t) * (w + 1));
-    if (!g || !v || !zn || !zd) {
-        free(g), free(v), free(zn), free(zd);
+    if (!v || !f || !zn || !zd) {
+        free(v), free(f), free(zn), free(zd);
         return NOMEM;
     }
-    int any_zero = 0;
-    for (int x = 0; x < w; x++) { /* per column: distance to the nearest zero, squared */
-        int64_t d = inf;
-        for (int y = 0; y < h; y++) {
-            if (!m[(size_t)y * w + x]) d = 0, any_zero = 1;
-            else if (d < inf) d++;
-            g[(size_t)y * w + x] = d;
-        }
-        d = inf;
-        for (int y = h - 1; y >= 0; y--) {
-            if (!m[(size_t)y * w + x]) d = 0;
-            else if (d < inf) d++;
-            int64_t e = g[(size_t)y * w + x] < d ? g[(size_t)y * w + x] : d;
-            g[(size_t)y * w + x] = e >= inf ? inf : e * e;
+    /* Along the columns, a row at a time (loops the compiler vectorises): distance to the
+       nearest zero above, then below, then squared. */
+    size_t zeros = 0;
+    for (int x = 0; x < w; x++) {
+        out[x] = m[x] ? FAR : 0;
+        zeros += !m[x];
+    }
+    for (int y = 1; y < h; y++) {
+        const uint8_t *row = m + (size_t)y * w;
+        const int32_t *above = out + (size_t)(y - 1) * w;
+        int32_t *d = out + (size_t)y * w;
+        for (int x = 0; x < w; x++) {
+            int32_t next = above[x] + 1 < FAR ? above[x] + 1 : FAR;
+            d[x] = row[x] ? next : 0;
+            zeros += !row[x];
         }
     }
-    if (!any_zero) {
-        free(g), free(v), free(zn), free(zd);
+    if (!zeros) {
+        free(v), free(f), free(zn), free(zd);
         return DECLINE;
     }
-    for (int y = 0; y < h; y++) { /* per row: lower envelope of parabolas (Felzenszwalb &
-                                     Huttenlocher). Parabola j starts where x reaches
-                                     zn[j] / zd[j], kept as a fraction: exact comparisons. */
-        const int64_t *f = g + (size_t)y * w;
+    for (int y = h - 2; y >= 0; y--) {
+        const int32_t *below = out + (size_t)(y + 1) * w;
+        int32_t *d = out + (size_t)y * w;
+        for (int x = 0; x < w; x++) d[x] = below[x] + 1 < d[x] ? below[x] + 1 : d[x];
+    }
+    for (size_t i = 0; i < (size_t)h * w; i++) out[i] = out[i] >= FAR ? -1 : out[i] * out[i];
+    /* Along the rows: lower envelope of parabolas (Felzenszwalb & Huttenlocher); -1 marks a
+       column without a zero. Parabola j starts where x reaches zn[j] / zd[j], kept as a
+       fraction so every comparison is exact. */
+    for (int y = 0; y < h; y++) {
+        int32_t *row = out + (size_t)y * w;
+        memcpy(f, row, sizeof(int32_t) * w); /* the row is then overwritten with results */
         int k = -1;
         for (int q = 0; q < w; q++) {
-            if (f[q] >= inf) continue;
+            if (f[q] < 0) continue;
             int64_t num = 0, den = 0; /* den 0: from minus infinity */
             while (k >= 0) {
                 int p = v[k];
-                num = (f[q] + (int64_t)q * q) - (f[p] + (int64_t)p * p);
+                num = ((int64_t)f[q] + (int64_t)q * q) - ((int64_t)f[p] + (int64_t)p * p);
                 den = 2 * (int64_t)(q - p);
-                /* num / den <= zn[k] / zd[k]; both denominators are positive */
                 if (zd[k] == 0 || num * zd[k] > zn[k] * den) break;
                 k--;
                 num = 0, den = 0;
@@ -276,20 +311,19 @@ static int edt_squared(const uint8_t *m, int h, int w, int64_t *out) {
         }
         int j = 0;
         for (int x = 0; x < w; x++) {
-            /* move on while the next parabola starts before x: zn / zd < x */
             while (j < k && zn[j + 1] < (int64_t)x * zd[j + 1]) j++;
-            int64_t dx = x - v[j];
-            out[(size_t)y * w + x] = dx * dx + f[v[j]];
+            int32_t dx = x - v[j];
+            row[x] = dx * dx + f[v[j]];
         }
     }
-    free(g), free(v), free(zn), free(zd);
+    free(v), free(f), free(zn), free(zd);
     return DONE;
 }
 
 /* Distances as SciPy's distance_transform_edt gives them: square roots of exact integers. */
 static int edt(const uint8_t *m, int h, int w, double *out) {
     size_t n = (size_t)h * w;
-    int64_t *squared = malloc(sizeof(int64_t) * n);
+    int32_t *squared = malloc(sizeof(int32_t) * n);
     if (!squared) return NOMEM;
     int status = edt_squared(m, h, w, squared);
     if (status == DONE)
@@ -311,13 +345,13 @@ static int stroke_width(const uint8_t *m, int h, int w, double *width) {
     if (ch < 3 || cw < 3) return DECLINE;
     size_t n = (size_t)ch * cw;
     uint8_t *crop = malloc(n);
-    int64_t *depth = malloc(sizeof(int64_t) * n * 3);
+    int32_t *depth = malloc(sizeof(int32_t) * n * 4); /* depth, peak, tmp + 1: ridge */
     if (!crop || !depth) {
         free(crop), free(depth);
         return NOMEM;
     }
     for (int y = 0; y < ch; y++) memcpy(crop + (size_t)y * cw, m + (size_t)(y + y0) * w + x0, cw);
-    int64_t *peak = depth + n, *tmp = depth + 2 * n;
+    int32_t *peak = depth + n, *tmp = depth + 2 * n;
     /* Squared depths: a square root keeps their order, so the ridge is found on integers
        and only its depths are rooted. */
     int status = edt_squared(crop, ch, cw, depth);
@@ -325,8 +359,8 @@ static int stroke_width(const uint8_t *m, int h, int w, double *width) {
         free(crop), free(depth);
         return status;
     }
-    maxf_i64(depth, peak, tmp, ch, cw, 3);
-    double *ridge = (double *)tmp; /* same size, no longer needed as int64 */
+    maxf_i32(depth, peak, tmp, ch, cw, 3);
+    double *ridge = (double *)(depth + 2 * n); /* tmp and the room after it: n doubles */
     size_t count = 0;
     for (size_t i = 0; i < n; i++)
         if (crop[i] && depth[i] >= peak[i]) ridge[count++] = sqrt((double)depth[i]);
@@ -534,7 +568,6 @@ typedef struct {
 /* preprocess.as_grey for float32 input, then preprocess._flat_paper_residual. */
 static int flat_residual(const float *in, Buffers *b) {
     size_t n = (size_t)b->h * b->w;
-    float *g = b->grey;
     /* np.nan_to_num (NaN 0, infinities the largest floats), /255 when the largest value
        passes 1, np.clip to [0, 1]. Drawings have none of that to do: the loops stay simple
        enough for the compiler to vectorise. */
@@ -545,17 +578,19 @@ static int flat_residual(const float *in, Buffers *b) {
         odd |= !(v >= 0.0f && v <= 1.0f); /* NaN, infinite, negative or over 1 */
         top = v > top ? v : top;
     }
+    const float *g = in; /* a drawing is used as it is */
     if (odd) {
+        float *clean = b->grey;
         for (size_t i = 0; i < n; i++) {
             float v = in[i];
             v = isnan(v) ? 0.0f : v;
-            g[i] = v == INFINITY ? FLT_MAX : (v == -INFINITY ? -FLT_MAX : v);
+            clean[i] = v == INFINITY ? FLT_MAX : (v == -INFINITY ? -FLT_MAX : v);
         }
         if (top > 1.0f) /* also for +inf: nan_to_num makes it FLT_MAX, over 1 all the same */
-            for (size_t i = 0; i < n; i++) g[i] = g[i] / 255.0f;
-        for (size_t i = 0; i < n; i++) g[i] = g[i] < 0.0f ? 0.0f : (g[i] > 1.0f ? 1.0f : g[i]);
-    } else {
-        memcpy(g, in, sizeof(float) * n);
+            for (size_t i = 0; i < n; i++) clean[i] = clean[i] / 255.0f;
+        for (size_t i = 0; i < n; i++)
+            clean[i] = clean[i] < 0.0f ? 0.0f : (clean[i] > 1.0f ? 1.0f : clean[i]);
+        g = clean;
     }
     /* Grey levels, rounded half to even as np.round does: adding and taking away 1.5 * 2^23
        leaves a float in [0, 255] rounded to an integer in the current (nearest) mode. */
@@ -647,13 +682,24 @@ static int threshold(Buffers *b, Box *box, Box *near) {
     if (2.0 * spread > floor_) floor_ = 2.0 * spread;
     if (MIN_CONTRAST / 2 > floor_) floor_ = MIN_CONTRAST / 2;
     floor_ = paper + floor_;
-    int sure = n - rank_f(r, n, coarse) >= 3;
+    /* Ink that stands out above the coarse floor is surely there (`sure`), and then the
+       cut is the lower of the two floors; else the finer floor. One pass takes the values
+       above the lower one and counts those above the coarse one. */
+    float low_cut = (float)(coarse < floor_ ? coarse : floor_), coarse_cut = (float)coarse;
+    size_t m = 0, above_coarse = 0;
+    for (size_t i = 0; i < n; i++) {
+        above_coarse += r[i] > coarse_cut;
+        if (r[i] > low_cut) s[m++] = r[i];
+    }
+    int sure = above_coarse >= 3;
     if (sure && coarse < floor_) floor_ = coarse;
-
     float cut = (float)floor_;
-    size_t m = 0;
-    for (size_t i = 0; i < n; i++)
-        if (r[i] > cut) s[m++] = r[i];
+    if (cut > low_cut) { /* not sure: keep only what passes the finer floor */
+        size_t kept = 0;
+        for (size_t i = 0; i < m; i++)
+            if (s[i] > cut) s[kept++] = s[i];
+        m = kept;
+    }
     if (m < 3) return BLANK;
     double virtual_ = (double)(m - 1) * (90 / 100.0);
     double ink;
@@ -666,9 +712,13 @@ static int threshold(Buffers *b, Box *box, Box *near) {
         /* the percentile lies among copies of the largest value (solid ink): it is that */
         ink = top;
     } else {
-        float low = select_f(s, m, below), high = s[below + 1];
-        for (size_t i = below + 2; i < m; i++)
-            if (s[i] < high) high = s[i];
+        float low = radix_select(s, m, below, (uint32_t *)b->grey), high = top;
+        size_t upto = 0; /* values <= low: when more than below + 1, the next one is low too */
+        for (size_t i = 0; i < m; i++) {
+            upto += s[i] <= low;
+            high = s[i] > low && s[i] < high ? s[i] : high;
+        }
+        if (upto > below + 1) high = low;
         double gamma = virtual_ - (double)below;
         float step = high - low;
         ink = gamma >= 0.5 ? (double)(high - step * (float)(1 - gamma))
