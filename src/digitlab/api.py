@@ -238,10 +238,12 @@ def _array_to_pil(array: np.ndarray) -> Image.Image:
 
 
 def _prepare(image: ImageInput, *, number: bool) -> Prepared:
+    return _prepare_grey(load_grey(image), _path_of(image), number=number)
+
+
+def _prepare_grey(grey: np.ndarray, path: str | None, *, number: bool) -> Prepared:
     from digitlab.vision.preprocess import from_mnist_like, looks_mnist_like, to_mnist
 
-    grey = load_grey(image)
-    path = _path_of(image)
     if number:
         from digitlab.number_reader import candidates
 
@@ -428,6 +430,12 @@ class Recognizer:
     def prepare(image: ImageInput, *, number: bool = False) -> Prepared:
         """Decode and preprocess one image (no model call); raises ImageError."""
         return _prepare(image, number=number)
+
+    @staticmethod
+    def prepare_decoded(grey: np.ndarray, *, number: bool = False) -> Prepared:
+        """Preprocess a picture already decoded as load_grey decodes it (float32 [H, W]
+        in [0, 1]); prepare() is this after decoding."""
+        return _prepare_grey(grey, None, number=number)
 
     def predict_many(self, images: Sequence[ImageInput], *, top_k: int = 3,
                      number: bool = False) -> list[Prediction]:

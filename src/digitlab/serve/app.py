@@ -42,8 +42,7 @@ from digitlab.serve.batcher import INTERNAL, DigitReader
 from digitlab.serve.docs import render_docs
 from digitlab.serve.origin import check_origin
 from digitlab.serve.upload import RequestProblem, image_bytes, read_body
-from digitlab.vision.decode import FORMATS, MAX_BYTES, MAX_PIXELS
-from digitlab.vision.png import grey_size
+from digitlab.vision.decode import FORMATS, MAX_BYTES, MAX_PIXELS, plain_grey
 
 DEFAULT_MAX_BYTES = 5 * 2**20
 STATIC_TYPES = {
@@ -241,6 +240,9 @@ def predict_params(query: QueryParams) -> tuple[bool, int, bool]:
 
 
 def _prepare(data: bytes, number: bool) -> Prepared:
+    grey = plain_grey(data)  # the page's PNG: read once, header and all
+    if grey is not None:
+        return Recognizer.prepare_decoded(grey, number=number)
     check_header(data)
     try:
         return Recognizer.prepare(data, number=number)
@@ -254,13 +256,8 @@ def check_header(data: bytes) -> None:
     """415 for what is not an image digitlab reads, 413 for too many pixels.
 
     Only the header is parsed (microseconds), so the status a client gets depends on what
-    the file is, never on the wording of the decoder's messages. A plain grey PNG (what the
-    drawing page sends) is checked whole without Pillow: an image, its size known.
+    the file is, never on the wording of the decoder's messages.
     """
-    size = grey_size(data)
-    if size is not None:
-        _check_pixels(*size)
-        return
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
@@ -274,10 +271,6 @@ def check_header(data: bytes) -> None:
                                  {"limit_pixels": MAX_PIXELS}) from None
         except Exception:  # a damaged header: the decoder will explain it (422)
             return
-    _check_pixels(width, height)
-
-
-def _check_pixels(width: int, height: int) -> None:
     if width * height > MAX_PIXELS:
         raise RequestProblem(413, f"the image is {width}x{height} pixels, more than the "
                              f"{MAX_PIXELS:,} pixel limit", {"limit_pixels": MAX_PIXELS})

@@ -37,15 +37,23 @@ def decode_image(
     drawing implies, and only the first frame of an animation is used.
     """
     data = _read_bytes(source, max_bytes)
-    plain = png.read_grey(data, max_pixels=max_pixels, min_side=MIN_SIDE)
-    if plain is not None:  # a plain grey PNG, as the drawing page sends: Pillow's pixels
-        return plain.astype(np.float32) / 255.0
+    plain = plain_grey(data, max_pixels=max_pixels)
+    if plain is not None:
+        return plain
     name = _describe(source)
     image = _open(data, name, max_pixels)
     try:
         return _to_grey(image)
     except (ValueError, OSError) as err:
         raise ImageError(f"{name} has an unsupported colour mode {image.mode}: {err}") from None
+
+
+def plain_grey(data: bytes, *, max_pixels: int = MAX_PIXELS) -> np.ndarray | None:
+    """decode_image of a plain 8-bit greyscale PNG (what the drawing page sends; see
+    vision/png.py), read without Pillow, to the same pixels; None for any other file, or
+    one past the limits, which decode_image hands to Pillow."""
+    pixels = png.read_grey(data, max_pixels=max_pixels, min_side=MIN_SIDE)
+    return None if pixels is None else pixels.astype(np.float32) / 255.0
 
 
 def _describe(source: Source) -> str:

@@ -49,12 +49,6 @@ def read_grey(data: bytes, *, max_pixels: int, min_side: int = 1) -> np.ndarray 
     return image
 
 
-def grey_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) of a plain 8-bit greyscale PNG (see the module), else None."""
-    found = _plain_grey(data)
-    return None if found is None else found[:2]
-
-
 def _plain_grey(data: bytes) -> tuple[int, int, bytes] | None:
     """Width, height and the IDAT data, when the file is a plain grey PNG."""
     if not data.startswith(SIGNATURE):
