@@ -183,10 +183,12 @@ async def measure(url: str, pid: int | None, bodies: list[bytes], labels: list[i
     rss_before = rss_mib(pid)
     load_before = os.getloadavg()
     cpu_before = cpu_seconds(pid)
+    own_before = time.process_time()
     started = time.perf_counter()
     result = await run_load(host, port, bodies, labels, args.requests, args.concurrency,
                             args.rate, args.max_seconds, args.style)
     wall = time.perf_counter() - started
+    own_used = time.process_time() - own_before
     cpu_used = None if pid is None else cpu_seconds(pid) - cpu_before
     lat = np.array(result["latencies"]) * 1000
     done = len(lat)
@@ -200,6 +202,7 @@ async def measure(url: str, pid: int | None, bodies: list[bytes], labels: list[i
         "right": result["right"], "timed_out": result["timed_out"],
         "server_cpu_ms_per_request": (round(cpu_used / done * 1000, 3)
                                       if cpu_used is not None and done else None),
+        "client_cpu_ms_per_request": round(own_used / done * 1000, 3) if done else None,
         "rss_before_mib": rss_before, "rss_after_mib": rss_mib(pid),
         "load_before": [round(v, 2) for v in load_before], "cpus": os.cpu_count(),
     }
@@ -343,6 +346,8 @@ def report(f: dict, args: argparse.Namespace, url: str) -> str:
         f"errors     {f['errors']} {f['error_kinds'] or ''}".rstrip(),
         f"answers    {f['right']}/{f['requests'] - f['errors']} right (MNIST labels)",
         f"server CPU {cpu(f['server_cpu_ms_per_request'])}",
+        f"client CPU {f['client_cpu_ms_per_request']} ms per request (this load generator, "
+        "on the same cores)",
         f"memory     server {memory(f['rss_before_mib'])} before, "
         f"{memory(f['rss_after_mib'])} after",
     ]

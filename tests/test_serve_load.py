@@ -32,5 +32,6 @@ def test_bounded_load_has_no_errors_and_no_memory_growth(mnist_root: Path) -> No
     assert figures["server_cpu_ms_per_request"] > 0
     before, after = figures["rss_before_mib"]["rss"], figures["rss_after_mib"]["rss"]
     assert before > 100 and after - before < 50
-    for line in ("throughput", "latency", "errors", "answers", "server CPU", "memory"):
+    for line in ("throughput", "latency", "errors", "answers", "server CPU", "client CPU",
+                 "memory"):
         assert f"\n{line}" in "\n" + text
