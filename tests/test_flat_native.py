@@ -123,6 +123,35 @@ def test_edge_cases_match(monkeypatch) -> None:
     assert preprocess._flat_to_mnist(blank).blank  # answered, not declined
 
 
+def test_odd_arrays_match(monkeypatch) -> None:
+    """Whatever an array holds (dots, bars, grain, gradients, NaN, infinities, negative or
+    0..255 values, a few pixels), an answer from the compiled path is the Python one."""
+    rng = np.random.default_rng(7)
+    greys = []
+    for k in range(900):
+        kind = k % 6
+        h, w = (int(v) for v in rng.integers(2, 120 if kind else 12, 2))
+        paper = float(rng.choice([0.0, 1.0, rng.random()]))
+        grey = np.full((h, w), paper, np.float32)
+        if kind in (0, 1, 2):  # dots and bars of ink
+            for _ in range(int(rng.integers(0, 6))):
+                y0, x0 = int(rng.integers(0, h)), int(rng.integers(0, w))
+                grey[y0 : y0 + int(rng.integers(1, max(2, h))),
+                     x0 : x0 + int(rng.integers(1, 6))] = rng.random()
+        elif kind == 3:  # grain
+            grey += ((rng.random((h, w)) < 0.05) * rng.random((h, w))).astype(np.float32)
+        elif kind == 4:  # a few grey levels in bands
+            grey = (np.round(np.linspace(0, 1, h * w) * 4) / 4).astype(np.float32).reshape(h, w)
+        else:  # anything, mostly on paper
+            odd = (rng.random((h, w)) * 300 - 20).astype(np.float32)
+            odd[rng.random((h, w)) < 0.02] = np.nan
+            odd[rng.random((h, w)) < 0.01] = np.inf
+            grey = np.where(rng.random((h, w)) < 0.9, np.float32(paper), odd)
+        greys.append(np.ascontiguousarray(grey, dtype=np.float32))
+    taken = compare(greys, monkeypatch)
+    assert taken >= 300, taken  # 358 of them
+
+
 def test_declines_what_it_does_not_do() -> None:
     rng = np.random.default_rng(0)
     photo = np.clip(0.6 + 0.2 * rng.standard_normal((120, 120)), 0, 1).astype(np.float32)
