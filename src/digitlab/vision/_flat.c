@@ -253,6 +253,7 @@ DEFINE_MAXF(maxf_i32, int32_t)
    exact integers. Returns DECLINE when m has no zero. (Sides up to MAX_WORK_SIDE plus
    margins: squares fit an int32.) */
 #define FAR (1 << 24) /* further than any pixel of a picture: no zero in the column */
+#define NEAR_ENOUGH 256 /* rows whose columns all have a zero within 16 px: searched directly */
 static int edt_squared(const uint8_t *m, int h, int w, int32_t *out) {
     if (h > 8192 || w > 8192) return DECLINE;
     int32_t *v = malloc(sizeof(int32_t) * (w + 1)), *f = malloc(sizeof(int32_t) * (w + 1));
@@ -294,6 +295,23 @@ static int edt_squared(const uint8_t *m, int h, int w, int32_t *out) {
     for (int y = 0; y < h; y++) {
         int32_t *row = out + (size_t)y * w;
         memcpy(f, row, sizeof(int32_t) * w); /* the row is then overwritten with results */
+        int32_t deepest = 0;
+        for (int x = 0; x < w; x++) deepest = f[x] < 0 || f[x] > deepest ? (f[x] < 0 ? FAR : f[x]) : deepest;
+        if (deepest <= NEAR_ENOUGH) {
+            /* Strokes: every column has a zero close by, so a pixel's nearest zero lies
+               within the column distance g of it along the row; look there, nearest first,
+               and stop once the offset alone is no better. Exact, and quicker than the
+               envelope when g is small. */
+            for (int x = 0; x < w; x++) {
+                int32_t best = f[x];
+                for (int d = 1; d * d < best; d++) {
+                    if (x - d >= 0 && d * d + f[x - d] < best) best = d * d + f[x - d];
+                    if (x + d < w && d * d + f[x + d] < best) best = d * d + f[x + d];
+                }
+                row[x] = best;
+            }
+            continue;
+        }
         int k = -1;
         for (int q = 0; q < w; q++) {
             if (f[q] < 0) continue;
