@@ -857,39 +857,56 @@ static int skeleton(const uint8_t *mask, int w, const Box *box, uint8_t *skel) {
    width, into out (float32, h * w). */
 static int redraw(const uint8_t *mask, int h, int w, const Box *box, int long_side, double width,
                   float *out) {
-    size_t n = (size_t)h * w;
     double target = 0.11 * (long_side - width) / (1.0 - 0.11);
     if (target < 2.0) target = 2.0;
-    uint8_t *skel = calloc(n, 1);
+    /* Only the ink's box, grown by the redrawn stroke's reach, can end up inked: further
+       out the distance to the skeleton (inside the box) passes target / 2 + 0.5, and the
+       eroded core lies on the ink. Both distance transforms are exact there, since the
+       nearest skeleton pixel, and for a pixel of the box the nearest background (the ring
+       around the box is background), lie inside it. */
+    int reach = (int)ceil(target / 2.0 + 0.5) + 1;
+    int y0 = box->y0 - reach > 0 ? box->y0 - reach : 0, x0 = box->x0 - reach > 0 ? box->x0 - reach : 0;
+    int y1 = box->y1 + reach < h ? box->y1 + reach : h, x1 = box->x1 + reach < w ? box->x1 + reach : w;
+    int rh = y1 - y0, rw = x1 - x0;
+    size_t n = (size_t)rh * rw;
+    uint8_t *skel = calloc((size_t)h * w, 1), *ink = malloc(n);
     double *distance = malloc(sizeof(double) * n * 2);
-    if (!skel || !distance) {
-        free(skel), free(distance);
+    if (!skel || !ink || !distance) {
+        free(skel), free(ink), free(distance);
         return NOMEM;
     }
     int status = skeleton(mask, w, box, skel);
     if (status == DONE) {
-        for (size_t i = 0; i < n; i++) skel[i] = !skel[i]; /* distances to the skeleton */
-        status = edt(skel, h, w, distance);                 /* DECLINE: it vanished */
+        for (int y = 0; y < rh; y++)
+            for (int x = 0; x < rw; x++) {
+                size_t from = (size_t)(y + y0) * w + x + x0, to = (size_t)y * rw + x;
+                ink[to] = mask[from];
+                skel[to] = !skel[from]; /* in place: `to` never passes `from` */
+            }
+        status = edt(skel, rh, rw, distance); /* distances to the skeleton; DECLINE: none */
     }
     if (status == DONE && width > target) {
         /* Thinning also erodes: a stubby arm shorter than it is wide has no skeleton
            branch, but its core survives erosion. */
-        status = edt(mask, h, w, distance + n);
+        status = edt(ink, rh, rw, distance + n);
     }
     if (status == DONE) {
         double shrink = (width - target) / 2.0;
-        for (size_t i = 0; i < n; i++) {
-            double v = target / 2.0 + 0.5 - distance[i];
-            v = v < 0.0 ? 0.0 : (v > 1.0 ? 1.0 : v);
-            if (width > target) {
-                double core = distance[n + i] - shrink;
-                core = core < 0.0 ? 0.0 : (core > 1.0 ? 1.0 : core);
-                v = core > v ? core : v;
+        memset(out, 0, sizeof(float) * (size_t)h * w);
+        for (int y = 0; y < rh; y++)
+            for (int x = 0; x < rw; x++) {
+                size_t i = (size_t)y * rw + x;
+                double v = target / 2.0 + 0.5 - distance[i];
+                v = v < 0.0 ? 0.0 : (v > 1.0 ? 1.0 : v);
+                if (width > target) {
+                    double core = distance[n + i] - shrink;
+                    core = core < 0.0 ? 0.0 : (core > 1.0 ? 1.0 : core);
+                    v = core > v ? core : v;
+                }
+                out[(size_t)(y + y0) * w + x + x0] = (float)v;
             }
-            out[i] = (float)v;
-        }
     }
-    free(skel), free(distance);
+    free(skel), free(ink), free(distance);
     return status;
 }
 
