@@ -201,6 +201,13 @@ def test_distances_are_scipys() -> None:
                           ndimage.distance_transform_edt(np.ones((3, 4), bool)))
 
 
+def test_constants_are_preprocess_ones() -> None:
+    c = dict(preprocess._flat.CONSTANTS)
+    assert c.pop("FLAT_FAR_LEVELS") == round(255 * preprocess.FLAT_FAR)
+    assert c.pop("WORK_MARGIN") == preprocess.WORK_BOX // 4
+    assert c == {name: getattr(preprocess, name) for name in c}
+
+
 def test_bad_arrays_are_refused_not_read() -> None:
     flat = preprocess._flat
     with pytest.raises(TypeError):

@@ -8,9 +8,13 @@
    pairwise sums, SciPy's exact distances), so the result is bit for bit the Python one;
    tests/test_flat_native.py holds the two against each other. It releases the GIL.
 
-   Anything off the common path (not flat paper, a huge or tiny picture, strokes to be
-   redrawn, a window wider than the picture) is declined: the caller runs the Python code.
-   Build with -ffp-contract=off: a fused multiply-add would round differently.
+   Anything off the common path (not flat paper, a picture over MAX_WORK_SIDE or under
+   2 px, a filter window wider than the picture, a skeleton that vanishes) is declined: the
+   caller runs the Python code. The constants below are preprocess.py's (the module
+   exports them as CONSTANTS, and a test compares). Build with -ffp-contract=off: a fused
+   multiply-add would round differently.
+
+   Also here, for vision/png.py: undoing the row filters of a plain 8-bit grey PNG.
 */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -30,6 +34,7 @@ enum { DONE = 0, BLANK = 1, DECLINE = 2, NOMEM = 3 };
 #define WORK_BOX 80.0
 #define WORK_MARGIN 20 /* WORK_BOX // 4 */
 #define MAX_WORK_SIDE 1600
+#define STROKE_TARGET 0.11
 #define STROKE_LOW 0.08
 #define STROKE_HIGH 0.18
 #define MIN_CONTRAST 0.08
@@ -857,7 +862,7 @@ static int skeleton(const uint8_t *mask, int w, const Box *box, uint8_t *skel) {
    width, into out (float32, h * w). */
 static int redraw(const uint8_t *mask, int h, int w, const Box *box, int long_side, double width,
                   float *out) {
-    double target = 0.11 * (long_side - width) / (1.0 - 0.11);
+    double target = STROKE_TARGET * (long_side - width) / (1.0 - STROKE_TARGET);
     if (target < 2.0) target = 2.0;
     /* Only the ink's box, grown by the redrawn stroke's reach, can end up inked: further
        out the distance to the skeleton (inside the box) passes target / 2 + 0.5, and the
@@ -1217,5 +1222,20 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__flat(void) {
     make_thin_tables();
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    PyObject *constants = Py_BuildValue(
+        "{s:i,s:d,s:d,s:i,s:i,s:d,s:(dd),s:d,s:d,s:d,s:i,s:d,s:d,s:i}", "MNIST_SIDE",
+        MNIST_SIDE, "DIGIT_BOX", DIGIT_BOX, "WORK_BOX", WORK_BOX, "WORK_MARGIN", WORK_MARGIN,
+        "MAX_WORK_SIDE", MAX_WORK_SIDE, "STROKE_TARGET", STROKE_TARGET, "STROKE_RANGE",
+        STROKE_LOW, STROKE_HIGH, "MIN_CONTRAST", MIN_CONTRAST, "SHADOWED_CONTRAST",
+        SHADOWED_CONTRAST, "SPECK_FRACTION", SPECK_FRACTION, "FLAT_LEVELS", FLAT_LEVELS,
+        "FLAT_SHARE", FLAT_SHARE, "FLAT_BORDER_SHARE", FLAT_BORDER_SHARE, "FLAT_FAR_LEVELS",
+        FLAT_FAR);
+    if (!constants || PyModule_AddObject(m, "CONSTANTS", constants) < 0) {
+        Py_XDECREF(constants);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }
