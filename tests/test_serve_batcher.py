@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from digitlab.api import Prepared, Recognizer
-from digitlab.serve.batcher import DigitReader
+from digitlab.serve.batcher import MAX_BATCH, DigitReader
 from digitlab.serve.upload import RequestProblem
 
 INFO = {"classes": list(range(10)), "model": "fake"}
@@ -82,10 +82,10 @@ async def behind_a_held_call(reader: DigitReader, model: FakeModel, datas: list[
 def test_waiting_requests_are_read_in_one_model_call_and_answered_in_order() -> None:
     model = FakeModel(hold=1)
     reader = reader_for(model)
-    answers = asyncio.run(behind_a_held_call(reader, model, [b"%d" % (k % 10) for k in range(9)],
-                                             top_k=2))
-    # The first request alone, then the nine that queued behind it together.
-    assert model.calls == [[0], [k % 10 for k in range(9)]]
+    queued = [b"%d" % (k % 10) for k in range(MAX_BATCH)]
+    answers = asyncio.run(behind_a_held_call(reader, model, queued, top_k=2))
+    # The first request alone, then the ones that queued behind it (a full batch) together.
+    assert model.calls == [[0], [k % 10 for k in range(MAX_BATCH)]]
     for k, reading in enumerate(answers):
         assert reading.answer["digit"] == k % 10
         assert len(reading.answer["top_k"]) == 2
