@@ -1,0 +1,86 @@
+"""Per-digit cost of reading a drawn digit: the compiled path against the Python steps.
+
+MNIST test digits are drawn as the drawing page draws them (140x140, ink #111, the page's
+PNG encoding; see serve_load.py), then each step is timed both ways on the same pictures,
+best of --repeats passes, and the outputs are compared bit for bit:
+
+    python benchmarks/preprocess_speed.py [--count 500] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from serve_load import digit_pngs  # noqa: E402
+
+from digitlab.vision import decode, preprocess  # noqa: E402
+
+
+def best_ms(step: Callable[[object], object], inputs: list, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for item in inputs:
+            step(item)
+        best = min(best, (time.perf_counter() - started) / len(inputs) * 1000)
+    return best
+
+
+def python_to_mnist(grey: np.ndarray) -> preprocess.Preprocessed:
+    """to_mnist with the compiled shortcut off (its kernels, which resample and measure
+    distances exactly as Pillow and SciPy do, stay on where built)."""
+    compiled = preprocess._flat_to_mnist
+    preprocess._flat_to_mnist = lambda grey: None  # type: ignore[assignment]
+    try:
+        return preprocess.to_mnist(grey)
+    finally:
+        preprocess._flat_to_mnist = compiled  # type: ignore[assignment]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=500)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    if preprocess._flat is None:
+        sys.exit("vision/_flat.c is not built here: nothing to compare (pip install -e . "
+                 "with a C compiler)")
+    bodies, _ = digit_pngs(140, style="page", count=args.count)
+    greys = [decode.decode_image(body) for body in bodies]
+    fast = [preprocess.to_mnist(g) for g in greys]
+    slow = [python_to_mnist(g) for g in greys]
+    same = sum(a.blank == b.blank and a.bbox == b.bbox and np.array_equal(a.image, b.image)
+               for a, b in zip(fast, slow, strict=True))
+    taken = sum(preprocess._flat_to_mnist(g) is not None for g in greys)
+
+    def pillow_decode(body: bytes) -> np.ndarray:
+        return decode._to_grey(decode._open(body, "the image data", decode.MAX_PIXELS))
+
+    rows = [
+        ("to_mnist, Python steps", best_ms(python_to_mnist, greys, args.repeats)),
+        ("to_mnist, compiled", best_ms(preprocess.to_mnist, greys, args.repeats)),
+        ("PNG decode, Pillow", best_ms(pillow_decode, bodies, args.repeats)),
+        ("PNG decode, vision/png.py", best_ms(decode.decode_image, bodies, args.repeats)),
+    ]
+    print(f"{len(greys)} MNIST test digits drawn as the page draws them (140x140 PNG); "
+          f"best of {args.repeats} passes")
+    for name, ms in rows:
+        print(f"  {name:28s} {ms:7.3f} ms a digit")
+    print(f"  to_mnist: {rows[0][1] / rows[1][1]:.1f}x quicker compiled; PNG decode "
+          f"{rows[2][1] / rows[3][1]:.1f}x")
+    print(f"  compiled path taken for {taken}/{len(greys)}; identical outputs for "
+          f"{same}/{len(greys)}")
+    if same != len(greys):
+        sys.exit("the two paths disagree")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""The preprocessing benchmark itself, small: `benchmarks/preprocess_speed.py` times the
+compiled path and the Python steps on drawn MNIST digits and checks their outputs agree.
+Speed is the benchmark's to print, never a test's to time."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from digitlab.vision import preprocess
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "preprocess_speed.py"
+
+
+@pytest.mark.slow
+def test_benchmark_runs_and_both_paths_agree(mnist_root: Path) -> None:
+    if preprocess._flat is None:
+        pytest.skip("vision/_flat.c is not built here")
+    done = subprocess.run([sys.executable, str(SCRIPT), "--count", "40", "--repeats", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    for line in ("to_mnist, Python steps", "to_mnist, compiled", "PNG decode, Pillow",
+                 "PNG decode, vision/png.py", "identical outputs for 40/40"):
+        assert line in done.stdout, done.stdout
