@@ -252,6 +252,17 @@ def test_a_streamed_body_is_counted_while_it_arrives(url):
     assert status == 413 and "limit" in body["error"]
 
 
+def test_a_client_that_leaves_mid_body_costs_nothing(url, client, digits):
+    """Headers and half the promised body, then the client hangs up: the request never
+    reaches a reader, and the next one is answered as usual."""
+    host, port = url.removeprefix("http://").split(":")
+    for _ in range(3):
+        with socket.create_connection((host, int(port)), timeout=30) as s:
+            s.sendall(b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                      b"Content-Length: 5000\r\n\r\n" + digits[0][1][:100])
+    assert client.post("/api/predict", content=digits[0][1]).status_code == 200
+
+
 def test_unknown_paths_and_methods_are_json(client):
     problem(client.get("/api/nothing"), 404)
     problem(client.get("/api/predict"), 405)

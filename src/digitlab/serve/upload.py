@@ -12,7 +12,7 @@ from typing import Any
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.requests import ClientDisconnect, Request
+from starlette.types import Receive
 
 FILE_FIELDS = ("file", "image")
 MAX_PARTS = 16  # a form with more parts than this is not a digit upload
@@ -37,29 +37,33 @@ def too_large(max_bytes: int, *, close: bool) -> RequestProblem:
                           {"limit_bytes": max_bytes}, close=close)
 
 
-async def read_body(request: Request, *, max_bytes: int) -> bytes:
-    """The whole body, or 413 once the declared or counted size passes max_bytes.
+async def read_body(receive: Receive, declared: str | None, *, max_bytes: int) -> bytes:
+    """The whole body, read from the ASGI `receive` channel (`declared`: the request's
+    Content-Length header, if any), or 413 once the declared or counted size passes
+    max_bytes.
 
     Past the limit the body is still read, up to DRAIN_BYTES more, and dropped: a server
     that hangs up on unread data makes the client's kernel report a reset instead of the
     413. Beyond that the connection is closed at once, and a client still sending may
     see only the reset.
     """
-    declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes + DRAIN_BYTES:
         raise too_large(max_bytes, close=True)
     body = bytearray()
     seen = 0
-    try:
-        async for chunk in request.stream():
-            seen += len(chunk)
-            if seen <= max_bytes:
-                body += chunk
-            elif seen > max_bytes + DRAIN_BYTES:
-                raise too_large(max_bytes, close=True)
-    except ClientDisconnect:
-        raise RequestProblem(400, "the client disconnected before sending the whole body",
-                             close=True) from None
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise RequestProblem(400, "the client disconnected before sending the whole body",
+                                 close=True)
+        chunk = message.get("body", b"")
+        seen += len(chunk)
+        if seen <= max_bytes:
+            body += chunk
+        elif seen > max_bytes + DRAIN_BYTES:
+            raise too_large(max_bytes, close=True)
+        if not message.get("more_body", False):
+            break
     if seen > max_bytes:
         raise too_large(max_bytes, close=False)
     return bytes(body)
