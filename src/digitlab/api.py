@@ -122,7 +122,8 @@ def _round(p: float) -> float:
 
 
 def png_bytes(image: np.ndarray) -> bytes:
-    """A grey uint8 image as a PNG file (written without Pillow's set-up: 10x quicker)."""
+    """A grey uint8 image as a PNG file (vision/png.py: 4-6x quicker than Pillow for a
+    28x28 input)."""
     from digitlab.vision.png import write_grey
 
     return write_grey(image)

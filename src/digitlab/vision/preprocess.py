@@ -95,8 +95,9 @@ def to_mnist(grey: np.ndarray) -> Preprocessed:
 
 def _flat_to_mnist(grey: np.ndarray) -> Preprocessed | None:
     """to_mnist of a digit on flat paper (a drawing, a clean scan) in one compiled call, bit
-    for bit what the steps below give; None where it declines (photos, strokes to redraw,
-    odd sizes) or is not built, and the steps below run."""
+    for bit what the steps below give; None where it declines (photos, pictures over
+    MAX_WORK_SIDE, windows wider than the picture) or is not built, and the steps below
+    run."""
     if _flat is None or not (isinstance(grey, np.ndarray) and grey.dtype == np.float32
                              and grey.ndim == 2 and grey.flags.c_contiguous):
         return None
