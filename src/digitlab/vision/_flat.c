@@ -1100,16 +1100,24 @@ static int get_array(PyObject *arg, Py_buffer *view, const char *formats, int wr
     return -1;
 }
 
+/* The two array arguments (an input, then an output written in place) every wrapper below
+   but unfilter takes; on failure nothing is held and a Python error is set. */
+static int get_in_out(PyObject *args, Py_buffer *in, const char *in_formats, Py_buffer *out,
+                      const char *out_formats) {
+    PyObject *in_arg, *out_arg;
+    if (!PyArg_ParseTuple(args, "OO", &in_arg, &out_arg)) return -1;
+    if (get_array(in_arg, in, in_formats, 0) < 0) return -1;
+    if (get_array(out_arg, out, out_formats, 1) < 0) {
+        PyBuffer_Release(in);
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *py_to_mnist(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *grey_arg, *out_arg;
-    if (!PyArg_ParseTuple(args, "OO", &grey_arg, &out_arg)) return NULL;
     Py_buffer grey, out;
-    if (get_array(grey_arg, &grey, "f", 0) < 0) return NULL;
-    if (get_array(out_arg, &out, "B", 1) < 0) {
-        PyBuffer_Release(&grey);
-        return NULL;
-    }
+    if (get_in_out(args, &grey, "f", &out, "B") < 0) return NULL;
     int status = DECLINE;
     Box box = {0, 0, 0, 0};
     if (out.shape[0] == MNIST_SIDE && out.shape[1] == MNIST_SIDE) {
@@ -1137,14 +1145,8 @@ static PyObject *py_to_mnist(PyObject *self, PyObject *args) {
 
 static PyObject *py_resize(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *src_arg, *dst_arg;
-    if (!PyArg_ParseTuple(args, "OO", &src_arg, &dst_arg)) return NULL;
     Py_buffer src, dst;
-    if (get_array(src_arg, &src, "f", 0) < 0) return NULL;
-    if (get_array(dst_arg, &dst, "f", 1) < 0) {
-        PyBuffer_Release(&src);
-        return NULL;
-    }
+    if (get_in_out(args, &src, "f", &dst, "f") < 0) return NULL;
     int status;
     Py_BEGIN_ALLOW_THREADS
     status = resize((const float *)src.buf, (int)src.shape[0], (int)src.shape[1],
@@ -1158,14 +1160,8 @@ static PyObject *py_resize(PyObject *self, PyObject *args) {
 
 static PyObject *py_edt(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *mask_arg, *out_arg;
-    if (!PyArg_ParseTuple(args, "OO", &mask_arg, &out_arg)) return NULL;
     Py_buffer mask, out;
-    if (get_array(mask_arg, &mask, "?B", 0) < 0) return NULL;
-    if (get_array(out_arg, &out, "d", 1) < 0) {
-        PyBuffer_Release(&mask);
-        return NULL;
-    }
+    if (get_in_out(args, &mask, "?B", &out, "d") < 0) return NULL;
     int status = DECLINE;
     if (out.shape[0] == mask.shape[0] && out.shape[1] == mask.shape[1]) {
         Py_BEGIN_ALLOW_THREADS
