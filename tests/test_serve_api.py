@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gc
 import io
 import json
 import re
@@ -283,6 +284,19 @@ def test_a_bug_is_a_json_500_and_the_next_request_is_fine(recognizer, digits):
     with running(create_app(broken)) as base, httpx.Client(base_url=base) as c:
         problem(c.post("/api/predict", content=digits[0][1]), 500, "internal error")
         assert c.post("/api/predict", content=digits[0][1]).status_code == 200
+
+
+def test_start_up_objects_are_frozen_out_of_the_garbage_collector(recognizer, digits):
+    """A full collection under load would walk every module and the model each time; what
+    start-up made is frozen once, and the server answers as before."""
+    gc.unfreeze()  # whatever another server in this process froze
+    assert gc.get_freeze_count() == 0
+    with running(create_app(recognizer)) as base, httpx.Client(base_url=base) as c:
+        frozen = gc.get_freeze_count()
+        assert frozen > 10_000
+        assert c.post("/api/predict", content=digits[0][1]).json()["digit"] == digits[0][0]
+        assert gc.get_freeze_count() <= frozen  # requests freeze nothing more
+    assert gc.get_freeze_count() == 0  # stopping hands them back
 
 
 def test_the_event_loop_answers_while_a_digit_is_being_read(recognizer, digits):
