@@ -107,6 +107,38 @@ def test_mnist_digits_drawn_as_the_page_sends_them(mnist_test_split, monkeypatch
     assert taken >= 240, taken
 
 
+def test_eight_bit_pixels_read_as_their_floats(monkeypatch) -> None:
+    """uint8 pixels (a decoded PNG) go in as they are, and the answer is the one for their
+    float32 v / 255, the compiled path's and the Python steps' (which take uint8 too), on
+    drawings of every kind, random pixels and pictures the compiled path declines."""
+    rng = np.random.default_rng(11)
+    pictures = [np.round(np.clip(g, 0, 1) * 255).astype(np.uint8) for g in drawings(150, seed=3)]
+    pictures += [rng.integers(0, 256, (int(h), int(w)), dtype=np.uint8)
+                 for h, w in rng.integers(2, 90, (40, 2))]
+    paper = np.full((120, 120), 250, np.uint8)
+    paper[30:90, 55:62] = 20
+    pictures += [paper, 255 - paper, np.zeros((30, 30), np.uint8), np.full((2, 2), 255, np.uint8)]
+    ramp = np.tile(np.linspace(60, 250, 160).astype(np.uint8), (160, 1))  # uneven paper
+    ramp[40:120, 75:82] = 0
+    pictures.append(ramp)
+    answered = declined = 0
+    for k, pixels in enumerate(pictures):
+        floats = pixels.astype(np.float32) / 255.0
+        fast, via_floats = preprocess._flat_to_mnist(pixels), preprocess._flat_to_mnist(floats)
+        assert (fast is None) == (via_floats is None), k
+        if fast is None:
+            declined += 1
+            continue
+        answered += 1
+        slow = python_steps(pixels, monkeypatch)
+        for other in (via_floats, slow):
+            assert (fast.blank, fast.bbox) == (other.blank, other.bbox), k
+            assert np.array_equal(fast.image, other.image), k
+    assert answered >= 120 and declined >= 2, (answered, declined)
+    done = to_mnist(ramp)  # declined: the Python steps read the pixels
+    assert np.array_equal(done.image, to_mnist(ramp.astype(np.float32) / 255.0).image)
+
+
 def test_edge_cases_match(monkeypatch) -> None:
     blank = np.ones((140, 140), np.float32)
     one_dot = blank.copy()

@@ -179,6 +179,26 @@ def test_path_bytes_pil_numpy_and_cli_agree(recognizer, photos):
         assert cli == answers[0].to_json()
 
 
+def test_prepare_decoded_takes_pixels_or_their_floats_alike(recognizer, photos,
+                                                           mnist_test_split):
+    """What serve hands over (a plain PNG's uint8 pixels) is read as its v / 255 floats:
+    a drawing, a photo, a 28x28 MNIST digit and a whole number give the same inputs."""
+    drawing = np.full((140, 140), 255, np.uint8)
+    drawing[30:110, 66:74] = 17
+    with Image.open(photos[0][0]) as opened:
+        photo = np.asarray(opened.convert("L"))
+    strip = np.concatenate([mnist_test_split.images[k] for k in range(3)], axis=1)
+    cases = [(drawing, False), (photo, False), (mnist_test_split.images[0], False),
+             (255 - strip, True)]
+    for pixels, number in cases:
+        a = Recognizer.prepare_decoded(pixels, number=number)
+        b = Recognizer.prepare_decoded(pixels.astype(np.float32) / 255.0, number=number)
+        assert len(a.inputs) == len(b.inputs) >= 1
+        assert all(np.array_equal(x, y) for x, y in zip(a.inputs, b.inputs, strict=True))
+        assert [p.to_json() for p in recognizer.finish([a, b], recognizer.classify_prepared(
+            [a, b]))] == [recognizer.predict(pixels, number=number).to_json()] * 2
+
+
 def test_api_raises_image_error_for_bad_input(recognizer, tmp_path):
     from digitlab.errors import ImageError
 

@@ -245,14 +245,17 @@ def _prepare(image: ImageInput, *, number: bool) -> Prepared:
 def _prepare_grey(grey: np.ndarray, path: str | None, *, number: bool) -> Prepared:
     from digitlab.vision.preprocess import from_mnist_like, looks_mnist_like, to_mnist
 
+    eight_bit = grey.dtype == np.uint8  # a plain PNG's pixels (decode.plain_pixels)
     if number:
         from digitlab.number_reader import candidates
 
-        found = candidates(grey)
+        found = candidates(grey.astype(np.float32) / 255.0 if eight_bit else grey)
         return Prepared(path, found.images, number=True, reader=found)
     # An image that already is a 28x28 MNIST digit (white on black, empty border) is fed
     # as is: preprocessing it again could only move it away from what the model learnt.
-    pixels = np.round(grey * 255).astype(np.uint8) if grey.shape == (28, 28) else None
+    pixels = None
+    if grey.shape == (28, 28):
+        pixels = grey if eight_bit else np.round(grey * 255).astype(np.uint8)
     if pixels is not None and looks_mnist_like(pixels):
         done = from_mnist_like(pixels)
     else:
@@ -435,7 +438,8 @@ class Recognizer:
     @staticmethod
     def prepare_decoded(grey: np.ndarray, *, number: bool = False) -> Prepared:
         """Preprocess a picture already decoded as load_grey decodes it (float32 [H, W]
-        in [0, 1]); prepare() is this after decoding."""
+        in [0, 1]), or the uint8 pixels [H, W] of a grey one, taken as v / 255 (quicker:
+        see decode.plain_pixels); prepare() is this after decoding."""
         return _prepare_grey(grey, None, number=number)
 
     def predict_many(self, images: Sequence[ImageInput], *, top_k: int = 3,

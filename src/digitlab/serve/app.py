@@ -43,7 +43,7 @@ from digitlab.serve.batcher import INTERNAL, DigitReader
 from digitlab.serve.docs import render_docs
 from digitlab.serve.origin import check_origin
 from digitlab.serve.upload import RequestProblem, image_bytes, read_body
-from digitlab.vision.decode import FORMATS, MAX_BYTES, MAX_PIXELS, plain_grey
+from digitlab.vision.decode import FORMATS, MAX_BYTES, MAX_PIXELS, plain_pixels
 
 DEFAULT_MAX_BYTES = 5 * 2**20
 STATIC_TYPES = {
@@ -258,9 +258,9 @@ def predict_params(query: QueryParams) -> tuple[bool, int, bool]:
 
 
 def _prepare(data: bytes, number: bool) -> Prepared:
-    grey = plain_grey(data)  # the page's PNG: read once, header and all
-    if grey is not None:
-        return Recognizer.prepare_decoded(grey, number=number)
+    pixels = plain_pixels(data)  # the page's PNG: read once, header and all
+    if pixels is not None:
+        return Recognizer.prepare_decoded(pixels, number=number)
     check_header(data)
     try:
         return Recognizer.prepare(data, number=number)

@@ -588,40 +588,24 @@ typedef struct {
     size_t zeros;                            /* residuals exactly 0 */
 } Buffers;
 
-/* preprocess.as_grey for float32 input, then preprocess._flat_paper_residual. */
-static int flat_residual(const float *in, Buffers *b) {
-    size_t n = (size_t)b->h * b->w;
-    /* np.nan_to_num (NaN 0, infinities the largest floats), /255 when the largest value
-       passes 1, np.clip to [0, 1]. Drawings have none of that to do: the loops stay simple
-       enough for the compiler to vectorise. */
-    float top = -FLT_MAX;
-    int odd = 0;
-    for (size_t i = 0; i < n; i++) {
-        float v = in[i];
-        odd |= !(v >= 0.0f && v <= 1.0f); /* NaN, infinite, negative or over 1 */
-        top = v > top ? v : top;
-    }
-    const float *g = in; /* a drawing is used as it is */
-    if (odd) {
-        float *clean = b->grey;
-        for (size_t i = 0; i < n; i++) {
-            float v = in[i];
-            v = isnan(v) ? 0.0f : v;
-            clean[i] = v == INFINITY ? FLT_MAX : (v == -INFINITY ? -FLT_MAX : v);
-        }
-        if (top > 1.0f) /* also for +inf: nan_to_num makes it FLT_MAX, over 1 all the same */
-            for (size_t i = 0; i < n; i++) clean[i] = clean[i] / 255.0f;
-        for (size_t i = 0; i < n; i++)
-            clean[i] = clean[i] < 0.0f ? 0.0f : (clean[i] > 1.0f ? 1.0f : clean[i]);
-        g = clean;
-    }
-    /* Grey levels, rounded half to even as np.round does: adding and taking away 1.5 * 2^23
-       leaves a float in [0, 255] rounded to an integer in the current (nearest) mode. */
-    uint8_t *levels = b->mask; /* borrowed; the mask is made later */
+/* The picture to_mnist reads: float32 grey levels in [0, 1] (as_grey's), or 8-bit pixels
+   (a decoded PNG), which as_grey would turn into v / 255 in float32. */
+typedef struct {
+    const float *grey;   /* or NULL */
+    const uint8_t *u8;   /* when grey is NULL */
+} Picture;
+
+/* Grey levels rounded half to even as np.round does: adding and taking away 1.5 * 2^23
+   leaves a float in [0, 255] rounded to an integer in the current (nearest) mode. */
+static inline uint8_t grey_level(float g) {
     const float magic = 12582912.0f;
-    for (size_t i = 0; i < n; i++) levels[i] = (uint8_t)(int)((g[i] * 255.0f + magic) - magic);
-    /* four histograms: one pixel after another mostly lands in the same bin, and
-       incrementing a single counter would wait on the previous increment each time */
+    return (uint8_t)(int)((g * 255.0f + magic) - magic);
+}
+
+/* hist[v]: how many of the n levels are v. Four histograms: one pixel after another mostly
+   lands in the same bin, and incrementing a single counter would wait on the previous
+   increment each time. */
+static void histogram(const uint8_t *levels, size_t n, size_t hist[256]) {
     size_t counts[4][256];
     memset(counts, 0, sizeof(counts));
     size_t i4 = n - n % 4;
@@ -632,8 +616,62 @@ static int flat_residual(const float *in, Buffers *b) {
         counts[3][levels[i + 3]]++;
     }
     for (size_t i = i4; i < n; i++) counts[0][levels[i]]++;
-    size_t hist[256];
     for (int v = 0; v < 256; v++) hist[v] = counts[0][v] + counts[1][v] + counts[2][v] + counts[3][v];
+}
+
+/* as_grey for float32 input: np.nan_to_num (NaN 0, infinities the largest floats), /255
+   when the largest value passes 1, np.clip to [0, 1]. Drawings have none of that to do
+   and are used as they are (the loop stays simple enough for the compiler to vectorise). */
+static const float *clean_grey(const float *in, size_t n, float *clean) {
+    float top = -FLT_MAX;
+    int odd = 0;
+    for (size_t i = 0; i < n; i++) {
+        float v = in[i];
+        odd |= !(v >= 0.0f && v <= 1.0f); /* NaN, infinite, negative or over 1 */
+        top = v > top ? v : top;
+    }
+    if (!odd) return in;
+    for (size_t i = 0; i < n; i++) {
+        float v = in[i];
+        v = isnan(v) ? 0.0f : v;
+        clean[i] = v == INFINITY ? FLT_MAX : (v == -INFINITY ? -FLT_MAX : v);
+    }
+    if (top > 1.0f) /* also for +inf: nan_to_num makes it FLT_MAX, over 1 all the same */
+        for (size_t i = 0; i < n; i++) clean[i] = clean[i] / 255.0f;
+    for (size_t i = 0; i < n; i++)
+        clean[i] = clean[i] < 0.0f ? 0.0f : (clean[i] > 1.0f ? 1.0f : clean[i]);
+    return clean;
+}
+
+/* The residual of one grey level g against the paper's `level`: how far it is from the
+   paper towards the ink (dark ink on light paper when `darker`, scaled by d). */
+static inline float residual_of(float g, float level, int darker, float d) {
+    return darker ? (level - g) / d : g - level;
+}
+
+/* as_grey, then preprocess._flat_paper_residual. 8-bit pixels take only 256 values, so
+   their levels and residuals are worked out once per value and looked up: the same floats
+   the float path computes from v / 255. */
+static int flat_residual(Picture in, Buffers *b) {
+    size_t n = (size_t)b->h * b->w;
+    const float *g = NULL;
+    float g_of[256];
+    uint8_t level_of[256];
+    uint8_t *levels = b->mask; /* borrowed; the mask is made later */
+    size_t hist[256], by_value[256];
+    if (in.grey) {
+        g = clean_grey(in.grey, n, b->grey);
+        for (size_t i = 0; i < n; i++) levels[i] = grey_level(g[i]);
+        histogram(levels, n, hist);
+    } else {
+        histogram(in.u8, n, by_value);
+        memset(hist, 0, sizeof(hist));
+        for (int v = 0; v < 256; v++) {
+            g_of[v] = (float)v / 255.0f;
+            level_of[v] = grey_level(g_of[v]);
+            hist[level_of[v]] += by_value[v];
+        }
+    }
     int paper = 0;
     for (int v = 1; v < 256; v++)
         if (hist[v] > hist[paper]) paper = v;
@@ -644,24 +682,36 @@ static int flat_residual(const float *in, Buffers *b) {
     if ((double)near < FLAT_SHARE * (double)n) return DECLINE;
     int h = b->h, w = b->w;
     size_t border = 0, edge = 2 * (size_t)w + 2 * (size_t)h;
-#define ON_PAPER(i) (levels[i] >= lo && levels[i] <= hi)
+#define LEVEL(i) (g ? levels[i] : level_of[in.u8[i]])
+#define ON_PAPER(i) (LEVEL(i) >= lo && LEVEL(i) <= hi)
     for (int x = 0; x < w; x++) border += ON_PAPER(x) + ON_PAPER((size_t)(h - 1) * w + x);
     for (int y = 0; y < h; y++) border += ON_PAPER((size_t)y * w) + ON_PAPER((size_t)y * w + w - 1);
 #undef ON_PAPER
+#undef LEVEL
     if ((double)border < FLAT_BORDER_SHARE * (double)edge) return DECLINE;
     size_t darker = 0, lighter = 0;
     for (int v = 0; v < paper - FLAT_FAR; v++) darker += hist[v];
     for (int v = paper + FLAT_FAR + 1; v < 256; v++) lighter += hist[v];
     float level = (float)(paper / 255.0);
+    float d = (float)((double)level > 0.05 ? (double)level : 0.05);
+    int dark_ink = darker > lighter;
     float *r = b->residual;
-    if (darker > lighter) {
-        float d = (float)((double)level > 0.05 ? (double)level : 0.05);
-        for (size_t i = 0; i < n; i++) r[i] = (level - g[i]) / d;
-    } else {
-        for (size_t i = 0; i < n; i++) r[i] = g[i] - level;
-    }
     size_t zeros = 0;
-    for (size_t i = 0; i < n; i++) zeros += r[i] == 0.0f;
+    if (g) {
+        if (dark_ink) {
+            for (size_t i = 0; i < n; i++) r[i] = residual_of(g[i], level, 1, d);
+        } else {
+            for (size_t i = 0; i < n; i++) r[i] = residual_of(g[i], level, 0, d);
+        }
+        for (size_t i = 0; i < n; i++) zeros += r[i] == 0.0f;
+    } else {
+        float r_of[256];
+        for (int v = 0; v < 256; v++) {
+            r_of[v] = residual_of(g_of[v], level, dark_ink, d);
+            zeros += r_of[v] == 0.0f ? by_value[v] : 0;
+        }
+        for (size_t i = 0; i < n; i++) r[i] = r_of[in.u8[i]];
+    }
     b->zeros = zeros;
     return DONE;
 }
@@ -942,7 +992,7 @@ static void paste_centred(const float *digit, int h, int w, uint8_t *out) {
     }
 }
 
-static int pipeline(const float *in, int h, int w, uint8_t *out, Box *ink_box) {
+static int pipeline(Picture in, int h, int w, uint8_t *out, Box *ink_box) {
     if (h < 2 || w < 2 || h > MAX_WORK_SIDE || w > MAX_WORK_SIDE) return DECLINE;
     size_t n = (size_t)h * w;
     /* One block for every buffer: after the first call glibc keeps a block this size on
@@ -1117,13 +1167,18 @@ static int get_in_out(PyObject *args, Py_buffer *in, const char *in_formats, Py_
 static PyObject *py_to_mnist(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer grey, out;
-    if (get_in_out(args, &grey, "f", &out, "B") < 0) return NULL;
+    if (get_in_out(args, &grey, "fB", &out, "B") < 0) return NULL;
     int status = DECLINE;
     Box box = {0, 0, 0, 0};
     if (out.shape[0] == MNIST_SIDE && out.shape[1] == MNIST_SIDE) {
         int h = (int)grey.shape[0], w = (int)grey.shape[1];
+        Picture in = {NULL, NULL};
+        if (grey.format[0] == 'f')
+            in.grey = (const float *)grey.buf;
+        else
+            in.u8 = (const uint8_t *)grey.buf;
         Py_BEGIN_ALLOW_THREADS
-        status = pipeline((const float *)grey.buf, h, w, (uint8_t *)out.buf, &box);
+        status = pipeline(in, h, w, (uint8_t *)out.buf, &box);
         Py_END_ALLOW_THREADS
     } else {
         PyErr_SetString(PyExc_ValueError, "out must be uint8 [28, 28]");
@@ -1201,8 +1256,9 @@ static PyMethodDef methods[] = {
      "unfilter(raw, out): PNG rows (filter byte + pixels, 8-bit grey) into uint8 out [H, W]; "
      "False for a wrong length or an unknown filter."},
     {"to_mnist", py_to_mnist, METH_VARARGS,
-     "to_mnist(grey, out) for float32 grey [H, W] and uint8 out [28, 28]: None when declined "
-     "(run the Python code), else (blank, (y0, x0, y1, x1) of the ink or None)."},
+     "to_mnist(grey, out) for float32 grey [H, W] in [0, 1] (or uint8 pixels [H, W], read as "
+     "as_grey reads them) and uint8 out [28, 28]: None when declined (run the Python code), "
+     "else (blank, (y0, x0, y1, x1) of the ink or None)."},
     {"resize", py_resize, METH_VARARGS,
      "resize(src, dst): float32 src resampled into dst's shape, as preprocess.resize does."},
     {"edt", py_edt, METH_VARARGS,

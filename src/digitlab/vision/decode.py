@@ -52,8 +52,14 @@ def plain_grey(data: bytes, *, max_pixels: int = MAX_PIXELS) -> np.ndarray | Non
     """decode_image of a plain 8-bit greyscale PNG (what the drawing page sends; see
     vision/png.py), read without Pillow, to the same pixels; None for any other file, or
     one past the limits, which decode_image hands to Pillow."""
-    pixels = png.read_grey(data, max_pixels=max_pixels, min_side=MIN_SIDE)
+    pixels = plain_pixels(data, max_pixels=max_pixels)
     return None if pixels is None else pixels.astype(np.float32) / 255.0
+
+
+def plain_pixels(data: bytes, *, max_pixels: int = MAX_PIXELS) -> np.ndarray | None:
+    """plain_grey's uint8 pixels, before they become v / 255 (Recognizer.prepare_decoded
+    takes them as they are: the compiled preprocessing reads them a third quicker)."""
+    return png.read_grey(data, max_pixels=max_pixels, min_side=MIN_SIDE)
 
 
 def _describe(source: Source) -> str:

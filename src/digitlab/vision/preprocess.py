@@ -97,9 +97,11 @@ def _flat_to_mnist(grey: np.ndarray) -> Preprocessed | None:
     """to_mnist of a digit on flat paper (a drawing, a clean scan) in one compiled call, bit
     for bit what the steps below give; None where it declines (photos, pictures over
     MAX_WORK_SIDE, windows wider than the picture) or is not built, and the steps below
-    run."""
-    if _flat is None or not (isinstance(grey, np.ndarray) and grey.dtype == np.float32
-                             and grey.ndim == 2 and grey.flags.c_contiguous):
+    run. Takes float32 grey levels or, quicker, the 8-bit pixels of a decoded PNG (read as
+    as_grey reads them)."""
+    if _flat is None or not (isinstance(grey, np.ndarray) and grey.ndim == 2
+                             and grey.dtype in (np.float32, np.uint8)
+                             and grey.flags.c_contiguous):
         return None
     image = np.empty((MNIST_SIDE, MNIST_SIDE), np.uint8)
     found = _flat.to_mnist(grey, image)
