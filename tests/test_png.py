@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import struct
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from digitlab.api import png_bytes
+from digitlab.api import png_base64, png_bytes
 from digitlab.vision import decode, png
 
 
@@ -65,12 +66,19 @@ def test_reads_the_pages_encoding() -> None:
 
 def test_written_files_are_what_pillow_reads() -> None:
     rng = np.random.default_rng(1)
-    for shape in [(28, 28), (1, 1), (3, 200), (97, 5)]:
+    for shape, level in [((28, 28), 1), ((1, 1), 1), ((3, 200), 1), ((97, 5), 1),
+                         ((28, 28), 0), ((300, 301), 0), ((1, 1), 9)]:
         image = (rng.random(shape) * 255).astype(np.uint8)
-        data = png_bytes(image)
+        data = png_bytes(image, level=level)
         with Image.open(io.BytesIO(data)) as opened:
             assert opened.mode == "L" and opened.size == shape[::-1]
             assert np.array_equal(np.asarray(opened), image)
+        assert np.array_equal(png.read_grey(data, max_pixels=10**6), image)
+    digit = np.zeros((28, 28), np.uint8)
+    digit[5:23, 12:16] = 255
+    stored, squeezed = png_bytes(digit, level=0), png_bytes(digit)
+    assert len(stored) > 28 * 29 > 4 * len(squeezed)  # answers store rows; files compress
+    assert base64.b64decode(png_base64(digit)) == stored
     with pytest.raises(ValueError):
         png.write_grey(np.zeros((2, 2, 3), np.uint8))
 

@@ -84,8 +84,9 @@ def _plain_grey(data: bytes) -> tuple[int, int, bytes] | None:
     return None
 
 
-def write_grey(image: np.ndarray) -> bytes:
-    """A uint8 [H, W] image as a plain 8-bit greyscale PNG."""
+def write_grey(image: np.ndarray, *, level: int = 1) -> bytes:
+    """A uint8 [H, W] image as a plain 8-bit greyscale PNG, its rows compressed at zlib
+    `level` (0: stored as they are)."""
     pixels = np.ascontiguousarray(image, dtype=np.uint8)
     if pixels.ndim != 2 or not pixels.size:
         raise ValueError(f"expected a non-empty grey image [H, W], got shape {pixels.shape}")
@@ -96,7 +97,7 @@ def write_grey(image: np.ndarray) -> bytes:
         SIGNATURE,
         _chunk(b"IHDR", _IHDR.pack(width, height, 8, 0, 0, 0, 0)),
         # level 1: 40% quicker than the default 6 on a 28x28 digit, for 4% more bytes
-        _chunk(b"IDAT", zlib.compress(rows.tobytes(), 1)),
+        _chunk(b"IDAT", zlib.compress(rows.tobytes(), level)),
         _chunk(b"IEND", b""),
     ])
 
