@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gc
 import io
@@ -262,6 +263,73 @@ def test_a_client_that_leaves_mid_body_costs_nothing(url, client, digits):
             s.sendall(b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
                       b"Content-Length: 5000\r\n\r\n" + digits[0][1][:100])
     assert client.post("/api/predict", content=digits[0][1]).status_code == 200
+
+
+def test_predict_answers_alike_with_or_without_the_short_cut(url, recognizer, digits):
+    """POST /api/predict skips Starlette's middleware and router (DigitlabApp): every kind
+    of answer, good or bad, is byte for byte what the full way round gives."""
+    blank = png(np.full((60, 60), 255, np.uint8))
+    requests = [
+        dict(content=digits[0][1]),
+        dict(content=digits[1][1], params={"top_k": "5", "include_input": "yes"}),
+        dict(content=blank),
+        dict(content=b"not an image", headers={"Content-Type": "text/plain"}),
+        dict(content=b"\x89PNG\r\n\x1a\n broken"),
+        dict(content=b"x", params={"top_k": "11", "number": "maybe"}),
+        dict(content=b"--x\r\nnonsense", headers={"Content-Type": "multipart/form-data"}),
+        dict(content=fake_png(20_000, 20_000)),
+        dict(content=b"x" * (LIMIT + 1)),
+    ]
+    full = create_app(recognizer, max_bytes=LIMIT)
+    full.predict = None  # the way every other path goes
+    with running(full) as other, httpx.Client(base_url=url) as fast, \
+            httpx.Client(base_url=other) as slow:
+        for kwargs in requests:
+            a, b = fast.post("/api/predict", **kwargs), slow.post("/api/predict", **kwargs)
+            assert (a.status_code, a.content) == (b.status_code, b.content), kwargs
+            assert a.headers["content-type"] == b.headers["content-type"]
+            assert a.headers.get("connection") == b.headers.get("connection")
+
+
+def test_the_short_cut_is_taken_and_a_bug_in_it_is_a_logged_json_500(recognizer, caplog):
+    """Driven as uvicorn drives it: predict requests never build the middleware stack, and
+    an exception the endpoint does not expect answers a JSON 500 and reaches the server's
+    log, as ServerErrorMiddleware would have it."""
+    app = create_app(recognizer)
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"x", "more_body": False}
+
+    def scope(path: str, method: str = "POST") -> dict:
+        return {"type": "http", "method": method, "path": path, "raw_path": path.encode(),
+                "root_path": "", "query_string": b"top_k=0", "headers": [], "state": {},
+                "scheme": "http", "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 1)}
+
+    async def drive() -> None:
+        await app(scope("/api/predict"), receive, send)  # top_k=0: a 422, handled
+        assert app.middleware_stack is None
+        assert sent[0]["status"] == 422 and b"bad parameters" in sent[1]["body"]
+        sent.clear()
+        app.predict = broken
+        with pytest.raises(ZeroDivisionError):
+            await app(scope("/api/predict"), receive, send)
+        assert sent[0]["status"] == 500 and json.loads(sent[1]["body"])["detail"] == \
+            "ZeroDivisionError"
+        assert app.middleware_stack is None
+        sent.clear()
+        await app(scope("/api/predict", "GET"), receive, send)  # not the short-cut's
+        assert sent[0]["status"] == 405 and app.middleware_stack is not None
+
+    async def broken(scope, receive, send) -> None:
+        raise ZeroDivisionError("a bug")
+
+    with caplog.at_level("ERROR", logger="digitlab.serve"):
+        asyncio.run(drive())
+    assert "unexpected error on POST /api/predict" in caplog.text
 
 
 def test_unknown_paths_and_methods_are_json(client):
