@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import gc
 import io
 import json
+import os
 import re
 import signal
 import socket
@@ -16,6 +18,7 @@ import sys
 import threading
 import time
 import zlib
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -529,31 +532,107 @@ def test_serve_refuses_a_busy_port():
 
 
 @pytest.mark.slow
-def test_digitlab_serve_with_two_workers_answers_and_stops_on_ctrl_c(digits):
+def workers_of(parent: int) -> list[str]:
+    """The worker processes of `digitlab serve` (not multiprocessing's resource tracker)."""
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    return [pid for pid in children
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+
+def test_digitlab_serve_with_two_workers(digits):
+    """Two workers answer; 32 keep-alive clients connecting at once are split evenly between
+    them, whichever is idle (uvicorn's own multi-process mode, where the idle worker takes
+    them all, split them 32/0, 28/4 or 25/7 in most of ten rounds); a worker killed by the
+    system is replaced and the server goes on answering; the supervisor holds no model; Ctrl+C
+    stops it all."""
     proc = subprocess.Popen([sys.executable, "-m", "digitlab", "serve", "--port", "0",
                              "--workers", "2", "--no-access-log"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         first = proc.stdout.readline()
         base = re.search(r"http://127\.0\.0\.1:\d+", first).group(0)
+        port = int(base.rsplit(":", 1)[1])
         with httpx.Client(base_url=base, timeout=60) as c:
             # The socket is bound before the workers start; they answer once loaded.
             for _, data in digits[:4]:
                 assert c.post("/api/predict", content=data).status_code == 200
-        # The supervisor only forwards signals: it holds no torch and no model of its own.
+        # The supervisor holds no torch and no model of its own.
         maps = Path(f"/proc/{proc.pid}/maps").read_text()
-        assert "libtorch" not in maps and "torch/lib" not in maps
+        assert "libtorch" not in maps and "torch/lib" not in maps and "onnxruntime" not in maps
         # The workers run the shipped model's ONNX file on onnxruntime: no torch either.
-        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-        maps = [Path(f"/proc/{pid}/maps").read_text() for pid in children]
-        assert sum("onnxruntime" in m for m in maps) == 2  # the two workers
+        workers = workers_of(proc.pid)
+        maps = [Path(f"/proc/{pid}/maps").read_text() for pid in workers]
+        assert len(workers) == 2 and all("onnxruntime" in m for m in maps)
         assert not [m for m in maps if "libtorch" in m]
+
+        for _ in range(3):
+            async def round_() -> list[int]:
+                writers = await hold_connections(port, digits[1][1], 32)
+                split = connections_per_worker(proc.pid, port)
+                for writer in writers:
+                    writer.close()
+                await asyncio.sleep(0.5)  # the workers see the connections go
+                return split
+            split = asyncio.run(round_())
+            assert len(split) == 2 and sum(split) == 32 and split[0] >= 12, split
+
+        os.kill(int(workers[0]), signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            now = workers_of(proc.pid)
+            if len(now) == 2 and workers[0] not in now:
+                break
+            time.sleep(0.2)
+        with httpx.Client(base_url=base, timeout=60) as c:
+            for _, data in digits[:6]:
+                assert c.post("/api/predict", content=data).status_code == 200
+        assert proc.poll() is None
+        workers = workers_of(proc.pid)
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
     finally:
         proc.kill()
     assert proc.returncode == 0, out
-    assert "Traceback" not in out
+    assert "ended (exit code -9); starting another" in out and "Traceback" not in out
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]  # all stopped
+
+
+def connections_per_worker(parent: int, port: int) -> list[int]:
+    """How many established connections to `port` each child of `parent` holds (Linux's
+    /proc: the workers' socket inodes matched with the TCP table)."""
+    children = workers_of(parent)
+    served: dict[str, int] = {}
+    for name in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{name}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                served[fields[9]] = 0
+    for pid in children:
+        inodes = set()
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        served.update({inode: int(pid) for inode in inodes & served.keys()})
+    by_worker = Counter(served.values())
+    return sorted(by_worker[int(pid)] for pid in children if by_worker[int(pid)])
+
+
+async def hold_connections(port: int, body: bytes, count: int) -> list[asyncio.StreamWriter]:
+    """`count` clients that connect at once, each posting a digit twice on its keep-alive
+    connection (serve_load's clients), left open."""
+    async def client() -> asyncio.StreamWriter:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(2):
+            writer.write(b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200"), head
+            length = int(re.search(rb"content-length: (\d+)", head, re.I).group(1))
+            await reader.readexactly(length)
+        return writer
+    return list(await asyncio.gather(*(client() for _ in range(count))))
 
 
 QUERIES = ["", "top_k=0", "top_k=11", "top_k=three", "top_k=-5", "top_k= 4", "top_k=4.0",

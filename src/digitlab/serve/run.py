@@ -87,13 +87,10 @@ def serve(
         with contextlib.suppress(KeyboardInterrupt):
             server.run(sockets=[sock])
         return
-    from uvicorn.supervisors import Multiprocess
+    from digitlab.serve.workers import run_workers
 
-    os.environ[SETTINGS_ENV] = json.dumps(asdict(settings))
-    config = uvicorn.Config("digitlab.serve.run:app_from_env", factory=True, workers=workers,
-                            log_level="info", access_log=access_log,
-                            timeout_graceful_shutdown=5)
-    Multiprocess(config, sockets=[sock]).run()
+    run_workers(sock, workers, settings_env=(SETTINGS_ENV, json.dumps(asdict(settings))),
+                access_log=access_log)
 
 
 def app_from_env() -> FastAPI:
