@@ -35,3 +35,56 @@ def test_bounded_load_has_no_errors_and_no_memory_growth(mnist_root: Path) -> No
     for line in ("throughput", "latency", "errors", "answers", "server CPU", "client CPU",
                  "memory"):
         assert f"\n{line}" in "\n" + text
+
+
+def test_the_load_generators_connection_reads_answers_and_survives_closes() -> None:
+    """serve_load's bare HTTP client: answers split over many packets, `Connection: close`
+    (it reconnects), and a server that hangs up mid-answer (an error, not a crash)."""
+    import asyncio
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("serve_load", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    serve_load = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(serve_load)
+    accepted = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(1)
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            body = await reader.readexactly(length)
+            if body == b"hang up":
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{\"digit\"")
+                writer.close()
+                return
+            answer = b'{"path":null,"digit":%d}' % len(body)
+            close = b"Connection: close\r\n" if body == b"close" else b""
+            message = (b"HTTP/1.1 200 OK\r\n" + close + b"Content-Length: %d\r\n\r\n"
+                       % len(answer) + answer)
+            for k in range(0, len(message), 7):  # the head and body in small pieces
+                writer.write(message[k:k + 7])
+                await writer.drain()
+                await asyncio.sleep(0)
+            if close:
+                writer.close()
+                return
+
+    async def main() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        conn = serve_load.Connection("127.0.0.1", port)
+        status, payload = await conn.post("/api/predict", b"12345")
+        assert status == 200 and serve_load.DIGIT.search(payload).group(1) == b"5"
+        assert (await conn.post("/api/predict", b"close"))[0] == 200
+        assert (await conn.post("/api/predict", b"abc"))[1].endswith(b'"digit":3}')
+        assert len(accepted) == 2  # reconnected after the close
+        with pytest.raises(OSError):
+            await conn.post("/api/predict", b"hang up")
+        assert (await conn.post("/api/predict", b"ab"))[0] == 200
+        await conn.close()
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
