@@ -208,6 +208,18 @@ def test_bad_parameters_are_422(client, query):
     assert body["detail"][0]["where"].startswith("query.")
 
 
+def test_query_strings_are_parsed_once_and_their_errors_every_time(client, digits):
+    from digitlab.serve import app as serve_app
+
+    hits = serve_app._parsed.cache_info().hits
+    for _ in range(3):
+        body = problem(client.post("/api/predict?top_k=0&number=x", content=b"x"), 422,
+                       "bad parameters")
+        assert [e["where"] for e in body["detail"]] == ["query.number", "query.top_k"]
+        assert client.post("/api/predict?top_k=2", content=digits[0][1]).json()["top_k"][1]
+    assert serve_app._parsed.cache_info().hits >= hits + 4
+
+
 def test_malformed_multipart_is_400(client):
     problem(client.post("/api/predict", content=b"--x\r\nnonsense",
                         headers={"Content-Type": "multipart/form-data"}), 400, "boundary")
