@@ -7,7 +7,7 @@ a proxy's connection pool, serve_load's 32 clients) split 32/0, 28/4 or 25/7 far
 often than evenly (ten rounds of 32 connections: 16/16 once), and every request on the
 crowded worker waits for twice its share of reading.
 
-Here each worker accepts in a thread of its own, and only while it holds no more
+Here each worker accepts on its own event loop, and only while it holds no more
 connections than the least busy worker (their counts are in memory the workers share): new
 connections go to the emptiest worker, so the split stays within one whatever the timing.
 A connection nobody else takes within TAKE_OVER_S (the emptiest worker is busy, or gone)
@@ -21,7 +21,6 @@ import asyncio
 import logging
 import multiprocessing
 import os
-import select
 import signal
 import socket
 import threading
@@ -36,7 +35,7 @@ from uvicorn.config import STARTUP_FAILURE
 from digitlab.errors import DigitlabError
 
 TAKE_OVER_S = 0.05  # how long a waiting connection is left for an emptier worker
-STOP_CHECK_S = 0.2  # how often an idle acceptor looks whether the server is stopping
+STEP_BACK_S = 0.001  # how soon a worker that stepped back looks again
 QUICK_EXIT_S = 10.0  # a worker that ends this soon after starting, twice, ends the server
 
 log = logging.getLogger("digitlab.serve")
@@ -57,8 +56,8 @@ class Counts:
 
 
 class BalancedServer(uvicorn.Server):
-    """A uvicorn server that takes its connections from an Acceptor thread instead of
-    listening itself."""
+    """A uvicorn server whose connections come from an Acceptor instead of a listening
+    socket of its own."""
 
     def __init__(self, config: uvicorn.Config, sock: socket.socket, counts: Counts,
                  index: int) -> None:
@@ -75,7 +74,7 @@ class BalancedServer(uvicorn.Server):
         protocol = partial(config.http_protocol_class, config=config,  # type: ignore[call-arg]
                            server_state=self.server_state, app_state=self.lifespan.state)
         self.acceptor = Acceptor(self.sock, self.counts, self.index, asyncio.get_running_loop(),
-                                 protocol, self.server_state.connections)
+                                 protocol)
         self.acceptor.start()
 
     async def shutdown(self, sockets: Sequence[socket.socket] | None = None) -> None:
@@ -84,77 +83,99 @@ class BalancedServer(uvicorn.Server):
         await super().shutdown(sockets=None)
 
 
-class Acceptor(threading.Thread):
-    """Accepts connections for one worker while it is (one of) the least busy, and hands
-    them to its event loop."""
+class Acceptor:
+    """Accepts connections for one worker, on its event loop, while the worker holds no more
+    of them than the least busy other worker.
+
+    Every worker's loop hears of a waiting connection; the ones holding more step back and
+    look again a millisecond later (the socket stays readable, so a loop that listened on
+    would be called back over and over), and take it after TAKE_OVER_S."""
 
     def __init__(self, sock: socket.socket, counts: Counts, index: int,
-                 loop: asyncio.AbstractEventLoop, protocol: Callable[[], asyncio.Protocol],
-                 connections: set[Any]) -> None:
-        super().__init__(name=f"digitlab-acceptor-{index}", daemon=True)
+                 loop: asyncio.AbstractEventLoop,
+                 protocol: Callable[[], asyncio.Protocol]) -> None:
         self.sock, self.counts, self.index = sock, counts, index
-        self.loop, self.protocol, self.connections = loop, protocol, connections
-        self.handed = 0  # connections handed to the loop (this thread counts)
-        self.started = 0  # ... and started there (the loop counts)
-        self.stopping = threading.Event()
+        self.loop, self.protocol = loop, protocol
+        self.open = 0  # this worker's connections (all counted on its loop)
+        self.stepped_back: float | None = None  # since when a connection waits for others
+        self.last_look = 0.0
+        self.listening = False
+        self.stopped = False
+
+    def start(self) -> None:
+        self.sock.setblocking(False)
+        self.counts.set(self.index, 0)
+        self._listen()
 
     def stop(self) -> None:
-        self.stopping.set()
-        self.join(2 * STOP_CHECK_S + 1)
+        self.stopped = True
+        self._unlisten()
 
-    def open(self) -> int:
-        """This worker's connections: open ones, and those handed over but not started."""
-        return len(self.connections) + self.handed - self.started
+    def _listen(self) -> None:
+        if not self.stopped and not self.listening:
+            self.loop.add_reader(self.sock.fileno(), self._ready)
+            self.listening = True
 
-    def run(self) -> None:
-        self.sock.setblocking(False)
-        waiting_since: float | None = None
-        while not self.stopping.is_set():
-            mine = self.open()
-            self.counts.set(self.index, mine)
-            ready, _, _ = select.select([self.sock], [], [], STOP_CHECK_S)
-            if not ready:
-                waiting_since = None
-                continue
-            fewest = self.counts.fewest_elsewhere(self.index)
-            now = time.monotonic()
-            if fewest is not None and mine > fewest:
-                # An emptier worker should take it; take it anyway once it has waited.
-                waiting_since = waiting_since or now
-                if now - waiting_since < TAKE_OVER_S:
-                    time.sleep(0.001)
-                    continue
-            waiting_since = None
+    def _unlisten(self) -> None:
+        if self.listening:
+            self.loop.remove_reader(self.sock.fileno())
+            self.listening = False
+
+    def _ready(self) -> None:
+        """The listening socket has a connection waiting (for this worker or another)."""
+        now = time.monotonic()
+        fewest = self.counts.fewest_elsewhere(self.index)
+        if fewest is not None and self.open > fewest:
+            if self.stepped_back is None or now - self.last_look > 2 * STEP_BACK_S:
+                self.stepped_back = now  # a new wait, not the same connection again
+            self.last_look = now
+            if now - self.stepped_back < TAKE_OVER_S:
+                self._unlisten()
+                self.loop.call_later(STEP_BACK_S, self._listen)
+                return
+        self.stepped_back = None
+        # Take what is waiting while this worker stays among the least busy (a burst of
+        # connections is then taken a few at a time, not one per wake-up).
+        while fewest is None or self.open <= fewest:
             try:
                 conn, _ = self.sock.accept()
             except (BlockingIOError, InterruptedError):
-                continue  # another worker took it
+                return  # nothing (more) waiting, or another worker took it
             except OSError as exc:
-                if self.stopping.is_set():
-                    return
                 log.warning("accepting a connection failed: %s", exc)
-                time.sleep(STOP_CHECK_S)
-                continue
-            self.handed += 1
-            self.counts.set(self.index, self.open())
-            try:
-                self.loop.call_soon_threadsafe(self._start, conn)
-            except RuntimeError:  # the loop has closed
-                conn.close()
                 return
+            self._count(+1)
+            self.loop.create_task(self._serve(conn))
+            fewest = self.counts.fewest_elsewhere(self.index)
 
-    def _start(self, conn: socket.socket) -> None:
-        """On the event loop: serve the connection as uvicorn would."""
+    def _count(self, change: int) -> None:
+        self.open += change
+        self.counts.set(self.index, self.open)
 
-        async def serve() -> None:
-            try:
-                await self.loop.connect_accepted_socket(self.protocol, conn)
-            except OSError:
-                conn.close()  # the client left before it started
-            finally:
-                self.started += 1
+    async def _serve(self, conn: socket.socket) -> None:
+        """Serve the connection as uvicorn would, counting it until it closes."""
+        counted = [True]  # until connection_lost says otherwise
 
-        self.loop.create_task(serve())
+        def protocol() -> asyncio.Protocol:
+            made = self.protocol()
+            lost = made.connection_lost
+
+            def connection_lost(exc: Exception | None) -> None:
+                if counted[0]:
+                    counted[0] = False
+                    self._count(-1)
+                lost(exc)
+
+            made.connection_lost = connection_lost  # type: ignore[method-assign]
+            return made
+
+        try:
+            await self.loop.connect_accepted_socket(protocol, conn)
+        except OSError:  # the client left before it started
+            conn.close()
+            if counted[0]:
+                counted[0] = False
+                self._count(-1)
 
 
 def run_workers(sock: socket.socket, workers: int, *, settings_env: tuple[str, str],
