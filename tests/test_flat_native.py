@@ -105,6 +105,13 @@ def test_mnist_digits_drawn_as_the_page_sends_them(mnist_test_split, monkeypatch
         greys.append(np.round(ink + levels * (255 - ink)).astype(np.float32) / np.float32(255))
     taken = compare(greys, monkeypatch)
     assert taken >= 240, taken
+    for k, grey in enumerate(greys):  # and from the 8-bit pixels serve hands over
+        fast = preprocess._flat_to_mnist(np.round(grey * 255).astype(np.uint8))
+        floats = preprocess._flat_to_mnist(grey)
+        assert (fast is None) == (floats is None), k
+        if fast is not None:
+            assert (fast.blank, fast.bbox) == (floats.blank, floats.bbox), k
+            assert np.array_equal(fast.image, floats.image), k
 
 
 def test_eight_bit_pixels_read_as_their_floats(monkeypatch) -> None:

@@ -586,6 +586,12 @@ typedef struct {
     float *work, *digit;                     /* WORK_SIDE^2 and WORK_BOX^2 */
     uint8_t *wmask;                          /* WORK_SIDE^2 */
     size_t zeros;                            /* residuals exactly 0 */
+    /* 8-bit pictures: the residual of each value, how many pixels hold it, and whether
+       `residual` has been filled in from them yet (float pictures: always) */
+    const uint8_t *u8;
+    float r_of[256];
+    size_t by_value[256];
+    int filled;
 } Buffers;
 
 /* The picture to_mnist reads: float32 grey levels in [0, 1] (as_grey's), or 8-bit pixels
@@ -704,20 +710,105 @@ static int flat_residual(Picture in, Buffers *b) {
             for (size_t i = 0; i < n; i++) r[i] = residual_of(g[i], level, 0, d);
         }
         for (size_t i = 0; i < n; i++) zeros += r[i] == 0.0f;
+        b->filled = 1;
     } else {
-        float r_of[256];
         for (int v = 0; v < 256; v++) {
-            r_of[v] = residual_of(g_of[v], level, dark_ink, d);
-            zeros += r_of[v] == 0.0f ? by_value[v] : 0;
+            b->r_of[v] = residual_of(g_of[v], level, dark_ink, d);
+            zeros += b->r_of[v] == 0.0f ? by_value[v] : 0;
         }
-        for (size_t i = 0; i < n; i++) r[i] = r_of[in.u8[i]];
+        memcpy(b->by_value, by_value, sizeof(by_value));
+        b->u8 = in.u8;
+        b->filled = 0; /* fill_residual, if a step needs every pixel's */
     }
     b->zeros = zeros;
     return DONE;
 }
 
-/* preprocess._threshold: the soft ink map (b->soft, zero outside `near`) and the mask. */
-static int threshold(Buffers *b, Box *box, Box *near) {
+static void fill_residual(Buffers *b) {
+    if (b->filled) return;
+    size_t n = (size_t)b->h * b->w;
+    for (size_t i = 0; i < n; i++) b->residual[i] = b->r_of[b->u8[i]];
+    b->filled = 1;
+}
+
+/* Where the ink lies between paper and full strength: _threshold's statistics. */
+typedef struct {
+    double paper, floor_, ink;
+    int sure; /* ink stands out above the coarse floor */
+} InkLevels;
+
+/* The 90th percentile of the residuals above `above`, as np.percentile gives it, from
+   those values and their counts (8-bit pictures: at most 256 of them). BLANK for fewer
+   than 3 such pixels. */
+static int ink_percentile_counted(const float *value, const size_t *count, float above,
+                                  double *ink) {
+    float vals[256];
+    size_t cnts[256];
+    int k = 0;
+    for (int v = 0; v < 256; v++) {
+        if (!count[v] || !(value[v] > above)) continue;
+        int at = k++; /* insertion: ascending values */
+        while (at > 0 && vals[at - 1] > value[v]) {
+            vals[at] = vals[at - 1], cnts[at] = cnts[at - 1];
+            at--;
+        }
+        vals[at] = value[v], cnts[at] = count[v];
+    }
+    size_t m = 0;
+    for (int j = 0; j < k; j++) m += cnts[j];
+    if (m < 3) return BLANK;
+    double virtual_ = (double)(m - 1) * (90 / 100.0);
+    size_t below = (size_t)floor(virtual_);
+    float top = vals[k - 1];
+    size_t at_top = cnts[k - 1];
+    if (virtual_ >= (double)(m - 1) || below >= m - at_top) {
+        *ink = top;
+        return DONE;
+    }
+    /* low: the below-th smallest (0-based); high: the next one up */
+    size_t upto = 0;
+    int j = 0;
+    while (upto + cnts[j] <= below) upto += cnts[j++];
+    float low = vals[j], high = upto + cnts[j] > below + 1 ? low : vals[j + 1];
+    double gamma = virtual_ - (double)below;
+    float step = high - low;
+    *ink = gamma >= 0.5 ? (double)(high - step * (float)(1 - gamma))
+                        : (double)(low + step * (float)gamma);
+    return DONE;
+}
+
+/* _threshold's statistics for an 8-bit drawing on flat paper, from counts alone: over half
+   the pixels are the paper (residual exactly 0) and over half the steps between
+   neighbours are flat, so the paper's level, its spread and the pixel noise are all 0.
+   DECLINE when that is not so (the float statistics then run on every residual). */
+static int ink_levels_u8(Buffers *b, InkLevels *k) {
+    int h = b->h, w = b->w;
+    size_t n = (size_t)h * w;
+    if (!(b->zeros > n / 2)) return DECLINE;
+    for (int v = 1; v < 256; v++) /* equal pixels then mean equal residuals, and back */
+        if (b->r_of[v] == b->r_of[v - 1]) return DECLINE;
+    size_t steps = (size_t)h * (w - 1), flat = 0;
+    for (int y = 0; y < h; y++) {
+        const uint8_t *row = b->u8 + (size_t)y * w;
+        for (int x = 0; x < w - 1; x++) flat += row[x + 1] == row[x];
+    }
+    if (!(flat > steps / 2)) return DECLINE;
+    double paper = 0.0, coarse = MIN_CONTRAST / 2, floor_ = MIN_CONTRAST / 2;
+    float low_cut = (float)(coarse < floor_ ? coarse : floor_), coarse_cut = (float)coarse;
+    size_t above_coarse = 0;
+    for (int v = 0; v < 256; v++)
+        if (b->r_of[v] > coarse_cut) above_coarse += b->by_value[v];
+    int sure = above_coarse >= 3;
+    if (sure && coarse < floor_) floor_ = coarse;
+    float cut = (float)floor_;
+    int status = ink_percentile_counted(b->r_of, b->by_value, cut > low_cut ? cut : low_cut,
+                                        &k->ink);
+    k->paper = paper, k->floor_ = floor_, k->sure = sure;
+    return status;
+}
+
+/* _threshold's statistics from every pixel's residual. */
+static int ink_levels(Buffers *b, InkLevels *k) {
     int h = b->h, w = b->w;
     size_t n = (size_t)h * w;
     const float *r = b->residual;
@@ -797,13 +888,37 @@ static int threshold(Buffers *b, Box *box, Box *near) {
         ink = gamma >= 0.5 ? (double)(high - step * (float)(1 - gamma))
                            : (double)(low + step * (float)gamma);
     }
+    k->paper = paper, k->floor_ = floor_, k->ink = ink, k->sure = sure;
+    return DONE;
+}
+
+/* preprocess._threshold: the soft ink map (b->soft, zero outside `near`) and the mask. */
+static int threshold(Buffers *b, Box *box, Box *near) {
+    int h = b->h, w = b->w;
+    size_t n = (size_t)h * w;
+    InkLevels k;
+    int status = b->filled ? DECLINE : ink_levels_u8(b, &k);
+    if (status == DECLINE) {
+        fill_residual(b);
+        status = ink_levels(b, &k);
+    }
+    if (status != DONE) return status;
+    double paper = k.paper, floor_ = k.floor_, ink = k.ink;
+    int sure = k.sure;
+
     if (ink - paper < (sure ? MIN_CONTRAST : SHADOWED_CONTRAST)) return BLANK;
 
     double half = (paper + ink) / 2;
     float thr = (float)(floor_ > half ? floor_ : half);
     uint8_t *mask = b->mask;
-    for (size_t i = 0; i < n; i++) mask[i] = r[i] > thr;
-    int status = drop_specks(mask, h, w);
+    if (b->filled) {
+        for (size_t i = 0; i < n; i++) mask[i] = b->residual[i] > thr;
+    } else {
+        uint8_t inked[256];
+        for (int v = 0; v < 256; v++) inked[v] = b->r_of[v] > thr;
+        for (size_t i = 0; i < n; i++) mask[i] = inked[b->u8[i]];
+    }
+    status = drop_specks(mask, h, w);
     if (status != DONE) return status;
     if (!mask_bbox(mask, h, w, box)) return BLANK;
     int extent = box->y1 - box->y0 > box->x1 - box->x0 ? box->y1 - box->y0 : box->x1 - box->x0;
@@ -833,7 +948,8 @@ static int threshold(Buffers *b, Box *box, Box *near) {
     float p = (float)paper, range = (float)(ink - paper);
     for (int y = 0; y < nh; y++)
         for (int x = 0; x < nw; x++) {
-            float v = (r[(size_t)(y + near->y0) * w + x + near->x0] - p) / range;
+            size_t at = (size_t)(y + near->y0) * w + x + near->x0;
+            float v = ((b->filled ? b->residual[at] : b->r_of[b->u8[at]]) - p) / range;
             v = v < 0.0f ? 0.0f : (v > 1.0f ? 1.0f : v);
             b->soft[(size_t)y * nw + x] = v * (float)sub[nn + (size_t)y * nw + x];
         }
@@ -1000,7 +1116,9 @@ static int pipeline(Picture in, int h, int w, uint8_t *out, Box *ink_box) {
     size_t floats = 4 * n + WORK_SIDE * WORK_SIDE + 80 * 80;
     char *block = malloc(sizeof(float) * floats + n + WORK_SIDE * WORK_SIDE);
     if (!block) return NOMEM;
-    Buffers b = {h, w, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0};
+    Buffers b;
+    memset(&b, 0, sizeof(b));
+    b.h = h, b.w = w;
     float *f = (float *)block;
     b.grey = f, b.residual = f + n, b.scratch = f + 2 * n, b.soft = f + 3 * n;
     b.work = f + 4 * n, b.digit = b.work + WORK_SIDE * WORK_SIDE;
