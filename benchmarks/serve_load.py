@@ -300,8 +300,9 @@ async def run_load(host: str, port: int, bodies: list[bytes], labels: list[int],
                 if rate and measured:
                     due = state["start"] + (i - warmup) / rate
                     await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                at = (i - warmup if measured else i) % len(bodies)  # measured: from the first
                 try:
-                    status, payload = await conn.post(path, bodies[i % len(bodies)])
+                    status, payload = await conn.post(path, bodies[at])
                 except (OSError, asyncio.IncompleteReadError) as exc:
                     await conn.close()
                     if measured:
@@ -315,8 +316,7 @@ async def run_load(host: str, port: int, bodies: list[bytes], labels: list[int],
                 state["latencies"].append(time.perf_counter() - due)
                 if status != 200:
                     count_error(state, str(status))
-                elif (found := DIGIT.search(payload)) and int(found.group(1)) == labels[
-                        i % len(labels)]:
+                elif (found := DIGIT.search(payload)) and int(found.group(1)) == labels[at]:
                     state["right"] += 1
         finally:
             await conn.close()
