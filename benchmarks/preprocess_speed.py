@@ -24,13 +24,16 @@ from serve_load import digit_pngs  # noqa: E402
 from digitlab.vision import decode, preprocess  # noqa: E402
 
 
-def best_ms(step: Callable[[object], object], inputs: list, repeats: int) -> float:
-    best = float("inf")
+def best_ms(steps: list[tuple[Callable[[object], object], list]], repeats: int) -> list[float]:
+    """Each step's best pass over its inputs, in ms an item. The passes take turns (one of
+    each step per round), so a neighbour's burst on the machine slows them all alike."""
+    best = [float("inf")] * len(steps)
     for _ in range(repeats):
-        started = time.perf_counter()
-        for item in inputs:
-            step(item)
-        best = min(best, (time.perf_counter() - started) / len(inputs) * 1000)
+        for k, (step, inputs) in enumerate(steps):
+            started = time.perf_counter()
+            for item in inputs:
+                step(item)
+            best[k] = min(best[k], (time.perf_counter() - started) / len(inputs) * 1000)
     return best
 
 
@@ -48,7 +51,7 @@ def python_to_mnist(grey: np.ndarray) -> preprocess.Preprocessed:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=500)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args()
     if preprocess._flat is None:
         sys.exit("vision/_flat.c is not built here: nothing to compare (pip install -e . "
@@ -67,15 +70,14 @@ def main() -> None:
     def pillow_decode(body: bytes) -> np.ndarray:
         return decode._to_grey(decode._open(body, "the image data", decode.MAX_PIXELS))
 
-    rows = [
-        ("to_mnist, Python steps", best_ms(python_to_mnist, greys, args.repeats)),
-        ("to_mnist, compiled", best_ms(preprocess.to_mnist, greys, args.repeats)),
-        ("to_mnist, compiled, 8-bit", best_ms(preprocess.to_mnist, pixels, args.repeats)),
-        ("PNG decode, Pillow", best_ms(pillow_decode, bodies, args.repeats)),
-        ("PNG decode, vision/png.py", best_ms(decode.decode_image, bodies, args.repeats)),
-    ]
+    names = ["to_mnist, Python steps", "to_mnist, compiled", "to_mnist, compiled, 8-bit",
+             "PNG decode, Pillow", "PNG decode, vision/png.py"]
+    times = best_ms([(python_to_mnist, greys), (preprocess.to_mnist, greys),
+                     (preprocess.to_mnist, pixels), (pillow_decode, bodies),
+                     (decode.decode_image, bodies)], args.repeats)
+    rows = list(zip(names, times, strict=True))
     print(f"{len(greys)} MNIST test digits drawn as the page draws them (140x140 PNG); "
-          f"best of {args.repeats} passes")
+          f"best of {args.repeats} passes, taking turns")
     for name, ms in rows:
         print(f"  {name:28s} {ms:7.3f} ms a digit")
     print(f"  to_mnist: {rows[0][1] / rows[1][1]:.1f}x quicker compiled, "
