@@ -10,9 +10,12 @@ crowded worker waits for twice its share of reading.
 Here each worker accepts on its own event loop, and only while it holds no more
 connections than the least busy worker (their counts are in memory the workers share): new
 connections go to the emptiest worker, so the split stays within one whatever the timing.
-A connection nobody else takes within TAKE_OVER_S (the emptiest worker is busy, or gone)
-is taken by whoever sees it. The parent starts the workers, starts another in place of one
-that dies, and stops them all on Ctrl+C or SIGTERM.
+A connection nobody else takes within TAKE_OVER_S (the emptiest worker is busy) is taken
+by whoever sees it; a worker that is gone, or still starting in place of one that died,
+is not waited for. At start-up nothing is taken until every worker is ready (ALL_UP_S at
+most): clients connecting to the first one up would otherwise all stay with it. The
+parent starts the workers, starts another in place of one that dies, and stops them all
+on Ctrl+C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import select
 import signal
 import socket
 import threading
@@ -36,6 +40,9 @@ from digitlab.errors import DigitlabError
 
 TAKE_OVER_S = 0.05  # how long a waiting connection is left for an emptier worker
 STEP_BACK_S = 0.001  # how soon a worker that stepped back looks again
+RETRY_S = 0.1  # after accept() failed (too many open files...), before trying again
+NOT_SERVING = 2**30  # the count of a worker still starting, or gone: nobody waits for it
+ALL_UP_S = 30.0  # at start-up, how long the first workers wait for the others to be ready
 QUICK_EXIT_S = 10.0  # a worker that ends this soon after starting, twice, ends the server
 
 log = logging.getLogger("digitlab.serve")
@@ -45,7 +52,7 @@ class Counts:
     """Open connections per worker, in shared memory; each worker writes only its own."""
 
     def __init__(self, workers: int, context: Any) -> None:
-        self.shared = context.RawArray("i", workers)
+        self.shared = context.RawArray("i", [NOT_SERVING] * workers)
 
     def set(self, index: int, value: int) -> None:
         self.shared[index] = value
@@ -98,18 +105,29 @@ class Acceptor:
         self.loop, self.protocol = loop, protocol
         self.open = 0  # this worker's connections (all counted on its loop)
         self.stepped_back: float | None = None  # since when a connection waits for others
-        self.last_look = 0.0
         self.listening = False
         self.stopped = False
 
     def start(self) -> None:
+        """Take connections once every worker is ready (or after ALL_UP_S): keep-alive
+        clients connecting while only some are would all stay with those. A worker started
+        in place of one that died finds the others serving and starts at once."""
         self.sock.setblocking(False)
         self.counts.set(self.index, 0)
-        self._listen()
+        self._listen_when_all_up(time.monotonic())
+
+    def _listen_when_all_up(self, since: float) -> None:
+        if self.stopped:
+            return
+        if NOT_SERVING not in self.counts.shared[:] or time.monotonic() - since > ALL_UP_S:
+            self._listen()
+        else:
+            self.loop.call_later(0.01, self._listen_when_all_up, since)
 
     def stop(self) -> None:
         self.stopped = True
         self._unlisten()
+        self.counts.set(self.index, NOT_SERVING)
 
     def _listen(self) -> None:
         if not self.stopped and not self.listening:
@@ -125,28 +143,39 @@ class Acceptor:
         """The listening socket has a connection waiting (for this worker or another)."""
         now = time.monotonic()
         fewest = self.counts.fewest_elsewhere(self.index)
+        taking_over = False
         if fewest is not None and self.open > fewest:
-            if self.stepped_back is None or now - self.last_look > 2 * STEP_BACK_S:
-                self.stepped_back = now  # a new wait, not the same connection again
-            self.last_look = now
+            if self.stepped_back is None:
+                self.stepped_back = now
             if now - self.stepped_back < TAKE_OVER_S:
                 self._unlisten()
-                self.loop.call_later(STEP_BACK_S, self._listen)
+                self.loop.call_later(STEP_BACK_S, self._look_again)
                 return
+            taking_over = True  # nobody else took it: this one does
         self.stepped_back = None
         # Take what is waiting while this worker stays among the least busy (a burst of
         # connections is then taken a few at a time, not one per wake-up).
-        while fewest is None or self.open <= fewest:
+        while taking_over or fewest is None or self.open <= fewest:
+            taking_over = False
             try:
                 conn, _ = self.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return  # nothing (more) waiting, or another worker took it
-            except OSError as exc:
+            except OSError as exc:  # e.g. out of file descriptors: pause, as asyncio does
                 log.warning("accepting a connection failed: %s", exc)
+                self._unlisten()
+                self.loop.call_later(RETRY_S, self._listen)
                 return
             self._count(+1)
             self.loop.create_task(self._serve(conn))
             fewest = self.counts.fewest_elsewhere(self.index)
+
+    def _look_again(self) -> None:
+        """After stepping back: listen again; if another worker took what was waiting,
+        the next connection is a new wait."""
+        if not select.select([self.sock], [], [], 0)[0]:
+            self.stepped_back = None
+        self._listen()
 
     def _count(self, change: int) -> None:
         self.open += change
@@ -207,7 +236,7 @@ def run_workers(sock: socket.socket, workers: int, *, settings_env: tuple[str, s
             for k, process in enumerate(processes):
                 if process.exitcode is None:
                     continue
-                counts.set(k, 0)
+                counts.set(k, NOT_SERVING)
                 quick = time.monotonic() - began[k] < QUICK_EXIT_S
                 quick_exits += quick
                 if process.exitcode == STARTUP_FAILURE or quick_exits >= 2:

@@ -1,0 +1,142 @@
+"""serve/workers.py's Acceptor on its own: one worker's side of sharing connections evenly
+(the whole server, with two real workers, is tested in test_serve_api.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import socket
+import time
+
+from digitlab.serve import workers
+from digitlab.serve.workers import NOT_SERVING, TAKE_OVER_S, Acceptor, Counts
+
+
+class Held(asyncio.Protocol):
+    """Keeps the connection open, as an idle keep-alive client's."""
+
+
+async def accepted_within(acceptor: Acceptor, clients: list[socket.socket], count: int,
+                          seconds: float) -> bool:
+    """Whether `count` more connections are open on the acceptor's side within `seconds`."""
+    want = acceptor.open + count
+    for _ in range(count):
+        client = socket.socket()
+        client.setblocking(False)
+        with contextlib.suppress(BlockingIOError):  # connecting goes on in the background
+            client.connect(acceptor.sock.getsockname())
+        clients.append(client)
+    deadline = time.monotonic() + seconds
+    while acceptor.open < want and time.monotonic() < deadline:
+        await asyncio.sleep(0.002)
+    return acceptor.open >= want
+
+
+def test_a_worker_takes_connections_while_it_is_the_least_busy_and_otherwise_waits() -> None:
+    counts = Counts(2, multiprocessing.get_context("spawn"))
+    assert list(counts.shared) == [NOT_SERVING, NOT_SERVING]  # nobody serving yet
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    clients: list[socket.socket] = []
+
+    async def main() -> None:
+        acceptor = Acceptor(listener, counts, 0, asyncio.get_running_loop(), Held)
+        acceptor.start()
+        assert counts.shared[0] == 0
+        # At start-up nothing is taken until the other worker is ready too ...
+        assert not await accepted_within(acceptor, clients, 5, 0.2)
+        counts.set(1, 0)
+        await asyncio.sleep(TAKE_OVER_S / 2)
+        assert acceptor.open == 1 == counts.shared[0]  # ... then no more than it, for now
+        # Once serving, a worker that is gone (or being replaced) is not waited for.
+        counts.set(1, NOT_SERVING)
+        while acceptor.open < 5:
+            await asyncio.sleep(0.002)
+        assert counts.shared[0] == 5
+        # The other holds fewer: this one steps back, then takes over after TAKE_OVER_S.
+        counts.set(1, 2)
+        started = time.monotonic()
+        assert not await accepted_within(acceptor, clients, 1, TAKE_OVER_S / 2)
+        while acceptor.open < 6 and time.monotonic() - started < 2:
+            await asyncio.sleep(0.002)
+        assert acceptor.open == 6 and time.monotonic() - started >= TAKE_OVER_S * 0.9
+        # As many as the other: no waiting.
+        counts.set(1, 6)
+        assert await accepted_within(acceptor, clients, 1, TAKE_OVER_S / 2)
+        # Another worker takes what waits while this one steps back: its next wait is new.
+        counts.set(1, 0)
+        other = socket.socket()
+        other.connect(listener.getsockname())
+        await asyncio.sleep(0.005)  # this one has stepped back
+        taken, _ = listener.accept()  # "the other worker" takes it
+        await asyncio.sleep(TAKE_OVER_S * 1.5)
+        counts.set(1, 7)
+        assert await accepted_within(acceptor, clients, 1, TAKE_OVER_S / 2)
+        counts.set(1, 0)
+        assert not await accepted_within(acceptor, clients, 1, TAKE_OVER_S / 2)
+        taken.close()
+        other.close()
+        while acceptor.open < 9 and time.monotonic() - started < 5:
+            await asyncio.sleep(0.002)  # taken over in the end
+        assert acceptor.open == 9
+        # Connections that close are counted out.
+        for client in clients[:3]:
+            client.close()
+        deadline = time.monotonic() + 2
+        while acceptor.open > 6 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert acceptor.open == counts.shared[0] == 6
+        acceptor.stop()
+        assert counts.shared[0] == NOT_SERVING
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 30))
+    finally:
+        for client in clients:
+            client.close()
+        listener.close()
+
+
+def test_a_failing_accept_pauses_instead_of_spinning(monkeypatch) -> None:
+    """accept() failing (out of file descriptors, say) is retried after RETRY_S, not on
+    every turn of the loop while the connection waits."""
+    counts = Counts(1, multiprocessing.get_context("spawn"))
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    calls = []
+
+    class Failing:
+        def __init__(self, sock: socket.socket) -> None:
+            self.sock = sock
+
+        def accept(self) -> tuple[socket.socket, object]:
+            calls.append(time.monotonic())
+            if len(calls) <= 2:
+                raise OSError(24, "Too many open files")
+            return self.sock.accept()
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.sock, name)
+
+    client = socket.socket()
+
+    async def main() -> None:
+        acceptor = Acceptor(Failing(listener), counts, 0,  # type: ignore[arg-type]
+                            asyncio.get_running_loop(), Held)
+        acceptor.start()
+        client.connect(listener.getsockname())
+        deadline = time.monotonic() + 5
+        while acceptor.open < 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert acceptor.open == 1
+        assert len(calls) >= 3 and calls[2] - calls[0] >= 2 * workers.RETRY_S * 0.9
+        acceptor.stop()
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 30))
+    finally:
+        client.close()
+        listener.close()
