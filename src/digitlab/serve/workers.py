@@ -173,7 +173,7 @@ class Acceptor:
     def _look_again(self) -> None:
         """After stepping back: listen again; if another worker took what was waiting,
         the next connection is a new wait."""
-        if not select.select([self.sock], [], [], 0)[0]:
+        if not _waiting(self.sock):
             self.stepped_back = None
         self._listen()
 
@@ -205,6 +205,16 @@ class Acceptor:
             if counted[0]:
                 counted[0] = False
                 self._count(-1)
+
+
+def _waiting(sock: socket.socket) -> bool:
+    """Whether a connection waits on the listening socket (poll: select() stops at
+    descriptor 1,024, which a busy server passes)."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
+    return bool(select.select([sock], [], [], 0)[0])
 
 
 def run_workers(sock: socket.socket, workers: int, *, settings_env: tuple[str, str],
