@@ -133,7 +133,7 @@ class DigitlabApp(FastAPI):
     """FastAPI, with its one hot path short-cut: POST /api/predict goes straight to the
     PredictEndpoint instead of through Starlette's middleware (ServerErrorMiddleware,
     FastAPI's telemetry and body-limit layers, ExceptionMiddleware) and router, which
-    between them cost as much as the endpoint itself (in-process, best of 15: 38 -> 18 us a
+    between them cost as much as the endpoint itself (in-process, best of 15: 38 -> 20 us a
     request). Its exceptions meet the same handlers the middleware would call, so errors
     answer alike; an app with middleware of its own (--cors) takes the full way round."""
 
