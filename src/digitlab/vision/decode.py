@@ -58,7 +58,7 @@ def plain_grey(data: bytes, *, max_pixels: int = MAX_PIXELS) -> np.ndarray | Non
 
 def plain_pixels(data: bytes, *, max_pixels: int = MAX_PIXELS) -> np.ndarray | None:
     """plain_grey's uint8 pixels, before they become v / 255 (Recognizer.prepare_decoded
-    takes them as they are: the compiled preprocessing reads them a third quicker)."""
+    takes them as they are: the compiled preprocessing reads them a fifth quicker)."""
     return png.read_grey(data, max_pixels=max_pixels, min_side=MIN_SIDE)
 
 
