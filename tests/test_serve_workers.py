@@ -140,3 +140,13 @@ def test_a_failing_accept_pauses_instead_of_spinning(monkeypatch) -> None:
     finally:
         client.close()
         listener.close()
+
+
+def test_workers_run_on_the_event_loop_uvicorn_gives_its_own_workers() -> None:
+    """Each worker's uvicorn.Config counts every worker, as uvicorn's own worker processes
+    do: on Windows that is the selector loop, which has the add_reader the Acceptor uses."""
+    import uvicorn
+
+    config = uvicorn.Config(**workers.worker_config("127.0.0.1", 8000, 2, "info", False))
+    assert config.workers == 2 and config.use_subprocess
+    assert config.factory and not config.access_log

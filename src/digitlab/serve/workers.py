@@ -230,7 +230,8 @@ def run_workers(sock: socket.socket, workers: int, *, settings_env: tuple[str, s
     def start(index: int) -> Any:
         process = context.Process(
             target=_worker, name=f"digitlab-worker-{index}",
-            args=(sock, counts, index, settings_env, host, port, log_level, access_log))
+            args=(sock, counts, index, settings_env,
+                  worker_config(host, port, workers, log_level, access_log)))
         process.start()
         return process
 
@@ -271,10 +272,17 @@ def run_workers(sock: socket.socket, workers: int, *, settings_env: tuple[str, s
         raise DigitlabError(failed)
 
 
+def worker_config(host: str, port: int, workers: int, log_level: str,
+                  access_log: bool) -> dict[str, Any]:
+    """uvicorn.Config's arguments for each worker. `workers` is the whole server's count, as
+    uvicorn's own worker processes have it: on Windows it then runs them on the selector
+    event loop, which the Acceptor's add_reader needs (the proactor loop has none)."""
+    return dict(app="digitlab.serve.run:app_from_env", factory=True, host=host, port=port,
+                workers=workers, log_level=log_level, access_log=access_log,
+                timeout_graceful_shutdown=5)
+
+
 def _worker(sock: socket.socket, counts: Counts, index: int, settings_env: tuple[str, str],
-            host: str, port: int, log_level: str, access_log: bool) -> None:
+            config: dict[str, Any]) -> None:
     os.environ[settings_env[0]] = settings_env[1]
-    config = uvicorn.Config("digitlab.serve.run:app_from_env", factory=True, host=host,
-                            port=port, log_level=log_level, access_log=access_log,
-                            timeout_graceful_shutdown=5)
-    BalancedServer(config, sock, counts, index).run()
+    BalancedServer(uvicorn.Config(**config), sock, counts, index).run()
