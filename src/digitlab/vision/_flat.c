@@ -737,6 +737,35 @@ typedef struct {
     int sure; /* ink stands out above the coarse floor */
 } InkLevels;
 
+/* _threshold's two floors above the paper: the coarse one from the paper's spread, the finer
+   one from the pixel noise too; both at least MIN_CONTRAST / 2 above the paper. */
+static void ink_floors(double paper, double spread, double noise, double *coarse,
+                       double *floor_) {
+    *coarse = paper + (5.0 * spread > MIN_CONTRAST / 2 ? 5.0 * spread : MIN_CONTRAST / 2);
+    double above = 5.0 * noise;
+    if (2.0 * spread > above) above = 2.0 * spread;
+    if (MIN_CONTRAST / 2 > above) above = MIN_CONTRAST / 2;
+    *floor_ = paper + above;
+}
+
+/* Where np.percentile(values, 90) falls among m sorted values: after the below-th (0-based),
+   gamma of the way to the next. 1 when it falls among the at_top copies of the largest
+   value (solid ink), which it then is. */
+static int percentile90_at(size_t m, size_t at_top, size_t *below, double *gamma) {
+    double virtual_ = (double)(m - 1) * (90 / 100.0);
+    *below = (size_t)floor(virtual_);
+    *gamma = virtual_ - (double)*below;
+    return virtual_ >= (double)(m - 1) || *below >= m - at_top;
+}
+
+/* ... and its value between the below-th value (low) and the next one up (high), in
+   float32 as NumPy interpolates. */
+static double percentile90_between(float low, float high, double gamma) {
+    float step = high - low;
+    return gamma >= 0.5 ? (double)(high - step * (float)(1 - gamma))
+                        : (double)(low + step * (float)gamma);
+}
+
 /* The 90th percentile of the residuals above `above`, as np.percentile gives it, from
    those values and their counts (8-bit pictures: at most 256 of them). BLANK for fewer
    than 3 such pixels. */
@@ -757,12 +786,10 @@ static int ink_percentile_counted(const float *value, const size_t *count, float
     size_t m = 0;
     for (int j = 0; j < k; j++) m += cnts[j];
     if (m < 3) return BLANK;
-    double virtual_ = (double)(m - 1) * (90 / 100.0);
-    size_t below = (size_t)floor(virtual_);
-    float top = vals[k - 1];
-    size_t at_top = cnts[k - 1];
-    if (virtual_ >= (double)(m - 1) || below >= m - at_top) {
-        *ink = top;
+    size_t below;
+    double gamma;
+    if (percentile90_at(m, cnts[k - 1], &below, &gamma)) {
+        *ink = vals[k - 1];
         return DONE;
     }
     /* low: the below-th smallest (0-based); high: the next one up */
@@ -770,10 +797,7 @@ static int ink_percentile_counted(const float *value, const size_t *count, float
     int j = 0;
     while (upto + cnts[j] <= below) upto += cnts[j++];
     float low = vals[j], high = upto + cnts[j] > below + 1 ? low : vals[j + 1];
-    double gamma = virtual_ - (double)below;
-    float step = high - low;
-    *ink = gamma >= 0.5 ? (double)(high - step * (float)(1 - gamma))
-                        : (double)(low + step * (float)gamma);
+    *ink = percentile90_between(low, high, gamma);
     return DONE;
 }
 
@@ -793,7 +817,8 @@ static int ink_levels_u8(Buffers *b, InkLevels *k) {
         for (int x = 0; x < w - 1; x++) flat += row[x + 1] == row[x];
     }
     if (!(flat > steps / 2)) return DECLINE;
-    double paper = 0.0, coarse = MIN_CONTRAST / 2, floor_ = MIN_CONTRAST / 2;
+    double paper = 0.0, coarse, floor_;
+    ink_floors(paper, 0.0, 0.0, &coarse, &floor_);
     float low_cut = (float)(coarse < floor_ ? coarse : floor_), coarse_cut = (float)coarse;
     size_t above_coarse = 0;
     for (int v = 0; v < 256; v++)
@@ -831,7 +856,6 @@ static int ink_levels(Buffers *b, InkLevels *k) {
         spread = median_f(s, n);
     }
     spread *= 1.4826;
-    double coarse = paper + (5.0 * spread > MIN_CONTRAST / 2 ? 5.0 * spread : MIN_CONTRAST / 2);
 
     size_t steps = (size_t)h * (w - 1), zeros = 0;
     for (int y = 0; y < h; y++)
@@ -842,10 +866,8 @@ static int ink_levels(Buffers *b, InkLevels *k) {
         }
     double noise = 0.0;
     if (!(zeros > steps / 2)) noise = 1.4826 * median_f(s, steps) / sqrt(2.0);
-    double floor_ = 5.0 * noise;
-    if (2.0 * spread > floor_) floor_ = 2.0 * spread;
-    if (MIN_CONTRAST / 2 > floor_) floor_ = MIN_CONTRAST / 2;
-    floor_ = paper + floor_;
+    double coarse, floor_;
+    ink_floors(paper, spread, noise, &coarse, &floor_);
     /* Ink that stands out above the coarse floor is surely there (`sure`), and then the
        cut is the lower of the two floors; else the finer floor. One pass takes the values
        above the lower one and counts those above the coarse one. */
@@ -865,15 +887,12 @@ static int ink_levels(Buffers *b, InkLevels *k) {
         m = kept;
     }
     if (m < 3) return BLANK;
-    double virtual_ = (double)(m - 1) * (90 / 100.0);
-    double ink;
+    double ink, gamma;
     float top = s[0];
-    size_t at_top = 0;
+    size_t at_top = 0, below;
     for (size_t i = 0; i < m; i++) top = s[i] > top ? s[i] : top;
     for (size_t i = 0; i < m; i++) at_top += s[i] == top;
-    size_t below = (size_t)floor(virtual_);
-    if (virtual_ >= (double)(m - 1) || below >= m - at_top) {
-        /* the percentile lies among copies of the largest value (solid ink): it is that */
+    if (percentile90_at(m, at_top, &below, &gamma)) {
         ink = top;
     } else {
         float low = radix_select(s, m, below, (uint32_t *)b->grey), high = top;
@@ -883,10 +902,7 @@ static int ink_levels(Buffers *b, InkLevels *k) {
             high = s[i] > low && s[i] < high ? s[i] : high;
         }
         if (upto > below + 1) high = low;
-        double gamma = virtual_ - (double)below;
-        float step = high - low;
-        ink = gamma >= 0.5 ? (double)(high - step * (float)(1 - gamma))
-                           : (double)(low + step * (float)gamma);
+        ink = percentile90_between(low, high, gamma);
     }
     k->paper = paper, k->floor_ = floor_, k->ink = ink, k->sure = sure;
     return DONE;
