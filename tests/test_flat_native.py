@@ -105,9 +105,13 @@ def test_mnist_digits_drawn_as_the_page_sends_them(mnist_test_split, monkeypatch
         greys.append(np.round(ink + levels * (255 - ink)).astype(np.float32) / np.float32(255))
     taken = compare(greys, monkeypatch)
     assert taken >= 240, taken
-    for k, grey in enumerate(greys):  # and from the 8-bit pixels serve hands over
-        fast = preprocess._flat_to_mnist(np.round(grey * 255).astype(np.uint8))
-        floats = preprocess._flat_to_mnist(grey)
+    # ... and from the 8-bit pixels serve hands over; inverted too (light ink on dark
+    # paper: the mask then takes the values above a cut, not below one)
+    eight_bit = [np.round(grey * 255).astype(np.uint8) for grey in greys]
+    eight_bit += [255 - pixels for pixels in eight_bit[:150]]
+    for k, pixels in enumerate(eight_bit):
+        fast = preprocess._flat_to_mnist(pixels)
+        floats = preprocess._flat_to_mnist(pixels.astype(np.float32) / np.float32(255))
         assert (fast is None) == (floats is None), k
         if fast is not None:
             assert (fast.blank, fast.bbox) == (floats.blank, floats.bbox), k
@@ -120,6 +124,7 @@ def test_eight_bit_pixels_read_as_their_floats(monkeypatch) -> None:
     drawings of every kind, random pixels and pictures the compiled path declines."""
     rng = np.random.default_rng(11)
     pictures = [np.round(np.clip(g, 0, 1) * 255).astype(np.uint8) for g in drawings(150, seed=3)]
+    pictures += [255 - p for p in pictures[:40]]  # light ink on dark paper too
     pictures += [rng.integers(0, 256, (int(h), int(w)), dtype=np.uint8)
                  for h, w in rng.integers(2, 90, (40, 2))]
     paper = np.full((120, 120), 250, np.uint8)
