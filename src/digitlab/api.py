@@ -533,7 +533,7 @@ def _onnx_info(backend: Any, *, source: str, card: dict[str, Any] | None = None
 
 def _digit(image: np.ndarray, probs: np.ndarray) -> DigitResult:
     best = int(probs.argmax())
-    return DigitResult(best, float(probs[best]), [float(v) for v in probs],
+    return DigitResult(best, float(probs[best]), probs.tolist(),
                        low_confidence=bool(probs[best] < LOW_CONFIDENCE), model_input=image)
 
 
@@ -541,8 +541,8 @@ def _prediction(p: Prepared, digits: list[DigitResult], top_k: int) -> Predictio
     blank = not digits
     single = digits[0] if len(digits) == 1 else None
     ranked = [] if single is None else [
-        (int(d), single.probabilities[d])
-        for d in np.argsort(-np.asarray(single.probabilities), kind="stable")[:top_k]]
+        (d, single.probabilities[d])
+        for d in np.argsort(-np.asarray(single.probabilities), kind="stable")[:top_k].tolist()]
     if p.number:
         confidence = float(np.prod([d.confidence for d in digits])) if digits else None
         model_input = (np.concatenate([d.model_input for d in digits], axis=1) if digits
