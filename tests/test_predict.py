@@ -199,6 +199,29 @@ def test_prepare_decoded_takes_pixels_or_their_floats_alike(recognizer, photos,
             [a, b]))] == [recognizer.predict(pixels, number=number).to_json()] * 2
 
 
+def test_prepare_quickly_reads_what_the_compiled_path_takes_and_declines_the_rest(
+        photos, mnist_test_split):
+    """The quick way gives prepare_decoded's inputs for a drawing on flat paper, a blank
+    page and a 28x28 MNIST digit; None for a photo (its lighting analysis takes ms)."""
+    from digitlab.vision import native
+
+    drawing = np.full((140, 140), 255, np.uint8)
+    drawing[30:110, 66:74] = 17
+    with Image.open(photos[0][0]) as opened:
+        photo = np.asarray(opened.convert("L"))
+    blank = np.full((140, 140), 255, np.uint8)
+    for pixels in (drawing, blank, mnist_test_split.images[0]):
+        quick = Recognizer.prepare_quickly(pixels)
+        if native.flat is None and pixels.shape != (28, 28):
+            assert quick is None  # nothing is quick without the compiled part
+            continue
+        assert quick is not None and not quick.number
+        full = Recognizer.prepare_decoded(pixels)
+        assert len(quick.inputs) == len(full.inputs)
+        assert all(np.array_equal(x, y) for x, y in zip(quick.inputs, full.inputs, strict=True))
+    assert Recognizer.prepare_quickly(photo) is None
+
+
 def test_api_raises_image_error_for_bad_input(recognizer, tmp_path):
     from digitlab.errors import ImageError
 

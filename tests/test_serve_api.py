@@ -27,13 +27,14 @@ import httpx
 import numpy as np
 import pytest
 import uvicorn
-from PIL import Image
+from PIL import Image, ImageDraw
 from typer.testing import CliRunner
 
 from digitlab.api import Recognizer
 from digitlab.cli import app as cli_app
-from digitlab.serve.app import create_app
+from digitlab.serve.app import _prepare, _prepare_quickly, create_app
 from digitlab.serve.batcher import MAX_BATCH
+from digitlab.vision import native
 
 LIMIT = 256 * 1024  # the test server's --max-bytes; small so 413s are cheap to provoke
 
@@ -451,6 +452,77 @@ def test_concurrent_requests_share_one_model_call(recognizer, digits):
         alone = recognizer.predict(data).to_json()
         got = answers[k].json()
         assert answers[k].status_code == 200
+        assert got["digit"] == alone["digit"]
+        assert np.allclose(got["probabilities"], alone["probabilities"], atol=1e-5)
+
+
+def slow_pictures(mnist_digit: np.ndarray) -> list[bytes]:
+    """Pictures the compiled flat-paper path declines: a JPEG (not the page's plain PNG) and
+    a drawing whose stroke runs off the canvas (much of the border is ink)."""
+    page = Image.fromarray(255 - mnist_digit).resize((140, 140), Image.BILINEAR)
+    jpeg = io.BytesIO()
+    page.save(jpeg, "JPEG", quality=90)
+    off_edge = page.copy()
+    ImageDraw.Draw(off_edge).line([(70, 100), (10, 139), (139, 139)], fill=0, width=9)
+    return [jpeg.getvalue(), png(np.asarray(off_edge))]
+
+
+@pytest.mark.slow
+def test_pictures_read_the_slow_way_do_not_hold_up_the_drawings_taken_with_them(
+        recognizer, digits, mnist_test_split):
+    """Queued together, the page's drawings are read and answered first (one model call),
+    then the pictures only the Python steps read (tens of times slower) in a call of
+    their own; every answer is the one each would get alone."""
+    if native.flat is None:  # then there is no quick way: all are read together
+        if os.environ.get("CI") or os.environ.get("DIGITLAB_REQUIRE_NATIVE"):
+            pytest.fail("vision/_flat.c was not built (pip install -e . needs a C compiler)")
+        pytest.skip("vision/_flat.c is not built here (no C compiler at install time)")
+    slow = slow_pictures(mnist_test_split.images[7])
+    for data in slow:
+        assert _prepare_quickly(data) is None
+    for _, data in digits[1:4]:
+        quick = _prepare_quickly(data)
+        assert quick is not None
+        assert np.array_equal(quick.inputs[0], _prepare(data, False).inputs[0])
+    entered, release = threading.Event(), threading.Event()
+    sizes: list[int] = []
+
+    def counting_backend(images: np.ndarray) -> np.ndarray:
+        sizes.append(len(images))
+        entered.set()
+        release.wait(30)
+        return recognizer.backend(images)
+
+    app = create_app(Recognizer(counting_backend, info=recognizer.info()), concurrency=1)
+    release.set()  # the start-up warm-up
+    bodies = [digits[1][1], slow[0], digits[2][1], slow[1], digits[3][1]]
+    with running(app) as base:
+        entered.clear()
+        release.clear()
+        sizes.clear()
+        answers: dict[int, httpx.Response] = {}
+
+        def post(k: int, data: bytes) -> None:
+            with httpx.Client(base_url=base, timeout=30) as c:
+                answers[k] = c.post("/api/predict", content=data)
+
+        first = threading.Thread(target=post, args=(-1, digits[0][1]))
+        first.start()
+        assert entered.wait(30)  # the first request is inside the model call
+        rest = [threading.Thread(target=post, args=(k, d)) for k, d in enumerate(bodies)]
+        for thread in rest:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while app.state.reader.waiting() < len(bodies) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        release.set()
+        for thread in [first, *rest]:
+            thread.join(30)
+    assert sizes == [1, 3, 2]  # the three drawings, then the JPEG and the off-edge one
+    for k, data in enumerate(bodies):
+        alone = recognizer.predict(data).to_json()
+        got = answers[k].json()
+        assert answers[k].status_code == 200, got
         assert got["digit"] == alone["digit"]
         assert np.allclose(got["probabilities"], alone["probabilities"], atol=1e-5)
 

@@ -126,6 +126,74 @@ def test_numbers_are_read_after_the_single_digits_and_each_on_its_own() -> None:
             for a in answers] == [1, "2", 3, "4", 5]
 
 
+def test_singles_the_quick_way_declines_are_read_after_the_others_are_answered() -> None:
+    """b"slow7" is a picture only the slow way reads (a photo): the quick ones taken with it
+    are answered before it is even prepared, and it is read in a model call of its own."""
+    model = FakeModel(hold=1)
+    answered = threading.Event()
+    quick_ones: list[asyncio.Future] = []
+    prepared_late: list[bytes] = []
+
+    def quick(data: bytes) -> Prepared | None:
+        if data.startswith(b"slow") or data == b"bad":
+            return None
+        return prepare(data, False)
+
+    def slow_way(data: bytes, number: bool) -> Prepared:
+        if data.startswith(b"slow"):
+            # Without the quick way first, this runs before the batch is answered.
+            assert answered.wait(30), "the quick answers were not delivered first"
+            prepared_late.append(data)
+            return prepare(data[4:], number)
+        return prepare(data, number)
+
+    reader = DigitReader(Recognizer(model, info=INFO), slow_way, quick=quick)
+
+    async def main() -> list:
+        reader.start()
+        try:
+            first = asyncio.ensure_future(reader(b"0"))
+            await until(model.entered.is_set)
+            jobs = [asyncio.ensure_future(reader(d)) for d in (b"1", b"slow7", b"bad", b"5")]
+            quick_ones.extend([jobs[0], jobs[3]])
+            for job in quick_ones:
+                job.add_done_callback(
+                    lambda _: all(j.done() for j in quick_ones) and answered.set())
+            await until(lambda: reader.waiting() == 4)
+            model.release.set()
+            await first
+            return list(await asyncio.gather(*jobs, return_exceptions=True))
+        finally:
+            await asyncio.to_thread(reader.stop)
+
+    answers = asyncio.run(main())
+    assert model.calls == [[0], [1, 5], [7]]
+    assert prepared_late == [b"slow7"]
+    assert [a.answer["digit"] for a in (answers[0], answers[1], answers[3])] == [1, 7, 5]
+    assert isinstance(answers[2], RequestProblem) and answers[2].status == 415
+
+
+def test_a_lone_request_is_prepared_once() -> None:
+    model = FakeModel()
+    calls: list[bytes] = []
+
+    def quick(data: bytes) -> Prepared | None:
+        calls.append(data)
+        return prepare(data, False)
+
+    reader = DigitReader(Recognizer(model, info=INFO), prepare, quick=quick)
+
+    async def main():
+        reader.start()
+        try:
+            return await reader(b"4")
+        finally:
+            await asyncio.to_thread(reader.stop)
+
+    assert asyncio.run(main()).answer["digit"] == 4
+    assert calls == []  # nothing to wait behind it: straight the full way
+
+
 def test_max_batch_splits_a_long_queue() -> None:
     model = FakeModel(hold=1)
     reader = reader_for(model, max_batch=3)

@@ -33,6 +33,8 @@ from digitlab.errors import DigitlabError, ImageError, RunDirError
 if TYPE_CHECKING:
     import torch
 
+    from digitlab.vision.preprocess import Preprocessed
+
 # Below this probability an answer is flagged low_confidence. On MNIST's test set the
 # default model (trained with label smoothing, so a sure answer scores ~0.96, not 1.0)
 # flags 113 of 10,000 digits at 0.6, and those hold 39 of its 56 mistakes: most mistakes
@@ -246,24 +248,33 @@ def _prepare(image: ImageInput, *, number: bool) -> Prepared:
 
 
 def _prepare_grey(grey: np.ndarray, path: str | None, *, number: bool) -> Prepared:
-    from digitlab.vision.preprocess import from_mnist_like, looks_mnist_like, to_mnist
-
-    eight_bit = grey.dtype == np.uint8  # a plain PNG's pixels (decode.plain_pixels)
     if number:
         from digitlab.number_reader import candidates
 
+        eight_bit = grey.dtype == np.uint8  # a plain PNG's pixels (decode.plain_pixels)
         found = candidates(grey.astype(np.float32) / 255.0 if eight_bit else grey)
         return Prepared(path, found.images, number=True, reader=found)
+    done = _one_digit(grey, quick=False)
+    assert done is not None
+    return Prepared(path, [] if done.blank else [done.image], number=False)
+
+
+def _one_digit(grey: np.ndarray, *, quick: bool) -> Preprocessed | None:
+    """The digit's 28x28 image; with quick, None where only the Python steps read it."""
+    from digitlab.vision.preprocess import (
+        compiled_to_mnist,
+        from_mnist_like,
+        looks_mnist_like,
+        to_mnist,
+    )
+
     # An image that already is a 28x28 MNIST digit (white on black, empty border) is fed
     # as is: preprocessing it again could only move it away from what the model learnt.
-    pixels = None
     if grey.shape == (28, 28):
-        pixels = grey if eight_bit else np.round(grey * 255).astype(np.uint8)
-    if pixels is not None and looks_mnist_like(pixels):
-        done = from_mnist_like(pixels)
-    else:
-        done = to_mnist(grey)
-    return Prepared(path, [] if done.blank else [done.image], number=False)
+        pixels = grey if grey.dtype == np.uint8 else np.round(grey * 255).astype(np.uint8)
+        if looks_mnist_like(pixels):
+            return from_mnist_like(pixels)
+    return compiled_to_mnist(grey) if quick else to_mnist(grey)
 
 
 # --- the recognizer -----------------------------------------------------------------------
@@ -444,6 +455,18 @@ class Recognizer:
         in [0, 1]), or the uint8 pixels [H, W] of a grey one, taken as v / 255 (quicker:
         see decode.plain_pixels); prepare() is this after decoding."""
         return _prepare_grey(grey, None, number=number)
+
+    @staticmethod
+    def prepare_quickly(grey: np.ndarray) -> Prepared | None:
+        """prepare_decoded of a single digit where the compiled preprocessing takes the
+        picture (a drawing on flat paper: ~0.15 ms), else None: a photo, a drawing whose
+        ink covers much of the border, a picture over 1,600 px, or no compiled part here
+        (the Python steps then take a few to tens of ms). A server reads those after the
+        quick ones it took with them."""
+        done = _one_digit(grey, quick=True)
+        if done is None:
+            return None
+        return Prepared(None, [] if done.blank else [done.image], number=False)
 
     def predict_many(self, images: Sequence[ImageInput], *, top_k: int = 3,
                      number: bool = False) -> list[Prediction]:

@@ -3,8 +3,10 @@
 The event loop only hands each request's image to a queue and waits. Reader threads take
 every request waiting at that moment (up to max_batch), decode and preprocess each, read
 the digits of all of them in one model call, turn each into its answer, and hand the lot
-back to the event loop at once (a whole-number request, a hundred times slower than one
-digit, is read on its own after the single digits it was taken with). Under load a thread
+back to the event loop at once. What is much slower than a drawn digit is read after the
+quick ones it was taken with, which are answered first: a whole-number request (a hundred
+times slower) on its own, and single digits the quick way declines (a photo's lighting
+analysis, a JPEG's decoding: tens of times slower) together. Under load a thread
 hop, a wake-up of the event loop and a model call are each paid once per batch instead of
 once or twice per request; an idle server adds no waiting, since a lone request is read at
 once.
@@ -58,6 +60,7 @@ class _Job:
     include_input: bool
     future: asyncio.Future[Reading]
     gone: bool = False  # the request was cancelled (its client left): skip it
+    prepared: Prepared | None = None  # done ahead, the quick way
 
 
 _STOP = None
@@ -66,15 +69,19 @@ _STOP = None
 class DigitReader:
     """`await reader(data, number=..., top_k=..., include_input=...)` -> Reading, or raises
     RequestProblem. `prepare(data, number)` decodes and preprocesses one image in a reader thread
-    (raising RequestProblem for a bad one); the recognizer classifies and answers."""
+    (raising RequestProblem for a bad one); the recognizer classifies and answers. `quick(data)`,
+    when given, prepares a single digit the quick way or returns None (anything it raises
+    counts as None): those are prepared after the rest of their batch is answered."""
 
     def __init__(self, recognizer: Recognizer, prepare: Callable[[bytes, bool], Prepared], *,
-                 threads: int = 1, max_batch: int = MAX_BATCH) -> None:
+                 threads: int = 1, max_batch: int = MAX_BATCH,
+                 quick: Callable[[bytes], Prepared | None] | None = None) -> None:
         if threads < 1 or max_batch < 1:
             raise ValueError(f"threads and max_batch must be at least 1, got {threads}, "
                              f"{max_batch}")
         self._recognizer = recognizer
         self._prepare = prepare
+        self._quick = quick
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._threads = [threading.Thread(target=self._serve, name=f"digitlab-reader-{k}",
@@ -125,15 +132,33 @@ class DigitReader:
                     stop = True
                     break
                 batch.append(more)
-            # Single digits (a few ms each) are read together and answered at once; a whole
-            # number (~100 ms: many candidate cuts) is read on its own after them, so no
-            # digit waits for a number and no number for another.
+            # Single digits (~0.3 ms each the quick way) are read together and answered at
+            # once, then the singles the quick way declined (a few to tens of ms each); a
+            # whole number (~100 ms: many candidate cuts) is read on its own after them, so
+            # no digit waits for a number and no number for another.
             singles = [j for j in batch if not j.number]
-            for group in [singles] + [[j] for j in batch if j.number]:
+            later = self._prepare_quickly(singles)
+            quick = [j for j in singles if j.prepared is not None]
+            for group in [quick, later] + [[j] for j in batch if j.number]:
                 if not self._answer_group(group):
                     return
             if stop:
                 return
+
+    def _prepare_quickly(self, singles: list[_Job]) -> list[_Job]:
+        """Prepare what the quick way takes (job.prepared); the jobs it declines, to read
+        after the others. Nothing to sort out for a lone request or without a quick way."""
+        if self._quick is None or len(singles) < 2:
+            return singles
+        later = []
+        for job in singles:
+            try:
+                job.prepared = None if job.gone else self._quick(job.data)
+            except Exception:  # the full way meets it again and answers for it
+                job.prepared = None
+            if job.prepared is None:
+                later.append(job)
+        return later
 
     def _answer_group(self, group: list[_Job]) -> bool:
         """Read a group and hand its answers to the event loop; False once the loop is gone."""
@@ -158,7 +183,10 @@ class DigitReader:
         ready: list[tuple[_Job, Prepared]] = []
         for job in batch:
             try:
-                ready.append((job, self._prepare(job.data, job.number)))
+                prepared = job.prepared
+                if prepared is None:
+                    prepared = self._prepare(job.data, job.number)
+                ready.append((job, prepared))
             except RequestProblem as problem:
                 results.append((job, problem))
             except Exception:

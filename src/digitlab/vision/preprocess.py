@@ -93,6 +93,12 @@ def to_mnist(grey: np.ndarray) -> Preprocessed:
     return Preprocessed(_to_uint8(image), blank=False, bbox=ink.to_input(box))
 
 
+def compiled_to_mnist(grey: np.ndarray) -> Preprocessed | None:
+    """to_mnist where the compiled flat-paper path takes the picture (the same answer,
+    quickly); None where it declines or is not built."""
+    return _flat_to_mnist(grey)
+
+
 def _flat_to_mnist(grey: np.ndarray) -> Preprocessed | None:
     """to_mnist of a digit on flat paper (a drawing, a clean scan) in one compiled call, bit
     for bit what the steps below give; None where it declines (photos, pictures over
