@@ -6,23 +6,19 @@ for bit, what the NumPy/SciPy/Pillow steps give, and what it declines they still
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from conftest import require_native
 from digitlab.vision import preprocess
 from digitlab.vision.preprocess import distance_to_zero, resize, to_mnist
 
 
 @pytest.fixture(scope="module", autouse=True)
 def built() -> None:
-    if preprocess._flat is None:
-        if os.environ.get("CI") or os.environ.get("DIGITLAB_REQUIRE_NATIVE"):
-            pytest.fail("vision/_flat.c was not built (pip install -e . needs a C compiler)")
-        pytest.skip("vision/_flat.c is not built here (no C compiler at install time)")
+    require_native()
 
 
 def python_steps(grey: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> preprocess.Preprocessed:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 import struct
 import zlib
 
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import require_native
 from digitlab.api import png_base64, png_bytes
 from digitlab.vision import decode, png
 
@@ -26,10 +26,8 @@ def pillow_png(image: np.ndarray, **options) -> bytes:
 def test_reads_what_pillow_writes_with_every_row_filter(native, monkeypatch) -> None:
     if not native:  # NumPy alone: filter-0 rows, the rest left to Pillow
         monkeypatch.setattr(png, "_flat", None)
-    elif png._flat is None:
-        if os.environ.get("CI") or os.environ.get("DIGITLAB_REQUIRE_NATIVE"):
-            pytest.fail("vision/_flat.c was not built (pip install -e . needs a C compiler)")
-        pytest.skip("vision/_flat.c is not built here (no C compiler at install time)")
+    else:
+        require_native()
     rng = np.random.default_rng(0)
     read = 0
     for k in range(200):

@@ -30,11 +30,11 @@ import uvicorn
 from PIL import Image, ImageDraw
 from typer.testing import CliRunner
 
+from conftest import require_native
 from digitlab.api import Recognizer
 from digitlab.cli import app as cli_app
 from digitlab.serve.app import _prepare, _prepare_quickly, create_app
 from digitlab.serve.batcher import MAX_BATCH
-from digitlab.vision import native
 
 LIMIT = 256 * 1024  # the test server's --max-bytes; small so 413s are cheap to provoke
 
@@ -410,9 +410,11 @@ def test_the_event_loop_answers_while_a_digit_is_being_read(recognizer, digits):
         assert result["r"].status_code == 200
 
 
-def test_concurrent_requests_share_one_model_call(recognizer, digits):
-    """While the model reads one request, the others queue and are read in one call (a
-    batch holds up to MAX_BATCH), with the answers each would get alone."""
+def behind_a_held_model_call(recognizer: Recognizer, first: bytes, bodies: list[bytes]
+                             ) -> tuple[list[int], list[httpx.Response]]:
+    """The sizes of the model calls, and the answers to `first` and then to `bodies`, all
+    posted together while a real server (one reader thread) is held in the model call for
+    `first`."""
     entered, release = threading.Event(), threading.Event()
     sizes: list[int] = []
 
@@ -430,30 +432,44 @@ def test_concurrent_requests_share_one_model_call(recognizer, digits):
         sizes.clear()
         answers: dict[int, httpx.Response] = {}
 
-        def post(k: int) -> None:
+        def post(k: int, data: bytes) -> None:
             with httpx.Client(base_url=base, timeout=30) as c:
-                answers[k] = c.post("/api/predict", content=digits[k][1])
+                answers[k] = c.post("/api/predict", content=data)
 
-        first = threading.Thread(target=post, args=(0,))
-        first.start()
-        assert entered.wait(30)  # request 0 is inside the model call
-        rest = [threading.Thread(target=post, args=(k,)) for k in range(1, 10)]
+        held = threading.Thread(target=post, args=(0, first))
+        held.start()
+        assert entered.wait(30)  # the first request is inside the model call
+        rest = [threading.Thread(target=post, args=(k, d)) for k, d in enumerate(bodies, 1)]
         for thread in rest:
             thread.start()
         deadline = time.monotonic() + 30
-        while app.state.reader.waiting() < 9 and time.monotonic() < deadline:
+        while app.state.reader.waiting() < len(bodies) and time.monotonic() < deadline:
             time.sleep(0.01)
         release.set()
-        for thread in [first, *rest]:
+        for thread in [held, *rest]:
             thread.join(30)
-    # ... up to MAX_BATCH at a time
-    assert sizes == [1] + [min(MAX_BATCH, 9 - i) for i in range(0, 9, MAX_BATCH)]
-    for k, (_, data) in enumerate(digits):
+    return sizes, [answers[k] for k in range(len(bodies) + 1)]
+
+
+def assert_answered_as_alone(recognizer: Recognizer, bodies: list[bytes],
+                             answers: list[httpx.Response]) -> None:
+    """Each answer is a 200 with the digit and probabilities the image gets alone."""
+    for data, answer in zip(bodies, answers, strict=True):
         alone = recognizer.predict(data).to_json()
-        got = answers[k].json()
-        assert answers[k].status_code == 200
+        got = answer.json()
+        assert answer.status_code == 200, got
         assert got["digit"] == alone["digit"]
         assert np.allclose(got["probabilities"], alone["probabilities"], atol=1e-5)
+
+
+def test_concurrent_requests_share_one_model_call(recognizer, digits):
+    """While the model reads one request, the others queue and are read in one call (a
+    batch holds up to MAX_BATCH), with the answers each would get alone."""
+    bodies = [data for _, data in digits]
+    sizes, answers = behind_a_held_model_call(recognizer, bodies[0], bodies[1:])
+    # ... up to MAX_BATCH at a time
+    assert sizes == [1] + [min(MAX_BATCH, 9 - i) for i in range(0, 9, MAX_BATCH)]
+    assert_answered_as_alone(recognizer, bodies, answers)
 
 
 def slow_pictures(mnist_digit: np.ndarray) -> list[bytes]:
@@ -473,10 +489,7 @@ def test_pictures_read_the_slow_way_do_not_hold_up_the_drawings_taken_with_them(
     """Queued together, the page's drawings are read and answered first (one model call),
     then the pictures only the Python steps read (tens of times slower) in a call of
     their own; every answer is the one each would get alone."""
-    if native.flat is None:  # then there is no quick way: all are read together
-        if os.environ.get("CI") or os.environ.get("DIGITLAB_REQUIRE_NATIVE"):
-            pytest.fail("vision/_flat.c was not built (pip install -e . needs a C compiler)")
-        pytest.skip("vision/_flat.c is not built here (no C compiler at install time)")
+    require_native()  # without it there is no quick way: all are read together
     slow = slow_pictures(mnist_test_split.images[7])
     for data in slow:
         assert _prepare_quickly(data) is None
@@ -484,47 +497,10 @@ def test_pictures_read_the_slow_way_do_not_hold_up_the_drawings_taken_with_them(
         quick = _prepare_quickly(data)
         assert quick is not None
         assert np.array_equal(quick.inputs[0], _prepare(data, False).inputs[0])
-    entered, release = threading.Event(), threading.Event()
-    sizes: list[int] = []
-
-    def counting_backend(images: np.ndarray) -> np.ndarray:
-        sizes.append(len(images))
-        entered.set()
-        release.wait(30)
-        return recognizer.backend(images)
-
-    app = create_app(Recognizer(counting_backend, info=recognizer.info()), concurrency=1)
-    release.set()  # the start-up warm-up
     bodies = [digits[1][1], slow[0], digits[2][1], slow[1], digits[3][1]]
-    with running(app) as base:
-        entered.clear()
-        release.clear()
-        sizes.clear()
-        answers: dict[int, httpx.Response] = {}
-
-        def post(k: int, data: bytes) -> None:
-            with httpx.Client(base_url=base, timeout=30) as c:
-                answers[k] = c.post("/api/predict", content=data)
-
-        first = threading.Thread(target=post, args=(-1, digits[0][1]))
-        first.start()
-        assert entered.wait(30)  # the first request is inside the model call
-        rest = [threading.Thread(target=post, args=(k, d)) for k, d in enumerate(bodies)]
-        for thread in rest:
-            thread.start()
-        deadline = time.monotonic() + 30
-        while app.state.reader.waiting() < len(bodies) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        release.set()
-        for thread in [first, *rest]:
-            thread.join(30)
+    sizes, answers = behind_a_held_model_call(recognizer, digits[0][1], bodies)
     assert sizes == [1, 3, 2]  # the three drawings, then the JPEG and the off-edge one
-    for k, data in enumerate(bodies):
-        alone = recognizer.predict(data).to_json()
-        got = answers[k].json()
-        assert answers[k].status_code == 200, got
-        assert got["digit"] == alone["digit"]
-        assert np.allclose(got["probabilities"], alone["probabilities"], atol=1e-5)
+    assert_answered_as_alone(recognizer, bodies, answers[1:])
 
 
 def test_requests_do_not_consult_opentelemetry(recognizer, digits, monkeypatch):
