@@ -254,13 +254,14 @@ def _prepare_grey(grey: np.ndarray, path: str | None, *, number: bool) -> Prepar
         eight_bit = grey.dtype == np.uint8  # a plain PNG's pixels (decode.plain_pixels)
         found = candidates(grey.astype(np.float32) / 255.0 if eight_bit else grey)
         return Prepared(path, found.images, number=True, reader=found)
-    done = _one_digit(grey, quick=False)
-    assert done is not None
-    return Prepared(path, [] if done.blank else [done.image], number=False)
+    prepared = _one_digit(grey, path, quick=False)
+    assert prepared is not None
+    return prepared
 
 
-def _one_digit(grey: np.ndarray, *, quick: bool) -> Preprocessed | None:
-    """The digit's 28x28 image; with quick, None where only the Python steps read it."""
+def _one_digit(grey: np.ndarray, path: str | None, *, quick: bool) -> Prepared | None:
+    """A single digit's 28x28 image (none when blank); with quick, None where only the
+    Python steps read the picture."""
     from digitlab.vision.preprocess import (
         compiled_to_mnist,
         from_mnist_like,
@@ -270,11 +271,15 @@ def _one_digit(grey: np.ndarray, *, quick: bool) -> Preprocessed | None:
 
     # An image that already is a 28x28 MNIST digit (white on black, empty border) is fed
     # as is: preprocessing it again could only move it away from what the model learnt.
+    done: Preprocessed | None = None
     if grey.shape == (28, 28):
         pixels = grey if grey.dtype == np.uint8 else np.round(grey * 255).astype(np.uint8)
         if looks_mnist_like(pixels):
-            return from_mnist_like(pixels)
-    return compiled_to_mnist(grey) if quick else to_mnist(grey)
+            done = from_mnist_like(pixels)
+    if done is None:
+        done = compiled_to_mnist(grey) if quick else to_mnist(grey)
+    return None if done is None else Prepared(path, [] if done.blank else [done.image],
+                                              number=False)
 
 
 # --- the recognizer -----------------------------------------------------------------------
@@ -463,10 +468,7 @@ class Recognizer:
         ink covers much of the border, a picture over 1,600 px, or no compiled part here
         (the Python steps then take a few to tens of ms). A server reads those after the
         quick ones it took with them."""
-        done = _one_digit(grey, quick=True)
-        if done is None:
-            return None
-        return Prepared(None, [] if done.blank else [done.image], number=False)
+        return _one_digit(grey, None, quick=True)
 
     def predict_many(self, images: Sequence[ImageInput], *, top_k: int = 3,
                      number: bool = False) -> list[Prediction]:
