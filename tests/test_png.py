@@ -81,6 +81,18 @@ def test_written_files_are_what_pillow_reads() -> None:
         png.write_grey(np.zeros((2, 2, 3), np.uint8))
 
 
+def test_stored_rows_are_a_valid_zlib_stream() -> None:
+    # write_grey(level=0) writes its zlib stream itself: header, one stored block, Adler-32
+    # (zlib.decompress checks all three), as zlib's own level 0 writes it here; zlib's below
+    # for more than a block holds.
+    rng = np.random.default_rng(2)
+    for size in (0, 1, 2, 28 * 29, 4097, 65535, 65536, 200_000):
+        raw = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+        assert zlib.decompress(png._stored(raw)) == raw
+        if size <= 4097:
+            assert png._stored(raw) == zlib.compress(raw, 0)
+
+
 def test_anything_else_goes_to_pillow() -> None:
     grey = (np.arange(64 * 48) % 251).astype(np.uint8).reshape(48, 64)
     good = png.write_grey(grey)  # filter-0 rows: read with or without the compiled part

@@ -199,6 +199,21 @@ def test_prepare_decoded_takes_pixels_or_their_floats_alike(recognizer, photos,
             [a, b]))] == [recognizer.predict(pixels, number=number).to_json()] * 2
 
 
+def test_top_k_ranks_most_probable_first_and_ties_in_class_order(recognizer, mnist_probs):
+    """top_k is the classes by falling probability, equal ones in class order (what a
+    stable argsort of -p gives), and low_confidence compares the float32 confidence."""
+    ties = np.array([0.1, 0.3, 0.05, 0.3, 0.05, 0.0, 0.1, 0.0, 0.1, 0.0], np.float32)
+    prepared = Recognizer.prepare_decoded(np.eye(28, dtype=np.uint8) * 255)
+    for row in np.concatenate([ties[None], mnist_probs[:300]]):
+        (answer,) = recognizer.finish([prepared], row[None], top_k=10)
+        order = np.argsort(-row, kind="stable").tolist()
+        assert [d for d, _ in answer.top_k] == order and answer.digit == order[0]
+        assert [p for _, p in answer.top_k] == [float(row[d]) for d in order]
+        assert answer.low_confidence == bool(row.max() < np.float32(LOW_CONFIDENCE))
+    (tied,) = recognizer.finish([prepared], ties[None], top_k=4)
+    assert [d for d, _ in tied.top_k] == [1, 3, 0, 6] and tied.low_confidence
+
+
 def test_prepare_quickly_reads_what_the_compiled_path_takes_and_declines_the_rest(
         photos, mnist_test_split):
     """The quick way gives prepare_decoded's inputs for a drawing on flat paper, a blank

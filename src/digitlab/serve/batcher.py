@@ -35,9 +35,9 @@ from digitlab.serve.upload import RequestProblem
 MAX_BATCH = 8
 INTERNAL = "internal error in digitlab (see the server log)"
 # Starlette's JSONResponse rendering, made once (json.dumps builds an encoder every call
-# when given any option).
+# when given any option); an answer holds no cycles to look for.
 JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, indent=None,
-                        separators=(",", ":"))
+                        separators=(",", ":"), check_circular=False)
 
 log = logging.getLogger("digitlab.serve")
 
