@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/serve_load.py                       # 2,000 requests, 32 clients
     .venv/bin/python benchmarks/serve_load.py --workers 2
+    .venv/bin/python benchmarks/serve_load.py --workers 2 --access-log  # serve's default log
     .venv/bin/python benchmarks/serve_load.py --backend torch      # PyTorch, not onnxruntime
     .venv/bin/python benchmarks/serve_load.py --rate 200            # open loop: 200 requests/s
     .venv/bin/python benchmarks/serve_load.py --url http://127.0.0.1:8000 --pid 1234
@@ -33,6 +34,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -77,6 +79,9 @@ def main() -> None:
                         help="Unmeasured requests first, from the same clients on the same "
                         "connections.")
     parser.add_argument("--max-seconds", type=float, default=180.0, help="Hard time cap.")
+    parser.add_argument("--access-log", action="store_true",
+                        help="Start the server with its access log on (digitlab serve's "
+                        "default; written to a file), not --no-access-log.")
     parser.add_argument("--json", action="store_true", help="Also print the figures as JSON.")
     args = parser.parse_args()
     if not 1 <= args.requests <= 100_000 or not 1 <= args.concurrency <= 512:
@@ -90,7 +95,8 @@ def main() -> None:
             parser.error("--url must point at this machine (127.0.0.1, localhost or ::1)")
         url, pid = args.url.rstrip("/"), args.pid
     else:
-        server, url, banner = start_server(args.workers, args.run, args.backend)
+        server, url, banner = start_server(args.workers, args.run, args.backend,
+                                           access_log=args.access_log)
         pid = server.pid
     try:
         figures = asyncio.run(measure(url, pid, bodies, labels, args))
@@ -127,15 +133,22 @@ def digit_pngs(size: int, *, style: str = "drawn",
     return bodies, [int(v) for v in split.labels[:count]]
 
 
-def start_server(workers: int, run: str | None,
-                 backend: str | None = None) -> tuple[subprocess.Popen[str], str, str]:
-    """The server, its URL and the line it printed on start (model, backend, workers)."""
-    cmd = [sys.executable, "-m", "digitlab", "serve", "--port", "0", "--no-access-log",
+def start_server(workers: int, run: str | None, backend: str | None = None, *,
+                 access_log: bool = False) -> tuple[subprocess.Popen[str], str, str]:
+    """The server, its URL and the line it printed on start (model, backend, workers). Its
+    output goes to a file, as a deployed server's log would: with access_log, a line per
+    request (digitlab serve's default)."""
+    cmd = [sys.executable, "-m", "digitlab", "serve", "--port", "0",
            "--workers", str(workers)] + (["--run", run] if run else []) + (
-           ["--backend", backend] if backend else [])
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
+           ["--backend", backend] if backend else []) + ([] if access_log else
+                                                          ["--no-access-log"])
+    with tempfile.TemporaryFile("w+") as log:  # the server keeps writing to its own copy
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.DEVNULL, text=True)
+        line, deadline = "", time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline and not line.endswith("\n"):
+            time.sleep(0.05)
+            log.seek(0)
+            line = log.readline()  # the banner, printed (and flushed) before anything else
     found = re.search(r"http://127\.0\.0\.1:\d+", line)
     if not found:
         proc.kill()
@@ -394,7 +407,8 @@ def report(f: dict, args: argparse.Namespace, url: str) -> str:
     mode = f"open loop at {f['rate']:g} requests/s" if f["rate"] else "closed loop"
     lines = [
         *([f"server     {f['server']}"] if f.get("server") else []),
-        f"target     {url}  ({'--workers ' + str(f['workers']) if f['workers'] else 'external'},"
+        f"target     {url}  ({'--workers ' + str(f['workers']) if f['workers'] else 'external'}"
+        f"{', access log on' if args.access_log and not args.url else ''},"
         f" {f['cpus']} CPUs, load average before {f['load_before'][0]:.2f})",
         f"load       {f['requests']}/{f['wanted']} requests of {shape} PNG digits, "
         f"{f['concurrency']} clients, {mode}"

@@ -78,10 +78,13 @@ def serve(
            "Ctrl+C stops it)")
     if recognizer is not None:
         from digitlab.serve.app import create_app
+        from digitlab.serve.logs import LOG_CONFIG, lean_records
 
         app = create_app(recognizer, max_bytes=max_bytes, cors_origin=cors_origin,
                          concurrency=settings.concurrency)
+        lean_records()
         server = uvicorn.Server(uvicorn.Config(app, log_level="info", access_log=access_log,
+                                               log_config=LOG_CONFIG,
                                                timeout_graceful_shutdown=5))
         # uvicorn re-raises the Ctrl+C it has already handled; stopping is the normal end.
         with contextlib.suppress(KeyboardInterrupt):

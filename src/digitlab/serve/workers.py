@@ -37,6 +37,7 @@ import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 
 from digitlab.errors import DigitlabError
+from digitlab.serve.logs import LOG_CONFIG, lean_records
 
 TAKE_OVER_S = 0.05  # how long a waiting connection is left for an emptier worker
 STEP_BACK_S = 0.001  # how soon a worker that stepped back looks again
@@ -279,10 +280,11 @@ def worker_config(host: str, port: int, workers: int, log_level: str,
     event loop, which the Acceptor's add_reader needs (the proactor loop has none)."""
     return dict(app="digitlab.serve.run:app_from_env", factory=True, host=host, port=port,
                 workers=workers, log_level=log_level, access_log=access_log,
-                timeout_graceful_shutdown=5)
+                log_config=LOG_CONFIG, timeout_graceful_shutdown=5)
 
 
 def _worker(sock: socket.socket, counts: Counts, index: int, settings_env: tuple[str, str],
             config: dict[str, Any]) -> None:
     os.environ[settings_env[0]] = settings_env[1]
+    lean_records()
     BalancedServer(uvicorn.Config(**config), sock, counts, index).run()
