@@ -640,14 +640,25 @@ static inline uint8_t grey_level(float g) {
 static void histogram(const uint8_t *levels, size_t n, size_t hist[256]) {
     size_t counts[4][256];
     memset(counts, 0, sizeof(counts));
-    size_t i4 = n - n % 4;
-    for (size_t i = 0; i < i4; i += 4) {
+    size_t i8 = n - n % 8;
+    for (size_t i = 0; i < i8; i += 8) {
+        /* Eight equal values (paper, mostly: a drawing is four fifths paper) in one count. */
+        uint64_t word;
+        memcpy(&word, levels + i, 8);
+        if (word == levels[i] * UINT64_C(0x0101010101010101)) {
+            counts[0][levels[i]] += 8;
+            continue;
+        }
         counts[0][levels[i]]++;
         counts[1][levels[i + 1]]++;
         counts[2][levels[i + 2]]++;
         counts[3][levels[i + 3]]++;
+        counts[0][levels[i + 4]]++;
+        counts[1][levels[i + 5]]++;
+        counts[2][levels[i + 6]]++;
+        counts[3][levels[i + 7]]++;
     }
-    for (size_t i = i4; i < n; i++) counts[0][levels[i]]++;
+    for (size_t i = i8; i < n; i++) counts[0][levels[i]]++;
     for (int v = 0; v < 256; v++) hist[v] = counts[0][v] + counts[1][v] + counts[2][v] + counts[3][v];
 }
 
