@@ -255,18 +255,24 @@ DEFINE_MAXF(maxf_i32, int32_t)
 /* --- exact Euclidean distance transform (ndimage.distance_transform_edt's distances) ----- */
 
 /* Squared distance of every pixel to the nearest zero of m (0 for the zeros themselves),
-   exact integers. Returns DECLINE when m has no zero. (Sides up to MAX_WORK_SIDE plus
-   margins: squares fit an int32.) */
+   exact integers; with a limit > 0, exact below the limit and the limit itself for any
+   pixel whose squared distance is the limit or more (a caller that only tells near from
+   far: no row then needs the envelope). Returns DECLINE when m has no zero. (Sides up to
+   MAX_WORK_SIDE plus margins: squares fit an int32.) */
 #define FAR (1 << 24) /* further than any pixel of a picture: no zero in the column */
 #define NEAR_ENOUGH 256 /* rows whose columns all have a zero within 16 px: searched directly */
-static int edt_squared(const uint8_t *m, int h, int w, int32_t *out) {
-    if (h > 8192 || w > 8192) return DECLINE;
+static int edt_squared(const uint8_t *m, int h, int w, int32_t limit, int32_t *out) {
+    if (h > 8192 || w > 8192 || limit > 8192 * 8192) return DECLINE;
+    int reach = 1; /* with a limit: the first offset whose square reaches it */
+    while (limit > 0 && reach * reach < limit) reach++;
     int32_t *v = malloc(sizeof(int32_t) * (w + 1)), *f = malloc(sizeof(int32_t) * (w + 1));
     int64_t *zn = malloc(sizeof(int64_t) * (w + 1)), *zd = malloc(sizeof(int64_t) * (w + 1));
-    if (!v || !f || !zn || !zd) {
-        free(v), free(f), free(zn), free(zd);
+    int32_t *near = limit > 0 ? malloc(sizeof(int32_t) * ((size_t)w + 2 * reach)) : NULL;
+    if (!v || !f || !zn || !zd || (limit > 0 && !near)) {
+        free(v), free(f), free(zn), free(zd), free(near);
         return NOMEM;
     }
+    for (int k = 0; limit > 0 && k < reach; k++) near[k] = near[reach + w + k] = limit;
     /* Along the columns, a row at a time (loops the compiler vectorises): distance to the
        nearest zero above, then below, then squared. */
     size_t zeros = 0;
@@ -285,7 +291,7 @@ static int edt_squared(const uint8_t *m, int h, int w, int32_t *out) {
         }
     }
     if (!zeros) {
-        free(v), free(f), free(zn), free(zd);
+        free(v), free(f), free(zn), free(zd), free(near);
         return DECLINE;
     }
     for (int y = h - 2; y >= 0; y--) {
@@ -300,6 +306,24 @@ static int edt_squared(const uint8_t *m, int h, int w, int32_t *out) {
     for (int y = 0; y < h; y++) {
         int32_t *row = out + (size_t)y * w;
         memcpy(f, row, sizeof(int32_t) * w); /* the row is then overwritten with results */
+        if (limit > 0) {
+            /* min(limit, exact): a zero nearer than the limit lies fewer than `reach`
+               columns away, so each offset below it is one pass of minima over the row
+               (loops the compiler vectorises), read from the column distances capped at
+               the limit, with capped margins for the picture's sides. */
+            int32_t *g = near + reach;
+            for (int x = 0; x < w; x++) g[x] = f[x] < 0 || f[x] > limit ? limit : f[x];
+            memcpy(row, g, sizeof(int32_t) * w);
+            for (int d = 1; d < reach; d++) {
+                int32_t dd = d * d;
+                for (int x = 0; x < w; x++) {
+                    int32_t left = dd + g[x - d], right = dd + g[x + d];
+                    int32_t side = left < right ? left : right;
+                    row[x] = side < row[x] ? side : row[x];
+                }
+            }
+            continue;
+        }
         uint32_t deepest = 0; /* a column without a zero (-1) reads as the largest */
         for (int x = 0; x < w; x++) deepest = (uint32_t)f[x] > deepest ? (uint32_t)f[x] : deepest;
         if (deepest <= NEAR_ENOUGH) {
@@ -339,7 +363,7 @@ static int edt_squared(const uint8_t *m, int h, int w, int32_t *out) {
             row[x] = dx * dx + f[v[j]];
         }
     }
-    free(v), free(f), free(zn), free(zd);
+    free(v), free(f), free(zn), free(zd), free(near);
     return DONE;
 }
 
@@ -348,7 +372,7 @@ static int edt(const uint8_t *m, int h, int w, double *out) {
     size_t n = (size_t)h * w;
     int32_t *squared = malloc(sizeof(int32_t) * n);
     if (!squared) return NOMEM;
-    int status = edt_squared(m, h, w, squared);
+    int status = edt_squared(m, h, w, 0, squared);
     if (status == DONE)
         for (size_t i = 0; i < n; i++) out[i] = sqrt((double)squared[i]);
     free(squared);
@@ -377,7 +401,7 @@ static int stroke_width(const uint8_t *m, int h, int w, double *width) {
     int32_t *peak = depth + n, *tmp = depth + 2 * n;
     /* Squared depths: a square root keeps their order, so the ridge is found on integers
        and only its depths are rooted. */
-    int status = edt_squared(crop, ch, cw, depth);
+    int status = edt_squared(crop, ch, cw, 0, depth);
     if (status != DONE) {
         free(crop), free(depth);
         return status;
@@ -1127,11 +1151,19 @@ static int redraw(const uint8_t *mask, int h, int w, const Box *box, int long_si
     int rh = y1 - y0, rw = x1 - x0;
     size_t n = (size_t)rh * rw;
     uint8_t *skel = calloc((size_t)h * w, 1), *ink = malloc(n);
-    double *distance = malloc(sizeof(double) * n * 2);
-    if (!skel || !ink || !distance) {
-        free(skel), free(ink), free(distance);
+    int32_t *squared = malloc(sizeof(int32_t) * n * 2);
+    if (!skel || !ink || !squared) {
+        free(skel), free(ink), free(squared);
         return NOMEM;
     }
+    /* A pixel's ink is radius - its distance to the skeleton, clipped to [0, 1]: none from
+       a squared distance of `near` on (its root is past the radius). The core's is its depth
+       - shrink, clipped: full from `deep` on. Only distances below those are needed, so
+       the distance transforms stop there (edt_squared's limit), and roots are taken only
+       of those. */
+    double radius = target / 2.0 + 0.5, shrink = (width - target) / 2.0;
+    int32_t near = (int32_t)ceil(radius * radius) + 1;
+    int32_t deep = (int32_t)ceil((shrink + 1.0) * (shrink + 1.0)) + 1;
     int status = skeleton(mask, w, box, skel);
     if (status == DONE) {
         for (int y = 0; y < rh; y++)
@@ -1140,30 +1172,31 @@ static int redraw(const uint8_t *mask, int h, int w, const Box *box, int long_si
                 ink[to] = mask[from];
                 skel[to] = !skel[from]; /* in place: `to` never passes `from` */
             }
-        status = edt(skel, rh, rw, distance); /* distances to the skeleton; DECLINE: none */
+        /* squared distances to the skeleton; DECLINE: none */
+        status = edt_squared(skel, rh, rw, near, squared);
     }
     if (status == DONE && width > target) {
         /* Thinning also erodes: a stubby arm shorter than it is wide has no skeleton
            branch, but its core survives erosion. */
-        status = edt(ink, rh, rw, distance + n);
+        status = edt_squared(ink, rh, rw, deep, squared + n);
     }
     if (status == DONE) {
-        double shrink = (width - target) / 2.0;
         memset(out, 0, sizeof(float) * (size_t)h * w);
         for (int y = 0; y < rh; y++)
             for (int x = 0; x < rw; x++) {
                 size_t i = (size_t)y * rw + x;
-                double v = target / 2.0 + 0.5 - distance[i];
+                double v = squared[i] >= near ? 0.0 : radius - sqrt((double)squared[i]);
                 v = v < 0.0 ? 0.0 : (v > 1.0 ? 1.0 : v);
                 if (width > target) {
-                    double core = distance[n + i] - shrink;
+                    double core = squared[n + i] >= deep ? 1.0
+                                                         : sqrt((double)squared[n + i]) - shrink;
                     core = core < 0.0 ? 0.0 : (core > 1.0 ? 1.0 : core);
                     v = core > v ? core : v;
                 }
                 out[(size_t)(y + y0) * w + x + x0] = (float)v;
             }
     }
-    free(skel), free(ink), free(distance);
+    free(skel), free(ink), free(squared);
     return status;
 }
 
