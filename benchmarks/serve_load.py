@@ -143,17 +143,18 @@ def start_server(workers: int, run: str | None, backend: str | None = None, *,
            ["--backend", backend] if backend else []) + ([] if access_log else
                                                           ["--no-access-log"])
     with tempfile.TemporaryFile("w+") as log:  # the server keeps writing to its own copy
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.DEVNULL, text=True)
-        line, deadline = "", time.monotonic() + 120
-        while proc.poll() is None and time.monotonic() < deadline and not line.endswith("\n"):
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
+        found, deadline = None, time.monotonic() + 120
+        while found is None and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
             log.seek(0)
-            line = log.readline()  # the banner, printed (and flushed) before anything else
-    found = re.search(r"http://127\.0\.0\.1:\d+", line)
-    if not found:
-        proc.kill()
-        sys.exit(f"digitlab serve did not start: {line.strip()}")
-    return proc, found.group(0), line.strip()
+            output = log.read()
+            found = re.search(r"^digitlab serve: (http://127\.0\.0\.1:\d+).*$", output, re.M)
+        if found is None:
+            proc.kill()
+            log.seek(0)
+            sys.exit("digitlab serve did not start:\n" + "".join(log.readlines()[-5:]).rstrip())
+    return proc, found.group(1), found.group(0).strip()
 
 
 # --- a minimal HTTP/1.1 client: the load generator shares the two cores with the server,
