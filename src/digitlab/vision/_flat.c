@@ -255,14 +255,17 @@ DEFINE_MAXF(maxf_i32, int32_t)
 /* --- exact Euclidean distance transform (ndimage.distance_transform_edt's distances) ----- */
 
 /* Squared distance of every pixel to the nearest zero of m (0 for the zeros themselves),
-   exact integers; with a limit > 0, exact below the limit and the limit itself for any
-   pixel whose squared distance is the limit or more (a caller that only tells near from
-   far: no row then needs the envelope). Returns DECLINE when m has no zero. (Sides up to
-   MAX_WORK_SIDE plus margins: squares fit an int32.) */
+   exact integers; with a limit > 0, exact below the limit and at least the limit for any
+   pixel whose squared distance is the limit or more (for a caller that only tells near
+   from far: up to NEAR_ENOUGH no row then needs the envelope; past it, a search that far
+   would cost more than the envelope, and the distances are exact everywhere). Returns
+   DECLINE when m has no zero. (Sides up to MAX_WORK_SIDE plus margins: squares fit an
+   int32.) */
 #define FAR (1 << 24) /* further than any pixel of a picture: no zero in the column */
 #define NEAR_ENOUGH 256 /* rows whose columns all have a zero within 16 px: searched directly */
 static int edt_squared(const uint8_t *m, int h, int w, int32_t limit, int32_t *out) {
-    if (h > 8192 || w > 8192 || limit > 8192 * 8192) return DECLINE;
+    if (h > 8192 || w > 8192) return DECLINE;
+    if (limit > NEAR_ENOUGH) limit = 0;
     int reach = 1; /* with a limit: the first offset whose square reaches it */
     while (limit > 0 && reach * reach < limit) reach++;
     int32_t *v = malloc(sizeof(int32_t) * (w + 1)), *f = malloc(sizeof(int32_t) * (w + 1));
