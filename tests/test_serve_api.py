@@ -35,6 +35,7 @@ from digitlab.api import Recognizer
 from digitlab.cli import app as cli_app
 from digitlab.serve.app import _prepare, _prepare_quickly, create_app
 from digitlab.serve.batcher import MAX_BATCH
+from digitlab.vision import native
 
 LIMIT = 256 * 1024  # the test server's --max-bytes; small so 413s are cheap to provoke
 
@@ -356,16 +357,17 @@ def test_unknown_paths_and_methods_are_json(client):
 
 
 def test_a_bug_is_a_json_500_and_the_next_request_is_fine(recognizer, digits):
-    calls = []
+    armed = threading.Event()  # set once start-up (and its warm-up) is over
 
     def broken_backend(images: np.ndarray) -> np.ndarray:
-        calls.append(len(images))
-        if len(calls) == 2:  # the start-up warm-up is call 1
+        if armed.is_set():
+            armed.clear()
             raise RuntimeError("a bug in the model call")
         return recognizer.backend(images)
 
     broken = Recognizer(broken_backend, info=recognizer.info())
     with running(create_app(broken)) as base, httpx.Client(base_url=base) as c:
+        armed.set()
         problem(c.post("/api/predict", content=digits[0][1]), 500, "internal error")
         assert c.post("/api/predict", content=digits[0][1]).status_code == 200
 
@@ -381,6 +383,29 @@ def test_start_up_objects_are_frozen_out_of_the_garbage_collector(recognizer, di
         assert c.post("/api/predict", content=digits[0][1]).json()["digit"] == digits[0][0]
         assert gc.get_freeze_count() <= frozen  # requests freeze nothing more
     assert gc.get_freeze_count() == 0  # stopping hands them back
+
+
+def test_start_up_reads_each_kind_of_picture_once(recognizer, digits, monkeypatch):
+    """Before the first request, the server has read a 28x28 digit, a drawing through the
+    compiled path and a photo-like picture through the lighting analysis (whose first call
+    costs twice the next), so no early request pays for lazy set-up."""
+    from digitlab.vision import preprocess
+
+    seen = Counter()
+    for name in ("_photo_residual", "_flat_to_mnist", "from_mnist_like"):
+        original = getattr(preprocess, name)
+
+        def counted(*args, _original=original, _name=name, **kwargs):
+            result = _original(*args, **kwargs)
+            seen[_name, result is not None] += 1
+            return result
+        monkeypatch.setattr(preprocess, name, counted)
+    with running(create_app(recognizer)) as base, httpx.Client(base_url=base) as c:
+        assert seen[("_photo_residual", True)] >= 1 and seen[("from_mnist_like", True)] >= 1
+        assert seen[("_flat_to_mnist", True)] >= 1 or not native.flat
+        before = sum(seen.values())
+        assert c.post("/api/predict", content=digits[0][1]).json()["digit"] == digits[0][0]
+        assert sum(seen.values()) > before  # the same functions serve the requests
 
 
 def test_the_event_loop_answers_while_a_digit_is_being_read(recognizer, digits):
