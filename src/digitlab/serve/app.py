@@ -104,7 +104,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loaded = recognizer if isinstance(recognizer, Recognizer) else recognizer()
-        # One throw-away prediction, so the first visitor does not pay for lazy set-up.
+        # Throw-away readings, so that the first visitors do not pay for lazy set-up.
         await anyio.to_thread.run_sync(_warm_up, loaded)
         app.state.recognizer = loaded
         app.state.reader = DigitReader(loaded, _prepare, threads=threads,

@@ -78,14 +78,13 @@ def serve(
            "Ctrl+C stops it)")
     if recognizer is not None:
         from digitlab.serve.app import create_app
-        from digitlab.serve.logs import LOG_CONFIG, lean_records
+        from digitlab.serve.logs import lean_records
+        from digitlab.serve.workers import server_settings
 
         app = create_app(recognizer, max_bytes=max_bytes, cors_origin=cors_origin,
                          concurrency=settings.concurrency)
         lean_records()
-        server = uvicorn.Server(uvicorn.Config(app, log_level="info", access_log=access_log,
-                                               log_config=LOG_CONFIG,
-                                               timeout_graceful_shutdown=5))
+        server = uvicorn.Server(uvicorn.Config(app, **server_settings("info", access_log)))
         # uvicorn re-raises the Ctrl+C it has already handled; stopping is the normal end.
         with contextlib.suppress(KeyboardInterrupt):
             server.run(sockets=[sock])

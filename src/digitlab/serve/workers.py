@@ -273,14 +273,20 @@ def run_workers(sock: socket.socket, workers: int, *, settings_env: tuple[str, s
         raise DigitlabError(failed)
 
 
+def server_settings(log_level: str, access_log: bool) -> dict[str, Any]:
+    """uvicorn.Config's settings for every process that serves, alone or as a worker:
+    digitlab's logging (serve/logs.py) and 5 s for requests in flight at shutdown."""
+    return dict(log_level=log_level, access_log=access_log, log_config=LOG_CONFIG,
+                timeout_graceful_shutdown=5)
+
+
 def worker_config(host: str, port: int, workers: int, log_level: str,
                   access_log: bool) -> dict[str, Any]:
     """uvicorn.Config's arguments for each worker. `workers` is the whole server's count, as
     uvicorn's own worker processes have it: on Windows it then runs them on the selector
     event loop, which the Acceptor's add_reader needs (the proactor loop has none)."""
     return dict(app="digitlab.serve.run:app_from_env", factory=True, host=host, port=port,
-                workers=workers, log_level=log_level, access_log=access_log,
-                log_config=LOG_CONFIG, timeout_graceful_shutdown=5)
+                workers=workers, **server_settings(log_level, access_log))
 
 
 def _worker(sock: socket.socket, counts: Counts, index: int, settings_env: tuple[str, str],
