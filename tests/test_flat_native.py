@@ -58,14 +58,15 @@ def pen(shape: tuple[int, int], strokes, *, width: int, ink: float, paper: float
     return np.array(image, dtype=np.float32)
 
 
-def drawings(count: int, seed: int) -> list[np.ndarray]:
-    """Random pen drawings: sizes, widths, polarity, grey levels, specks, near the edges."""
+def drawings(count: int, seed: int, *, overhang: float = 0.0) -> list[np.ndarray]:
+    """Random pen drawings: sizes, widths, polarity, grey levels, specks, near the edges
+    (with overhang, up to that share of a side past them)."""
     rng = np.random.default_rng(seed)
     out = []
     for k in range(count):
         h, w = (int(v) for v in rng.integers(24, 260, 2))
         points = rng.integers(0, 1 << 16, (int(rng.integers(2, 7)), 2)) / (1 << 16)
-        margin = rng.uniform(0.0, 0.3)
+        margin = rng.uniform(-overhang, 0.3)
         line = [(float(margin * w + p[0] * (1 - 2 * margin) * w),
                  float(margin * h + p[1] * (1 - 2 * margin) * h)) for p in points]
         strokes = [line]
@@ -88,6 +89,20 @@ def test_random_drawings_match_the_python_steps(monkeypatch) -> None:
     greys = drawings(400, seed=1)
     taken = compare(greys, monkeypatch)
     assert taken >= 250, taken  # most drawings are the compiled path's to answer
+
+
+def test_drawings_off_the_edges_are_read_as_the_python_steps_read_them(monkeypatch) -> None:
+    """Strokes that run off the picture: the compiled path takes a picture exactly when the
+    Python steps find flat paper (strokes crossing the border in short runs of ink), and
+    answers as they do."""
+    greys = drawings(300, seed=5, overhang=0.5)
+    for k, grey in enumerate(greys):
+        flat = preprocess._flat_paper_residual(preprocess.as_grey(grey)) is not None
+        assert (preprocess._flat_to_mnist(grey) is not None) == flat, k
+    crossing = [g for g in greys if np.count_nonzero(np.concatenate(
+        [g[0], g[-1], g[:, 0], g[:, -1]]) != np.median(g)) > 0.05 * 2 * sum(g.shape)]
+    assert len(crossing) >= 60, len(crossing)
+    assert compare(crossing, monkeypatch) >= 25  # none before such runs counted as paper
 
 
 @pytest.mark.slow

@@ -216,8 +216,9 @@ def test_top_k_ranks_most_probable_first_and_ties_in_class_order(recognizer, mni
 
 def test_prepare_quickly_reads_what_the_compiled_path_takes_and_declines_the_rest(
         photos, mnist_test_split):
-    """The quick way gives prepare_decoded's inputs for a drawing on flat paper, a blank
-    page and a 28x28 MNIST digit; None for a photo (its lighting analysis takes ms)."""
+    """The quick way gives prepare_decoded's inputs for a drawing on flat paper (one that
+    runs off the canvas too), a blank page and a 28x28 MNIST digit; None for a photo (its
+    lighting analysis takes ms)."""
     from digitlab.vision import native
 
     drawing = np.full((140, 140), 255, np.uint8)
@@ -225,7 +226,9 @@ def test_prepare_quickly_reads_what_the_compiled_path_takes_and_declines_the_res
     with Image.open(photos[0][0]) as opened:
         photo = np.asarray(opened.convert("L"))
     blank = np.full((140, 140), 255, np.uint8)
-    for pixels in (drawing, blank, mnist_test_split.images[0]):
+    big = blank.copy()  # drawn off the canvas: the bar crosses both sides, the stem the bottom
+    big[30:46, :] = big[30:, 60:76] = 17
+    for pixels in (drawing, big, blank, mnist_test_split.images[0]):
         quick = Recognizer.prepare_quickly(pixels)
         if native.flat is None and pixels.shape != (28, 28):
             assert quick is None  # nothing is quick without the compiled part

@@ -342,6 +342,44 @@ def test_photos_never_take_the_flat_paper_path() -> None:
     assert box_size(result.image) == box_size(to_mnist(draw("7")).image)
 
 
+@pytest.mark.parametrize(("digit", "canvas", "ink", "paper"), [
+    ("7", (300, 300), 0.0, 1.0),  # 360 px tall on 300: the stem runs off the top and bottom
+    ("1", (300, 200), 0.07, 1.0),  # 360 px on 200
+    ("7", (300, 300), 1.0, 0.1),  # light ink on dark paper
+])
+def test_strokes_crossing_the_border_take_the_flat_paper_path(
+    digit: str, canvas: tuple[int, int], ink: float, paper: float,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A drawing that runs off the page (a big digit on the drawing page) is still flat
+    paper: each stroke crosses the border as a short run of ink, and the lighting analysis
+    finds the same ink."""
+    picture = draw(digit, height=360, stroke=36, canvas=canvas, ink=ink, paper=paper)
+    edge = np.concatenate([picture[0], picture[-1], picture[:, 0], picture[:, -1]])
+    assert np.count_nonzero(np.abs(edge - paper) > 0.01) > 0.05 * edge.size  # was declined
+    assert preprocess._flat_paper_residual(picture) is not None
+    short = to_mnist(picture)
+    monkeypatch.setattr(preprocess, "_flat_paper_residual", lambda grey: None)
+    full = to_mnist(picture)
+    assert short.bbox == full.bbox
+    assert mean_abs_diff(short.image, full.image) < 1.0
+
+
+def test_what_lies_along_the_border_is_not_a_stroke_crossing_it() -> None:
+    """Off-paper runs along a side that are longer than a stroke is wide (a dark band, a
+    table's edge) or never as dark as ink (a soft shadow) still send a picture to the
+    lighting analysis."""
+    band = draw("7").copy()
+    band[-12:, :120] = 0.0  # 120 px along a 300 px side: wider than a stroke
+    assert preprocess._flat_paper_residual(band) is None
+    shade = draw("7").copy()
+    shade[-12:, :60] = 0.85  # short, but paper-grey: no ink reaches the edge there
+    assert preprocess._flat_paper_residual(shade) is None
+    stroke = draw("7").copy()
+    stroke[-12:, :60] = 0.0  # the same run in ink: a stroke crossing
+    assert preprocess._flat_paper_residual(stroke) is not None
+
+
 def test_flat_paper_without_ink_is_blank() -> None:
     assert to_mnist(np.full((140, 140), 1.0, np.float32)).blank
     assert to_mnist(np.full((140, 140), 0.3, np.float32)).blank

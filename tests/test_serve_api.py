@@ -499,7 +499,8 @@ def test_concurrent_requests_share_one_model_call(recognizer, digits):
 
 def slow_pictures(mnist_digit: np.ndarray) -> list[bytes]:
     """Pictures the compiled flat-paper path declines: a JPEG (not the page's plain PNG) and
-    a drawing whose stroke runs off the canvas (much of the border is ink)."""
+    a drawing with a stroke along the canvas's bottom edge (not a stroke crossing it: a run
+    of ink along the border as long as a shadow's)."""
     page = Image.fromarray(255 - mnist_digit).resize((140, 140), Image.BILINEAR)
     jpeg = io.BytesIO()
     page.save(jpeg, "JPEG", quality=90)

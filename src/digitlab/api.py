@@ -464,8 +464,8 @@ class Recognizer:
     @staticmethod
     def prepare_quickly(grey: np.ndarray) -> Prepared | None:
         """prepare_decoded of a single digit where the compiled preprocessing takes the
-        picture (a drawing on flat paper: ~0.15 ms), else None: a photo, a drawing whose
-        ink covers much of the border, a picture over 1,600 px, or no compiled part here
+        picture (a drawing on flat paper: ~0.15 ms), else None: a photo, a drawing with
+        ink along its border, a picture over 1,600 px, or no compiled part here
         (the Python steps then take a few to tens of ms). A server reads those after the
         quick ones it took with them."""
         return _one_digit(grey, None, quick=True)

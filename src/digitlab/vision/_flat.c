@@ -8,9 +8,9 @@
    pairwise sums, SciPy's exact distances), so the result is bit for bit the Python one;
    tests/test_flat_native.py holds the two against each other. It releases the GIL.
 
-   Anything off the common path (not flat paper, a picture over MAX_WORK_SIDE or under
-   2 px, a filter window wider than the picture, a skeleton that vanishes) is declined: the
-   caller runs the Python code. The constants below are preprocess.py's (the module
+   Anything off the common path (not flat paper, whose border is paper but where strokes
+   cross it; a picture over MAX_WORK_SIDE or under 2 px, a filter window wider than the
+   picture, a skeleton that vanishes) is declined: the caller runs the Python code. The constants below are preprocess.py's (the module
    exports them as CONSTANTS, and a test compares). Build with -ffp-contract=off: a fused
    multiply-add would round differently.
 
@@ -44,6 +44,7 @@ enum { DONE = 0, BLANK = 1, DECLINE = 2, NOMEM = 3 };
 #define FLAT_SHARE 0.5
 #define FLAT_BORDER_SHARE 0.95
 #define FLAT_FAR 64 /* round(255 * 0.25) */
+#define FLAT_BORDER_RUN 0.25
 
 typedef struct {
     int y0, x0, y1, x1; /* ends exclusive */
@@ -719,6 +720,39 @@ static inline float residual_of(float g, float level, int darker, float d) {
     return darker ? (level - g) / d : g - level;
 }
 
+/* One side of the picture, for preprocess._border_on_paper: grey levels (`levels`, or
+   `level_of` each 8-bit pixel), the paper's lo..hi, ink's levels (below ink_below or above
+   ink_above) and the longest run off the paper that may be a stroke crossing the edge. */
+typedef struct {
+    const uint8_t *levels, *u8, *level_of;
+    int lo, hi, ink_below, ink_above;
+    double longest;
+} Side;
+
+/* The side's pixels that are paper's: count pixels from start, step apart, that are on the
+   paper or in a run off it that is no longer than `longest` and reaches ink somewhere. */
+static size_t side_on_paper(const Side *s, size_t start, size_t step, int count) {
+    size_t kept = 0;
+    int run = 0, inked = 0;
+    for (int k = 0; k <= count; k++) {
+        int v = -1, on = 1; /* one past the end closes the last run */
+        if (k < count) {
+            size_t i = start + (size_t)k * step;
+            v = s->levels ? s->levels[i] : s->level_of[s->u8[i]];
+            on = v >= s->lo && v <= s->hi;
+        }
+        if (!on) {
+            run++;
+            inked |= v < s->ink_below || v > s->ink_above;
+            continue;
+        }
+        if (run > 0 && inked && (double)run <= s->longest) kept += (size_t)run;
+        kept += k < count;
+        run = 0, inked = 0;
+    }
+    return kept;
+}
+
 /* as_grey, then preprocess._flat_paper_residual. 8-bit pixels take only 256 values, so
    their levels and residuals are worked out once per value and looked up: the same floats
    the float path computes from v / 255. */
@@ -750,21 +784,22 @@ static int flat_residual(Picture in, Buffers *b) {
     size_t near = 0;
     for (int v = lo; v <= hi; v++) near += hist[v];
     if ((double)near < FLAT_SHARE * (double)n) return DECLINE;
-    int h = b->h, w = b->w;
-    size_t border = 0, edge = 2 * (size_t)w + 2 * (size_t)h;
-#define LEVEL(i) (g ? levels[i] : level_of[in.u8[i]])
-#define ON_PAPER(i) (LEVEL(i) >= lo && LEVEL(i) <= hi)
-    for (int x = 0; x < w; x++) border += ON_PAPER(x) + ON_PAPER((size_t)(h - 1) * w + x);
-    for (int y = 0; y < h; y++) border += ON_PAPER((size_t)y * w) + ON_PAPER((size_t)y * w + w - 1);
-#undef ON_PAPER
-#undef LEVEL
-    if ((double)border < FLAT_BORDER_SHARE * (double)edge) return DECLINE;
     size_t darker = 0, lighter = 0;
     for (int v = 0; v < paper - FLAT_FAR; v++) darker += hist[v];
     for (int v = paper + FLAT_FAR + 1; v < 256; v++) lighter += hist[v];
+    int dark_ink = darker > lighter;
+    int h = b->h, w = b->w;
+    Side side = {g ? levels : NULL, g ? NULL : in.u8, level_of, lo, hi,
+                 dark_ink ? paper - FLAT_FAR : -1, dark_ink ? 256 : paper + FLAT_FAR,
+                 FLAT_BORDER_RUN * (double)(h < w ? h : w)};
+    size_t border = side_on_paper(&side, 0, 1, w)
+                    + side_on_paper(&side, (size_t)(h - 1) * w, 1, w)
+                    + side_on_paper(&side, 0, (size_t)w, h)
+                    + side_on_paper(&side, (size_t)w - 1, (size_t)w, h);
+    if ((double)border < FLAT_BORDER_SHARE * (double)(2 * (size_t)w + 2 * (size_t)h))
+        return DECLINE;
     float level = (float)(paper / 255.0);
     float d = (float)((double)level > 0.05 ? (double)level : 0.05);
-    int dark_ink = darker > lighter;
     float *r = b->residual;
     size_t zeros = 0;
     if (g) {
@@ -1517,13 +1552,13 @@ PyMODINIT_FUNC PyInit__flat(void) {
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
     PyObject *constants = Py_BuildValue(
-        "{s:i,s:d,s:d,s:i,s:i,s:d,s:(dd),s:d,s:d,s:d,s:i,s:d,s:d,s:i}", "MNIST_SIDE",
+        "{s:i,s:d,s:d,s:i,s:i,s:d,s:(dd),s:d,s:d,s:d,s:i,s:d,s:d,s:i,s:d}", "MNIST_SIDE",
         MNIST_SIDE, "DIGIT_BOX", DIGIT_BOX, "WORK_BOX", WORK_BOX, "WORK_MARGIN", WORK_MARGIN,
         "MAX_WORK_SIDE", MAX_WORK_SIDE, "STROKE_TARGET", STROKE_TARGET, "STROKE_RANGE",
         STROKE_LOW, STROKE_HIGH, "MIN_CONTRAST", MIN_CONTRAST, "SHADOWED_CONTRAST",
         SHADOWED_CONTRAST, "SPECK_FRACTION", SPECK_FRACTION, "FLAT_LEVELS", FLAT_LEVELS,
         "FLAT_SHARE", FLAT_SHARE, "FLAT_BORDER_SHARE", FLAT_BORDER_SHARE, "FLAT_FAR_LEVELS",
-        FLAT_FAR);
+        FLAT_FAR, "FLAT_BORDER_RUN", FLAT_BORDER_RUN);
     if (!constants || PyModule_AddObject(m, "CONSTANTS", constants) < 0) {
         Py_XDECREF(constants);
         Py_DECREF(m);

@@ -33,11 +33,14 @@ MIN_CONTRAST = 0.08  # ink must differ from paper by this much (of full scale) t
 SHADOWED_CONTRAST = 0.24  # ... and by this much where a hard shadow hides it (_threshold)
 SPECK_FRACTION = 0.02  # components smaller than this share of the largest are dirt
 # Flat paper (see _flat_paper_residual): this share of the pixels, and of the border's,
-# lies within FLAT_LEVELS grey levels of the commonest value; ink is FLAT_FAR away.
+# lies within FLAT_LEVELS grey levels of the commonest value; ink is FLAT_FAR away. Where
+# a stroke crosses the border, its pixels there count as paper's when they are a run along
+# that side no longer than FLAT_BORDER_RUN of the picture's shorter side.
 FLAT_LEVELS = 2
 FLAT_SHARE = 0.5
 FLAT_BORDER_SHARE = 0.95
 FLAT_FAR = 0.25
+FLAT_BORDER_RUN = 0.25
 
 BBox = tuple[int, int, int, int]  # y0, x0, y1, x1 with exclusive ends, in input pixels
 
@@ -182,11 +185,12 @@ def _flat_paper_residual(grey: np.ndarray) -> np.ndarray | None:
     scan); None for anything else, which takes the full lighting analysis.
 
     Such pictures are recognised by their histogram: most pixels, and nearly the whole
-    border, sit within a couple of grey levels of one value. A shadow or a gradient reaches
-    the border and spreads the paper over many levels, and camera noise alone spreads it
-    further, so photos never pass. On flat paper the paper level is that value, and the
-    ink is whichever side of it holds more of the far-off pixels; the result equals what
-    the lighting analysis finds, at a fraction of the cost (the drawing page's case).
+    border, sit within a couple of grey levels of one value, strokes that cross the border
+    aside (_border_on_paper). A shadow or a gradient reaches the border and spreads the
+    paper over many levels, and camera noise alone spreads it further, so photos never
+    pass. On flat paper the paper level is that value, and the ink is whichever side of
+    it holds more of the far-off pixels; the result equals what the lighting analysis
+    finds, at a fraction of the cost (the drawing page's case).
     """
     levels = np.round(grey * 255.0).astype(np.uint8)
     hist = np.bincount(levels.ravel(), minlength=256)
@@ -194,15 +198,38 @@ def _flat_paper_residual(grey: np.ndarray) -> np.ndarray | None:
     lo, hi = max(0, paper - FLAT_LEVELS), min(255, paper + FLAT_LEVELS)
     if hist[lo : hi + 1].sum() < FLAT_SHARE * levels.size:
         return None
-    border = np.concatenate([levels[0], levels[-1], levels[:, 0], levels[:, -1]])
-    if np.count_nonzero((border >= lo) & (border <= hi)) < FLAT_BORDER_SHARE * border.size:
-        return None
     far = round(255 * FLAT_FAR)
     dark = hist[: max(0, paper - far)].sum() > hist[paper + far + 1 :].sum()
+    ink = (paper - far, 256) if dark else (-1, paper + far)  # ink lies below or above these
+    if _border_on_paper(levels, lo, hi, ink) < FLAT_BORDER_SHARE * 2 * sum(levels.shape):
+        return None
     level = np.float32(paper / 255.0)
     if dark:
         return (level - grey) / max(float(level), 0.05)
     return grey - level
+
+
+def _border_on_paper(levels: np.ndarray, lo: int, hi: int, ink: tuple[int, int]) -> int:
+    """Pixels of the four sides (corners twice) that are paper's: within lo..hi, or in a
+    stroke that crosses the edge: a run of pixels off the paper along a side, no longer
+    than FLAT_BORDER_RUN of the picture's shorter side, that is ink somewhere (below ink[0]
+    or above ink[1]). Something that narrow is ink to the lighting analysis too (its
+    opening is 0.6 of the shorter side wide: even mirrored at the edge such a stroke is
+    narrower), so both paths agree; a shadow or a gradient along a side makes a longer
+    run, or one that never gets as dark as ink."""
+    limit = FLAT_BORDER_RUN * min(levels.shape)
+    kept = 0
+    for side in (levels[0], levels[-1], levels[:, 0], levels[:, -1]):
+        off = (side < lo) | (side > hi)
+        kept += side.size - int(np.count_nonzero(off))
+        if not off.any():
+            continue
+        bounds = np.flatnonzero(np.diff(off, prepend=False, append=False))
+        starts, ends = bounds[::2], bounds[1::2]
+        reached = np.concatenate(([0], np.cumsum((side < ink[0]) | (side > ink[1]))))
+        crossing = (ends - starts <= limit) & (reached[ends] > reached[starts])
+        kept += int((ends - starts)[crossing].sum())
+    return kept
 
 
 def as_grey(image: np.ndarray) -> np.ndarray:
