@@ -93,19 +93,21 @@ def test_waiting_requests_are_read_in_one_model_call_and_answered_in_order() -> 
         assert not reading.blank
 
 
-def test_numbers_are_read_after_the_single_digits_and_each_on_its_own() -> None:
+def test_numbers_are_read_in_the_slow_lane_and_no_digit_waits_for_them() -> None:
+    """Each whole number is read on its own by the slow lane; the digits taken with it, and
+    one sent while it is still being read, are answered meanwhile."""
     model = FakeModel(hold=1)
-    reader = reader_for(model)
-    seen: list[bool] = []
-    real_read = reader.read
+    number_held, number_released = threading.Event(), threading.Event()
 
-    def read(batch):  # which kind of request each model call served
-        seen.append(batch[0].number)
-        return real_read(batch)
+    def prepare_holding(data: bytes, number: bool) -> Prepared:
+        if number and data == b"2":
+            number_held.set()
+            assert number_released.wait(30)
+        return prepare(data, number)
 
-    reader.read = read  # type: ignore[method-assign]
+    reader = DigitReader(Recognizer(model, info=INFO), prepare_holding)
 
-    async def main() -> list:
+    async def main() -> tuple[list, list]:
         reader.start()
         try:
             first = asyncio.ensure_future(reader(b"0"))
@@ -115,20 +117,25 @@ def test_numbers_are_read_after_the_single_digits_and_each_on_its_own() -> None:
             await until(lambda: reader.waiting() == 5)
             model.release.set()
             await first
-            return list(await asyncio.gather(*jobs))
+            await until(number_held.is_set)
+            digits = await asyncio.wait_for(asyncio.gather(*jobs[::2]), 10)
+            digits.append(await asyncio.wait_for(reader(b"6"), 10))
+            assert not jobs[1].done() and not jobs[3].done()
+            number_released.set()
+            return digits, list(await asyncio.gather(jobs[1], jobs[3]))
         finally:
             await asyncio.to_thread(reader.stop)
 
-    answers = asyncio.run(main())
-    assert model.calls == [[0], [1, 3, 5], [2], [4]]
-    assert seen == [False, False, True, True]
-    assert [a.answer["number"] if a.answer.get("number") else a.answer["digit"]
-            for a in answers] == [1, "2", 3, "4", 5]
+    digits, numbers = asyncio.run(main())
+    assert [a.answer["digit"] for a in digits] == [1, 3, 5, 6]
+    assert [a.answer["number"] for a in numbers] == ["2", "4"]
+    assert sorted(model.calls) == [[0], [1, 3, 5], [2], [4], [6]]
 
 
-def test_singles_the_quick_way_declines_are_read_after_the_others_are_answered() -> None:
-    """b"slow7" is a picture only the slow way reads (a photo): the quick ones taken with it
-    are answered before it is even prepared, and it is read in a model call of its own."""
+def test_singles_the_quick_way_declines_are_read_in_the_slow_lane() -> None:
+    """b"slow7" is a picture only the slow way reads (a photo): it goes to the slow lane,
+    whose reading of it waits here until the quick ones taken with it are answered (they
+    never wait for it), and it is read in a model call of its own."""
     model = FakeModel(hold=1)
     answered = threading.Event()
     quick_ones: list[asyncio.Future] = []

@@ -3,13 +3,13 @@
 The event loop only hands each request's image to a queue and waits. Reader threads take
 every request waiting at that moment (up to max_batch), decode and preprocess each, read
 the digits of all of them in one model call, turn each into its answer, and hand the lot
-back to the event loop at once. What is much slower than a drawn digit is read after the
-quick ones it was taken with, which are answered first: a whole-number request (a hundred
-times slower) on its own, and single digits the quick way declines (a photo's lighting
-analysis, a JPEG's decoding: tens of times slower) together. Under load a thread
-hop, a wake-up of the event loop and a model call are each paid once per batch instead of
-once or twice per request; an idle server adds no waiting, since a lone request is read at
-once.
+back to the event loop at once. What is much slower than a drawn digit goes to a reader of
+its own, the slow lane: a whole-number request (a hundred times slower) on its own, and the
+single digits the quick way declines (a photo's lighting analysis, a JPEG's decoding: tens
+of times slower) together; so no drawn digit waits for them, neither those taken with them
+nor those queued after. Under load a thread hop, a wake-up of the event loop and a model
+call are each paid once per batch instead of once or twice per request; an idle server
+adds no waiting, since a lone request is read at once.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class DigitReader:
     RequestProblem. `prepare(data, number)` decodes and preprocesses one image in a reader thread
     (raising RequestProblem for a bad one); the recognizer classifies and answers. `quick(data)`,
     when given, prepares a single digit the quick way or returns None (anything it raises
-    counts as None): those are prepared after the rest of their batch is answered."""
+    counts as None): those, and whole numbers, are read by the slow lane's thread."""
 
     def __init__(self, recognizer: Recognizer, prepare: Callable[[bytes, bool], Prepared], *,
                  threads: int = 1, max_batch: int = MAX_BATCH,
@@ -86,19 +86,27 @@ class DigitReader:
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._threads = [threading.Thread(target=self._serve, name=f"digitlab-reader-{k}",
                                           daemon=True) for k in range(threads)]
+        # Groups of jobs for the slow lane: whole numbers one by one, the singles the quick
+        # way declined together.
+        self._slow: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
+        self._slow_lane = threading.Thread(target=self._serve_slow,
+                                           name="digitlab-reader-slow", daemon=True)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        for thread in self._threads:
+        for thread in [*self._threads, self._slow_lane]:
             thread.start()
 
     def stop(self) -> None:
-        """Let the readers finish what they hold, then end them."""
+        """Let the readers finish what they hold, then end them (the slow lane last: it
+        reads what they handed it)."""
         for _ in self._threads:
             self._queue.put(_STOP)
         for thread in self._threads:
             thread.join(30)
+        self._slow.put(None)
+        self._slow_lane.join(30)
 
     def waiting(self) -> int:
         """Requests queued and not yet taken by a reader."""
@@ -133,23 +141,30 @@ class DigitReader:
                     break
                 batch.append(more)
             # Single digits (~0.3 ms each the quick way) are read together and answered at
-            # once, then the singles the quick way declined (a few to tens of ms each); a
-            # whole number (~100 ms: many candidate cuts) is read on its own after them, so
-            # no digit waits for a number and no number for another.
+            # once. The slow lane gets the rest, first so that it starts at once: each whole
+            # number (~100 ms: many candidate cuts) on its own, and the singles the quick
+            # way declined (a few to tens of ms each) together.
             singles = [j for j in batch if not j.number]
-            later = self._prepare_quickly(singles)
-            quick = [j for j in singles if j.prepared is not None]
-            for group in [quick, later] + [[j] for j in batch if j.number]:
-                if not self._answer_group(group):
-                    return
+            if self._quick is None or len(singles) < 2:
+                here, slow = singles, []  # a lone one waits for nothing; none is quick
+            else:
+                slow = self._prepare_quickly(singles)
+                here = [j for j in singles if j.prepared is not None]
+            for group in ([slow] if slow else []) + [[j] for j in batch if j.number]:
+                self._slow.put(group)
+            if not self._answer_group(here):
+                return
             if stop:
                 return
 
+    def _serve_slow(self) -> None:
+        while (group := self._slow.get()) is not None:
+            if not self._answer_group(group):
+                return
+
     def _prepare_quickly(self, singles: list[_Job]) -> list[_Job]:
-        """Prepare what the quick way takes (job.prepared); the jobs it declines, to read
-        after the others. Nothing to sort out for a lone request or without a quick way."""
-        if self._quick is None or len(singles) < 2:
-            return singles
+        """Prepare what the quick way takes (job.prepared); the jobs it declines."""
+        assert self._quick is not None
         later = []
         for job in singles:
             try:
