@@ -5,6 +5,7 @@
     .venv/bin/python benchmarks/serve_load.py --workers 2 --access-log  # serve's default log
     .venv/bin/python benchmarks/serve_load.py --backend torch      # PyTorch, not onnxruntime
     .venv/bin/python benchmarks/serve_load.py --rate 200            # open loop: 200 requests/s
+    .venv/bin/python benchmarks/serve_load.py --workers 2 --slow number   # and numbers meanwhile
     .venv/bin/python benchmarks/serve_load.py --url http://127.0.0.1:8000 --pid 1234
 
 Starts `digitlab serve` on a free port of 127.0.0.1 (or targets --url, which must be on
@@ -13,6 +14,11 @@ unmeasured requests and then --requests measured POSTs of real MNIST test digits
 way the page sends them (dark ink on white, a 140x140 PNG), the measured ones in the
 server's steady state (not the burst of every client connecting at once). It stops by
 itself after the last request or --max-seconds.
+
+With --slow, --slow-clients more clients (unmeasured) send slow requests all the while:
+photo-like JPEG digits (`photo`: the lighting analysis, a few ms each) or photo-like
+strips of four digits read as whole numbers (`number`: tens of ms each); the figures are
+still the digits', and how many slow requests were answered meanwhile is printed too.
 
 Closed loop (default): each client sends its next request as soon as the answer arrives, so
 latency includes the queue that 32 eager clients build. Open loop (--rate): requests are
@@ -82,12 +88,17 @@ def main() -> None:
     parser.add_argument("--access-log", action="store_true",
                         help="Start the server with its access log on (digitlab serve's "
                         "default; written to a file), not --no-access-log.")
+    parser.add_argument("--slow", choices=("photo", "number"),
+                        help="Meanwhile, --slow-clients more clients send slow requests: "
+                        "photo-like JPEG digits, or photo-like 4-digit numbers (?number=true).")
+    parser.add_argument("--slow-clients", type=int, default=1)
     parser.add_argument("--json", action="store_true", help="Also print the figures as JSON.")
     args = parser.parse_args()
     if not 1 <= args.requests <= 100_000 or not 1 <= args.concurrency <= 512:
         parser.error("--requests must be 1..100000 and --concurrency 1..512")
 
     bodies, labels = digit_pngs(args.size, style=args.style)
+    args.slow_bodies = slow_requests(args.slow) if args.slow else []
     server, banner = None, None
     if args.url:
         host = urlsplit(args.url).hostname
@@ -131,6 +142,19 @@ def digit_pngs(size: int, *, style: str = "drawn",
         picture.save(buf, "PNG")
         bodies.append(buf.getvalue())
     return bodies, [int(v) for v in split.labels[:count]]
+
+
+def slow_requests(kind: str, count: int = 20) -> list[bytes]:
+    """Photo-like JPEGs of MNIST test digits (photolike.py, seed 0): single digits, or
+    strips of four for whole-number requests."""
+    import photolike  # benchmarks/, beside this file
+
+    split = load_split("mnist", default_root(), "test")
+    rng = np.random.default_rng(0)
+    if kind == "number":
+        return [photolike.strip_jpeg(list(split.images[4 * k : 4 * k + 4]), rng)
+                for k in range(count)]
+    return [photolike.photo_jpeg(split.images[k], rng) for k in range(count)]
 
 
 def start_server(workers: int, run: str | None, backend: str | None = None, *,
@@ -235,9 +259,17 @@ async def measure(url: str, pid: int | None, bodies: list[bytes], labels: list[i
         before.update(rss=rss_mib(pid), load=os.getloadavg(), cpu=cpu_seconds(pid),
                       own=time.process_time(), started=time.perf_counter())
 
-    result = await run_load(host, port, bodies, labels, args.requests, args.concurrency,
-                            args.rate, args.max_seconds, args.style, warmup=args.warmup,
-                            on_start=start_measuring)
+    slow: dict[str, Any] = {"answered": 0, "errors": 0, "latencies": []}
+    side = [asyncio.create_task(slow_client(host, port, args.slow, args.slow_bodies, slow))
+            for _ in range(args.slow_clients if args.slow else 0)]
+    try:
+        result = await run_load(host, port, bodies, labels, args.requests, args.concurrency,
+                                args.rate, args.max_seconds, args.style, warmup=args.warmup,
+                                on_start=start_measuring)
+    finally:
+        for task in side:
+            task.cancel()
+        await asyncio.gather(*side, return_exceptions=True)
     if not before:  # stopped at --max-seconds during the warm-up
         start_measuring()
     wall = time.perf_counter() - before["started"]
@@ -260,6 +292,9 @@ async def measure(url: str, pid: int | None, bodies: list[bytes], labels: list[i
         "client_cpu_ms_per_request": round(own_used / done * 1000, 3) if done else None,
         "rss_before_mib": rss_before, "rss_after_mib": rss_mib(pid),
         "load_before": [round(v, 2) for v in load_before], "cpus": os.cpu_count(),
+        "slow": args.slow, "slow_clients": args.slow_clients if args.slow else 0,
+        "slow_answered": slow["answered"], "slow_errors": slow["errors"],
+        "slow_p50_ms": pct(np.array(slow["latencies"]) * 1000, 50),
     }
 
 
@@ -344,6 +379,30 @@ async def run_load(host: str, port: int, bodies: list[bytes], labels: list[int],
     return state
 
 
+async def slow_client(host: str, port: int, kind: str, bodies: list[bytes],
+                      tally: dict[str, Any]) -> None:
+    """Sends slow requests one after another until cancelled (unmeasured: the figures are
+    the digits')."""
+    path = "/api/predict?number=true" if kind == "number" else "/api/predict"
+    conn = Connection(host, port)
+    try:
+        for k in range(1 << 30):
+            started = time.perf_counter()
+            try:
+                status, _ = await conn.post(path, bodies[k % len(bodies)])
+            except OSError:
+                await conn.close()
+                tally["errors"] += 1
+                continue
+            if status == 200:
+                tally["answered"] += 1
+                tally["latencies"].append(time.perf_counter() - started)
+            else:
+                tally["errors"] += 1
+    finally:
+        await conn.close()
+
+
 def count_error(state: dict, kind: str) -> None:
     state["errors"] += 1
     state["kinds"][kind] = state["kinds"].get(kind, 0) + 1
@@ -420,6 +479,9 @@ def report(f: dict, args: argparse.Namespace, url: str) -> str:
         f"errors     {f['errors']} {f['error_kinds'] or ''}".rstrip()
         + (f" (and {f['warmup_errors']} in the warm-up)" if f["warmup_errors"] else ""),
         f"answers    {f['right']}/{f['requests'] - f['errors']} right (MNIST labels)",
+        *([f"slow       {f['slow_answered']} {f['slow']} requests answered meanwhile from "
+           f"{f['slow_clients']} more client(s) (p50 {f['slow_p50_ms']} ms, "
+           f"{f['slow_errors']} errors)"] if f["slow"] else []),
         f"server CPU {cpu(f['server_cpu_ms_per_request'])}",
         f"client CPU {f['client_cpu_ms_per_request']} ms per request (this load generator, "
         "on the same cores)",

@@ -37,6 +37,23 @@ def test_bounded_load_has_no_errors_and_no_memory_growth(mnist_root: Path) -> No
         assert f"\n{line}" in "\n" + text
 
 
+@pytest.mark.slow
+def test_slow_requests_alongside_are_answered_and_reported(mnist_root: Path) -> None:
+    """--slow number: one more client reads whole numbers all the while; the digits are
+    measured as ever, and the numbers answered meanwhile are counted."""
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--requests", "300", "--warmup", "50", "--workers", "2",
+         "--max-seconds", "120", "--slow", "number", "--json"],
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(done.stdout.splitlines()[-1])
+    assert figures["requests"] == 300 and figures["errors"] == 0
+    assert figures["slow"] == "number" and figures["slow_clients"] == 1
+    assert figures["slow_answered"] >= 1 and figures["slow_errors"] == 0
+    assert figures["slow_p50_ms"] > 0
+    assert "number requests answered meanwhile from 1 more client" in done.stdout
+
+
 def test_the_load_generators_connection_reads_answers_and_survives_closes() -> None:
     """serve_load's bare HTTP client: answers split over many packets, `Connection: close`
     (it reconnects), and a server that hangs up mid-answer (an error, not a crash)."""
