@@ -466,8 +466,8 @@ class Recognizer:
         """prepare_decoded of a single digit where the compiled preprocessing takes the
         picture (a drawing on flat paper: ~0.15 ms), else None: a photo, a drawing with
         ink along its border, a picture over 1,600 px, or no compiled part here
-        (the Python steps then take a few to tens of ms). A server reads those after the
-        quick ones it took with them."""
+        (the Python steps then take a few to tens of ms). A server reads those in its
+        slow lane, so that they hold up no quick one."""
         return _one_digit(grey, None, quick=True)
 
     def predict_many(self, images: Sequence[ImageInput], *, top_k: int = 3,

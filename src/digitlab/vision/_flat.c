@@ -10,9 +10,9 @@
 
    Anything off the common path (not flat paper, whose border is paper but where strokes
    cross it; a picture over MAX_WORK_SIDE or under 2 px, a filter window wider than the
-   picture, a skeleton that vanishes) is declined: the caller runs the Python code. The constants below are preprocess.py's (the module
-   exports them as CONSTANTS, and a test compares). Build with -ffp-contract=off: a fused
-   multiply-add would round differently.
+   picture, a skeleton that vanishes) is declined: the caller runs the Python code. The
+   constants below are preprocess.py's (the module exports them as CONSTANTS, and a test
+   compares). Build with -ffp-contract=off: a fused multiply-add would round differently.
 
    Also here, for vision/png.py: undoing the row filters of a plain 8-bit grey PNG.
 */

@@ -213,10 +213,10 @@ def _border_on_paper(levels: np.ndarray, lo: int, hi: int, ink: tuple[int, int])
     """Pixels of the four sides (corners twice) that are paper's: within lo..hi, or in a
     stroke that crosses the edge: a run of pixels off the paper along a side, no longer
     than FLAT_BORDER_RUN of the picture's shorter side, that is ink somewhere (below ink[0]
-    or above ink[1]). Something that narrow is ink to the lighting analysis too (its
-    opening is 0.6 of the shorter side wide: even mirrored at the edge such a stroke is
-    narrower), so both paths agree; a shadow or a gradient along a side makes a longer
-    run, or one that never gets as dark as ink."""
+    or above ink[1]). The lighting analysis takes ink that narrow for ink as well (its
+    opening is 0.6 of the shorter side wide, and a stroke mirrored at the edge is still
+    narrower); a shadow or a gradient along a side makes a longer run, or one that never
+    gets as dark as ink."""
     limit = FLAT_BORDER_RUN * min(levels.shape)
     kept = 0
     for side in (levels[0], levels[-1], levels[:, 0], levels[:, -1]):
