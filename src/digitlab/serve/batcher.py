@@ -3,7 +3,7 @@
 The event loop only hands each request's image to a queue and waits. Reader threads take
 every request waiting at that moment (up to max_batch), decode and preprocess each, read
 the digits of all of them in one model call, turn each into its answer, and hand the lot
-back to the event loop at once. What is much slower than a drawn digit goes to a reader of
+back to the event loop at once. What is much slower than a drawn digit goes to readers of
 its own, the slow lane: a whole-number request (a hundred times slower) on its own, and the
 single digits the quick way declines (a photo's lighting analysis, a JPEG's decoding: tens
 of times slower) together; so no drawn digit waits for them, neither those taken with them
@@ -71,7 +71,7 @@ class DigitReader:
     RequestProblem. `prepare(data, number)` decodes and preprocesses one image in a reader thread
     (raising RequestProblem for a bad one); the recognizer classifies and answers. `quick(data)`,
     when given, prepares a single digit the quick way or returns None (anything it raises
-    counts as None): those, and whole numbers, are read by the slow lane's thread."""
+    counts as None): those, and whole numbers, are read by the slow lane's threads."""
 
     def __init__(self, recognizer: Recognizer, prepare: Callable[[bytes, bool], Prepared], *,
                  threads: int = 1, max_batch: int = MAX_BATCH,
@@ -87,15 +87,17 @@ class DigitReader:
         self._threads = [threading.Thread(target=self._serve, name=f"digitlab-reader-{k}",
                                           daemon=True) for k in range(threads)]
         # Groups of jobs for the slow lane: whole numbers one by one, the singles the quick
-        # way declined together.
+        # way declined together. As many threads as the quick lane's, so that pictures
+        # that are all slow (a batch of photos) are read as many at once as before.
         self._slow: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
-        self._slow_lane = threading.Thread(target=self._serve_slow,
-                                           name="digitlab-reader-slow", daemon=True)
+        self._slow_lane = [threading.Thread(target=self._serve_slow, daemon=True,
+                                            name=f"digitlab-reader-slow-{k}")
+                           for k in range(threads)]
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        for thread in [*self._threads, self._slow_lane]:
+        for thread in [*self._threads, *self._slow_lane]:
             thread.start()
 
     def stop(self) -> None:
@@ -105,8 +107,10 @@ class DigitReader:
             self._queue.put(_STOP)
         for thread in self._threads:
             thread.join(30)
-        self._slow.put(None)
-        self._slow_lane.join(30)
+        for _ in self._slow_lane:
+            self._slow.put(None)
+        for thread in self._slow_lane:
+            thread.join(30)
 
     def waiting(self) -> int:
         """Requests queued and not yet taken by a reader."""
