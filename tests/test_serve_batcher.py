@@ -132,6 +132,29 @@ def test_numbers_are_read_in_the_slow_lane_and_no_digit_waits_for_them() -> None
     assert sorted(model.calls) == [[0], [1, 3, 5], [2], [4], [6]]
 
 
+def test_the_slow_lane_reads_as_many_at_once_as_the_quick_one() -> None:
+    """With two readers, two whole numbers are read at the same time (each waits here for
+    the other to start), as two readers read them before there was a slow lane."""
+    together = threading.Barrier(2, timeout=10)
+
+    def prepare_together(data: bytes, number: bool) -> Prepared:
+        if number:
+            together.wait()
+        return prepare(data, number)
+
+    reader = DigitReader(Recognizer(FakeModel(), info=INFO), prepare_together, threads=2)
+
+    async def main() -> list:
+        reader.start()
+        try:
+            return list(await asyncio.wait_for(asyncio.gather(
+                reader(b"2", number=True), reader(b"4", number=True)), 30))
+        finally:
+            await asyncio.to_thread(reader.stop)
+
+    assert [a.answer["number"] for a in asyncio.run(main())] == ["2", "4"]
+
+
 def test_singles_the_quick_way_declines_are_read_in_the_slow_lane() -> None:
     """b"slow7" is a picture only the slow way reads (a photo): it goes to the slow lane,
     whose reading of it waits here until the quick ones taken with it are answered (they
