@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import itertools
 import json
 import os
 import re
@@ -96,6 +97,8 @@ def main() -> None:
     args = parser.parse_args()
     if not 1 <= args.requests <= 100_000 or not 1 <= args.concurrency <= 512:
         parser.error("--requests must be 1..100000 and --concurrency 1..512")
+    if not 1 <= args.slow_clients <= 512:
+        parser.error("--slow-clients must be 1..512")
 
     bodies, labels = digit_pngs(args.size, style=args.style)
     args.slow_bodies = slow_requests(args.slow) if args.slow else []
@@ -386,7 +389,7 @@ async def slow_client(host: str, port: int, kind: str, bodies: list[bytes],
     path = "/api/predict?number=true" if kind == "number" else "/api/predict"
     conn = Connection(host, port)
     try:
-        for k in range(1 << 30):
+        for k in itertools.count():
             started = time.perf_counter()
             try:
                 status, _ = await conn.post(path, bodies[k % len(bodies)])

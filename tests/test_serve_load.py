@@ -55,6 +55,13 @@ def test_slow_requests_alongside_are_answered_and_reported(mnist_root: Path) -> 
     assert "number requests answered meanwhile from 1 more client" in done.stdout
 
 
+def test_a_bad_count_of_slow_clients_is_one_clear_error() -> None:
+    done = subprocess.run([sys.executable, str(SCRIPT), "--slow", "number", "--slow-clients",
+                           "0"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--slow-clients must be 1..512" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_the_load_generators_connection_reads_answers_and_survives_closes() -> None:
     """serve_load's bare HTTP client: answers split over many packets, `Connection: close`
     (it reconnects), and a server that hangs up mid-answer (an error, not a crash)."""
