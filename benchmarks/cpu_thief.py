@@ -18,6 +18,7 @@ Prints the share of the cores the thieves took to stderr; exits with the command
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -108,10 +109,8 @@ def steal(core: int, share: float, period: float, seconds: float) -> None:
 def stop_thieves(pids: list[int]) -> float:
     """End the thieves; the CPU seconds they took."""
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
     taken = 0.0
     for pid in pids:
         _, _, usage = os.wait4(pid, 0)
