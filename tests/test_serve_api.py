@@ -308,6 +308,55 @@ def test_predict_answers_alike_with_or_without_the_short_cut(url, recognizer, di
             assert a.headers.get("connection") == b.headers.get("connection")
 
 
+def test_an_answer_goes_out_in_one_write(recognizer, digits, monkeypatch):
+    """uvicorn writes each ASGI message to the socket as it comes: a start, then a body,
+    two writes and two segments for the client to wake up for. A digit's answer goes out
+    in one; so does one on a connection the client closes after it. (Seen from the writes
+    uvicorn's request cycles make to their connection.)"""
+    from uvicorn.protocols.http import h11_impl, httptools_impl
+
+    writes: list[bytes] = []
+
+    class Counted:
+        def __init__(self, transport):
+            self.transport = transport
+
+        def write(self, data: bytes) -> None:
+            writes.append(bytes(data))
+            self.transport.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.transport, name)
+
+    for module in (httptools_impl, h11_impl):
+        def counted(self, *args, __init=module.RequestResponseCycle.__init__, **kwargs):
+            __init(self, *args, **kwargs)
+            self.transport = Counted(self.transport)
+
+        monkeypatch.setattr(module.RequestResponseCycle, "__init__", counted)
+    label, body = digits[0]
+    with running(create_app(recognizer)) as base, httpx.Client(base_url=base) as client:
+        answer = client.post("/api/predict", content=body)
+        assert answer.status_code == 200 and answer.json()["digit"] == label
+        assert len(writes) == 1
+        assert writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
+        assert writes[0].endswith(b"\r\n\r\n" + answer.content)
+        writes.clear()
+        assert client.get("/healthz").status_code == 200
+        assert len(writes) == 2  # any other path: uvicorn's two writes, as ever
+        writes.clear()
+        host, port = base.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as s:
+            s.sendall(b"POST /api/predict HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                      b"Content-Type: image/png\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            reply = b""
+            while data := s.recv(65536):  # until the server closes the connection
+                reply += data
+    assert len(writes) == 1 and reply == writes[0]
+    assert reply.endswith(b"\r\n\r\n" + answer.content)
+    assert b"\r\nconnection: close" in reply.split(b"\r\n\r\n")[0].lower()
+
+
 def test_the_short_cut_is_taken_and_a_bug_in_it_is_a_logged_json_500(recognizer, caplog):
     """Driven as uvicorn drives it: predict requests never build the middleware stack, and
     an exception the endpoint does not expect answers a JSON 500 and reaches the server's

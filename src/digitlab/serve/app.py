@@ -148,18 +148,12 @@ class DigitlabApp(FastAPI):
             await super().__call__(scope, receive, send)
             return
         scope["app"] = self
-        started = False
-
-        async def sender(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
+        sender = _Sender(send)
         try:
             await self.predict(scope, receive, sender)
         except Exception as exc:
             handler = self._handler_for(exc)
-            if started or handler is None:
+            if sender.started or handler is None:
                 raise  # as through the middleware: nothing more can be sent
             response = await handler(Request(scope, receive), exc)
             await response(scope, receive, send)
@@ -271,10 +265,69 @@ class PredictEndpoint:
                                                   include_input=include_input)
         if reading.blank:
             raise RequestProblem(422, "no digit found in the image", reading.answer)
-        await send({"type": "http.response.start", "status": 200, "headers": [
+        await send_whole(send, {"type": "http.response.start", "status": 200, "headers": [
             (b"content-length", b"%d" % len(reading.body)),
-            (b"content-type", b"application/json")]})
-        await send({"type": "http.response.body", "body": reading.body})
+            (b"content-type", b"application/json")]},
+            {"type": "http.response.body", "body": reading.body})
+
+
+class _Sender:
+    """DigitlabApp's send for the short-cut: the server's own, noting when the answer has
+    started (an error can then no longer be answered)."""
+
+    def __init__(self, send: Send) -> None:
+        self.server_send, self.started = send, False
+
+    async def __call__(self, message: Message) -> None:
+        self.started = self.started or message["type"] == "http.response.start"
+        await self.server_send(message)
+
+
+async def send_whole(send: Send, start: Message, body: Message) -> None:
+    """Send an answer's start and its whole body. uvicorn writes each message to the socket
+    as it comes, so an answer is two writes (and two segments the client wakes up for);
+    where the server is uvicorn (its send is a RequestResponseCycle's method, which writes
+    through the cycle's `transport`), both go out in one write."""
+    server_send = getattr(send, "server_send", send)
+    cycle = getattr(server_send, "__self__", None)
+    transport = getattr(cycle, "transport", None)
+    if not callable(getattr(transport, "write", None)):
+        await send(start)
+        await send(body)
+        return
+    gathered = _Gathered(transport)
+    cycle.transport = gathered  # type: ignore[union-attr]
+    try:
+        await send(start)
+        await send(body)
+    finally:
+        cycle.transport = transport  # type: ignore[union-attr]
+        gathered.flush()
+
+
+class _Gathered:
+    """A transport's stand-in that keeps what is written until flush() (or close())."""
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(data)
+
+    def flush(self) -> None:
+        """Write what was kept, in one write; nothing where the connection is closing (the
+        client left: uvicorn too writes nothing then)."""
+        if self.parts and not self.transport.is_closing():
+            self.transport.write(b"".join(self.parts))
+        self.parts = []
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
 
 
 # What pydantic accepts for a bool in a query string (FastAPI's rules, which _predict_doc
