@@ -3,10 +3,14 @@ serving processes set up to use it."""
 
 from __future__ import annotations
 
+import io
 import logging
+import os
+import select
 import signal
 import subprocess
 import sys
+import time
 
 import httpx
 import numpy as np
@@ -17,7 +21,7 @@ from uvicorn.logging import AccessFormatter as UvicornAccessFormatter
 
 from digitlab.serve import run as serve_run
 from digitlab.serve import workers
-from digitlab.serve.logs import LOG_CONFIG, AccessFormatter
+from digitlab.serve.logs import BLOCK, FLUSH_S, LOG_CONFIG, AccessFormatter, AccessHandler
 from digitlab.vision.png import write_grey
 
 UVICORN_FORMAT = LOGGING_CONFIG["formatters"]["access"]["fmt"]
@@ -71,12 +75,16 @@ def test_serving_processes_log_through_it(monkeypatch):
 
 
 @pytest.mark.slow
-def test_digitlab_serve_logs_each_request_as_uvicorn_would(tmp_path):
-    """A real server's access lines, with its log written to a file (no colours)."""
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_digitlab_serve_logs_each_request_as_uvicorn_would(tmp_path, workers):
+    """A real server's access lines, with its log written to a file (no colours), one
+    process or two: the lines still held when it is stopped (it is stopped at once) are
+    written as it shuts down."""
     drawing = np.full((140, 140), 255, np.uint8)
     drawing[30:110, 66:74] = 17
     log = (tmp_path / "serve.log").open("w+")
-    proc = subprocess.Popen([sys.executable, "-m", "digitlab", "serve", "--port", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "digitlab", "serve", "--port", "0",
+                             "--workers", workers],
                             stdout=log, stderr=subprocess.STDOUT, text=True)
     try:
         base = None
@@ -95,8 +103,80 @@ def test_digitlab_serve_logs_each_request_as_uvicorn_would(tmp_path):
         proc.kill()
     log.seek(0)
     lines = [line for line in log.read().splitlines() if " - \"" in line]
-    assert [line.split(" - ", 1)[1] for line in lines] == [
+    assert sorted(line.split(" - ", 1)[1] for line in lines) == sorted([
         '"POST /api/predict?top_k=2 HTTP/1.1" 200 OK',
         '"POST /api/predict HTTP/1.1" 415 Unsupported Media Type',
-        '"GET /healthz HTTP/1.1" 200 OK']
+        '"GET /healthz HTTP/1.1" 200 OK'])
     assert all(line.startswith("INFO:     127.0.0.1:") for line in lines)
+
+
+class Recorded(io.StringIO):
+    """A file-like stream that keeps each write it is given (flushes written through)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+def access_handler(stream) -> AccessHandler:
+    handler = AccessHandler(stream)
+    handler.setFormatter(AccessFormatter(UVICORN_FORMAT, use_colors=False))
+    return handler
+
+
+def test_to_a_file_access_lines_go_out_a_block_at_a_time(monkeypatch):
+    """Whole lines, at most BLOCK characters a write, none lost, in order; none waits past
+    FLUSH_S (a later line brings it out), and shutting down writes the rest."""
+    stream = Recorded()
+    handler = access_handler(stream)
+    now = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    handler.written = now[0]
+    records = [access_record(logging.INFO, f"127.0.0.1:{k}", "POST", "/api/predict", 200)
+               for k in range(300)]
+    for record in records[:200]:
+        handler.handle(record)
+    assert stream.writes, "200 lines are more than a block"
+    assert all(len(text) <= BLOCK and text.endswith("\n") for text in stream.writes)
+    assert len(stream.writes) < 10  # not a write a line
+    written = len(stream.writes)
+    handler.handle(records[200])
+    assert len(stream.writes) == written  # kept...
+    now[0] += FLUSH_S
+    handler.handle(records[201])
+    assert len(stream.writes) == written + 1  # ... until FLUSH_S has passed
+    for record in records[202:]:
+        handler.handle(record)
+    handler.flush()  # as logging.shutdown() does at exit
+    handler.close()
+    lines = stream.getvalue().splitlines()
+    assert lines == [handler.format(record) for record in records]
+
+
+def test_lines_no_later_line_brings_out_are_written_within_flush_s():
+    read, write = os.pipe()
+    with os.fdopen(write, "w") as stream, os.fdopen(read, "rb", buffering=0) as pipe:
+        handler = access_handler(stream)
+        handler.handle(access_record(logging.INFO, "127.0.0.1:1", "GET", "/healthz", 200))
+        handler.handle(access_record(logging.INFO, "127.0.0.1:2", "GET", "/healthz", 200))
+        ready, _, _ = select.select([pipe], [], [], 10 * FLUSH_S)
+        assert ready, "the lines were not written"
+        text = b""
+        while text.count(b"\n") < 2:
+            text += pipe.read(4096)
+        handler.close()
+    assert text.decode().splitlines()[1].endswith('"GET /healthz HTTP/1.1" 200 OK')
+
+
+def test_to_a_terminal_each_line_goes_out_at_once():
+    main, other = os.openpty()
+    with os.fdopen(other, "w") as terminal, os.fdopen(main, "rb", buffering=0) as screen:
+        handler = access_handler(terminal)
+        handler.handle(access_record(logging.INFO, "127.0.0.1:1", "GET", "/", 200))
+        ready, _, _ = select.select([screen], [], [], 0)  # written already, not later
+        assert ready and b'"GET / HTTP/1.1" 200 OK' in screen.read(4096)
+        handler.close()

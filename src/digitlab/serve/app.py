@@ -42,6 +42,7 @@ from digitlab.api import Prepared, Recognizer
 from digitlab.errors import DigitlabError, ImageError
 from digitlab.serve.batcher import INTERNAL, DigitReader
 from digitlab.serve.docs import render_docs
+from digitlab.serve.logs import write_held_lines
 from digitlab.serve.origin import check_origin
 from digitlab.serve.upload import RequestProblem, image_bytes, read_body
 from digitlab.vision import native
@@ -116,6 +117,7 @@ def create_app(
         finally:
             await anyio.to_thread.run_sync(app.state.reader.stop)
             gc.unfreeze()
+            write_held_lines()
 
     app = DigitlabApp(
         title="digitlab", version=__version__, lifespan=lifespan,
