@@ -256,6 +256,33 @@ def test_distances_are_scipys() -> None:
                           ndimage.distance_transform_edt(np.ones((3, 4), bool)))
 
 
+def test_distances_are_scipys_for_strokes_blobs_and_inked_columns() -> None:
+    """The rows' search from each pixel outwards, and the envelope for rows it does not
+    settle within NEAR_REACH columns: long strokes (columns deep in ink, a zero just
+    aside), wide blobs (no zero near along the row), columns inked from top to bottom (no
+    zero in them at all), on pictures up to 160 px."""
+    rng = np.random.default_rng(1)
+    for k in range(300):
+        h, w = (int(v) for v in rng.integers(2, 160, 2))
+        picture = Image.new("L", (w, h), 0)
+        draw = ImageDraw.Draw(picture)
+        for _ in range(int(rng.integers(1, 5))):
+            x0, x1 = (int(v) for v in rng.integers(-10, w + 10, 2))
+            y0, y1 = (int(v) for v in rng.integers(-10, h + 10, 2))
+            if rng.random() < 0.6:  # a stroke, thin to thick
+                draw.line([(x0, y0), (x1, y1)], fill=255, width=int(rng.integers(1, 24)))
+            else:  # a blob
+                draw.ellipse([min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)], fill=255)
+        mask = np.asarray(picture) > 0
+        if k % 5 == 0:  # some columns inked all the way down
+            mask[:, int(rng.integers(0, w)) :][:, : int(rng.integers(1, 30))] = True
+        if mask.all():
+            continue
+        got = np.empty(mask.shape, np.float64)
+        assert preprocess._flat.edt(mask, got)  # compiled, not SciPy's fallback
+        assert np.array_equal(got, ndimage.distance_transform_edt(mask)), k
+
+
 def test_constants_are_preprocess_ones() -> None:
     c = dict(preprocess._flat.CONSTANTS)
     assert c.pop("FLAT_FAR_LEVELS") == round(255 * preprocess.FLAT_FAR)

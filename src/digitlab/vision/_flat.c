@@ -264,6 +264,7 @@ DEFINE_MAXF(maxf_i32, int32_t)
    int32.) */
 #define FAR (1 << 24) /* further than any pixel of a picture: no zero in the column */
 #define NEAR_ENOUGH 256 /* rows whose columns all have a zero within 16 px: searched directly */
+#define NEAR_REACH 16 /* the columns either side a pixel's direct search looks at, at most */
 static int edt_squared(const uint8_t *m, int h, int w, int32_t limit, int32_t *out) {
     if (h > 8192 || w > 8192) return DECLINE;
     if (limit > NEAR_ENOUGH) limit = 0;
@@ -328,23 +329,24 @@ static int edt_squared(const uint8_t *m, int h, int w, int32_t limit, int32_t *o
             }
             continue;
         }
-        uint32_t deepest = 0; /* a column without a zero (-1) reads as the largest */
-        for (int x = 0; x < w; x++) deepest = (uint32_t)f[x] > deepest ? (uint32_t)f[x] : deepest;
-        if (deepest <= NEAR_ENOUGH) {
-            /* Strokes: every column has a zero close by, so a pixel's nearest zero lies
-               within the column distance g of it along the row; look there, nearest first,
-               and stop once the offset alone is no better. Exact, and quicker than the
-               envelope when g is small. */
-            for (int x = 0; x < w; x++) {
-                int32_t best = f[x];
-                for (int d = 1; d * d < best; d++) {
-                    if (x - d >= 0 && d * d + f[x - d] < best) best = d * d + f[x - d];
-                    if (x + d < w && d * d + f[x + d] < best) best = d * d + f[x + d];
-                }
-                row[x] = best;
+        /* Strokes: a pixel's nearest zero is close by along the row, either in its own
+           column or in one a few pixels aside (a deep column inside a long vertical stroke
+           has the stroke's side next to it); look nearest first and stop once the offset
+           alone is no better: exact. A row with a pixel whose nearest zero is not settled
+           within NEAR_REACH columns (a wide blob) takes the envelope, whose cost does not
+           grow with the distance. */
+        int settled = 1;
+        for (int x = 0; x < w && settled; x++) {
+            int32_t best = f[x] < 0 ? INT32_MAX : f[x]; /* -1: no zero in the column */
+            int d = 1;
+            for (; d <= NEAR_REACH && d * d < best; d++) {
+                if (x - d >= 0 && f[x - d] >= 0 && d * d + f[x - d] < best) best = d * d + f[x - d];
+                if (x + d < w && f[x + d] >= 0 && d * d + f[x + d] < best) best = d * d + f[x + d];
             }
-            continue;
+            settled = d * d >= best;
+            row[x] = best;
         }
+        if (settled) continue;
         int k = -1;
         for (int q = 0; q < w; q++) {
             if (f[q] < 0) continue;
