@@ -265,6 +265,7 @@ DEFINE_MAXF(maxf_i32, int32_t)
 #define FAR (1 << 24) /* further than any pixel of a picture: no zero in the column */
 #define NEAR_ENOUGH 256 /* rows whose columns all have a zero within 16 px: searched directly */
 #define NEAR_REACH 16 /* the columns either side a pixel's direct search looks at, at most */
+#define UNSEEN (1 << 30) /* no zero there: more than any squared distance, never overflows */
 static int edt_squared(const uint8_t *m, int h, int w, int32_t limit, int32_t *out) {
     if (h > 8192 || w > 8192) return DECLINE;
     if (limit > NEAR_ENOUGH) limit = 0;
@@ -273,11 +274,14 @@ static int edt_squared(const uint8_t *m, int h, int w, int32_t limit, int32_t *o
     int32_t *v = malloc(sizeof(int32_t) * (w + 1)), *f = malloc(sizeof(int32_t) * (w + 1));
     int64_t *zn = malloc(sizeof(int64_t) * (w + 1)), *zd = malloc(sizeof(int64_t) * (w + 1));
     int32_t *near = limit > 0 ? malloc(sizeof(int32_t) * ((size_t)w + 2 * reach)) : NULL;
-    if (!v || !f || !zn || !zd || (limit > 0 && !near)) {
-        free(v), free(f), free(zn), free(zd), free(near);
+    /* the row for the direct search: margins and columns without a zero read as UNSEEN */
+    int32_t *padded = malloc(sizeof(int32_t) * ((size_t)w + 2 * NEAR_REACH));
+    if (!v || !f || !zn || !zd || (limit > 0 && !near) || !padded) {
+        free(v), free(f), free(zn), free(zd), free(near), free(padded);
         return NOMEM;
     }
     for (int k = 0; limit > 0 && k < reach; k++) near[k] = near[reach + w + k] = limit;
+    for (int k = 0; k < NEAR_REACH; k++) padded[k] = padded[NEAR_REACH + w + k] = UNSEEN;
     /* Along the columns, a row at a time (loops the compiler vectorises): distance to the
        nearest zero above, then below, then squared. */
     size_t zeros = 0;
@@ -296,7 +300,7 @@ static int edt_squared(const uint8_t *m, int h, int w, int32_t limit, int32_t *o
         }
     }
     if (!zeros) {
-        free(v), free(f), free(zn), free(zd), free(near);
+        free(v), free(f), free(zn), free(zd), free(near), free(padded);
         return DECLINE;
     }
     for (int y = h - 2; y >= 0; y--) {
@@ -335,13 +339,15 @@ static int edt_squared(const uint8_t *m, int h, int w, int32_t limit, int32_t *o
            alone is no better: exact. A row with a pixel whose nearest zero is not settled
            within NEAR_REACH columns (a wide blob) takes the envelope, whose cost does not
            grow with the distance. */
+        int32_t *g = padded + NEAR_REACH;
+        for (int x = 0; x < w; x++) g[x] = f[x] < 0 ? UNSEEN : f[x];
         int settled = 1;
         for (int x = 0; x < w && settled; x++) {
-            int32_t best = f[x] < 0 ? INT32_MAX : f[x]; /* -1: no zero in the column */
+            int32_t best = g[x];
             int d = 1;
             for (; d <= NEAR_REACH && d * d < best; d++) {
-                if (x - d >= 0 && f[x - d] >= 0 && d * d + f[x - d] < best) best = d * d + f[x - d];
-                if (x + d < w && f[x + d] >= 0 && d * d + f[x + d] < best) best = d * d + f[x + d];
+                int32_t side = g[x - d] < g[x + d] ? g[x - d] : g[x + d];
+                best = d * d + side < best ? d * d + side : best;
             }
             settled = d * d >= best;
             row[x] = best;
@@ -369,7 +375,7 @@ static int edt_squared(const uint8_t *m, int h, int w, int32_t limit, int32_t *o
             row[x] = dx * dx + f[v[j]];
         }
     }
-    free(v), free(f), free(zn), free(zd), free(near);
+    free(v), free(f), free(zn), free(zd), free(near), free(padded);
     return DONE;
 }
 
