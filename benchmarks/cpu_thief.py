@@ -12,7 +12,8 @@ times slower (README, "Serving under load").
 Real-time priority needs root or CAP_SYS_NICE; without it this says so and exits 2. The
 kernel leaves real-time tasks at most 95% of a CPU (sched_rt_runtime_us), and every thief
 ends with the command, when this process goes, or after --seconds at the latest.
-Prints the share of the cores the thieves took to stderr; exits with the command's code.
+Prints the share of the cores the thieves took to stderr; exits with the command's code
+(128 + N for one ended by signal N, as a shell reports it).
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ def main() -> int:
         if command:
             try:
                 code = subprocess.call(command)
+                code = 128 - code if code < 0 else code  # killed by a signal: as a shell says
             except OSError as exc:
                 print(f"cpu_thief: cannot run {command[0]!r}: {exc}", file=sys.stderr)
                 code = 127

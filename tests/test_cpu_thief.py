@@ -36,6 +36,8 @@ def test_the_command_runs_slower_and_its_exit_code_passes_on() -> None:
     assert "cpu_thief: took" in done.stderr and "of" in done.stderr
     assert thief("--share", "0.2", "--", sys.executable, "-c", "raise SystemExit(3)"
                  ).returncode == 3
+    killed = "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"
+    assert thief("--share", "0.2", "--", sys.executable, "-c", killed).returncode == 128 + 15
     # No thief is left behind: nothing runs at its priority any more.
     left = subprocess.run(["ps", "-eo", "rtprio=,args="], capture_output=True, text=True)
     assert not [line for line in left.stdout.splitlines()
