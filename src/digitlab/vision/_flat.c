@@ -258,13 +258,13 @@ DEFINE_MAXF(maxf_i32, int32_t)
 /* Squared distance of every pixel to the nearest zero of m (0 for the zeros themselves),
    exact integers; with a limit > 0, exact below the limit and at least the limit for any
    pixel whose squared distance is the limit or more (for a caller that only tells near
-   from far: up to NEAR_ENOUGH no row then needs the envelope; past it, a search that far
-   would cost more than the envelope, and the distances are exact everywhere). Returns
+   from far: up to NEAR_ENOUGH each row is then a few passes of minima; past it, a search
+   that far would cost more than the envelope, and the distances are exact everywhere). Returns
    DECLINE when m has no zero. (Sides up to MAX_WORK_SIDE plus margins: squares fit an
    int32.) */
 #define FAR (1 << 24) /* further than any pixel of a picture: no zero in the column */
-#define NEAR_ENOUGH 256 /* rows whose columns all have a zero within 16 px: searched directly */
 #define NEAR_REACH 16 /* the columns either side a pixel's direct search looks at, at most */
+#define NEAR_ENOUGH (NEAR_REACH * NEAR_REACH) /* the largest limit kept: within that reach */
 #define UNSEEN (1 << 30) /* no zero there: more than any squared distance, never overflows */
 static int edt_squared(const uint8_t *m, int h, int w, int32_t limit, int32_t *out) {
     if (h > 8192 || w > 8192) return DECLINE;
@@ -273,15 +273,16 @@ static int edt_squared(const uint8_t *m, int h, int w, int32_t limit, int32_t *o
     while (limit > 0 && reach * reach < limit) reach++;
     int32_t *v = malloc(sizeof(int32_t) * (w + 1)), *f = malloc(sizeof(int32_t) * (w + 1));
     int64_t *zn = malloc(sizeof(int64_t) * (w + 1)), *zd = malloc(sizeof(int64_t) * (w + 1));
-    int32_t *near = limit > 0 ? malloc(sizeof(int32_t) * ((size_t)w + 2 * reach)) : NULL;
-    /* the row for the direct search: margins and columns without a zero read as UNSEEN */
+    /* A row read sideways (reach <= NEAR_REACH), its margins past the picture's sides at the
+       limit, or UNSEEN without one: no bounds tests in the loops that read it. */
     int32_t *padded = malloc(sizeof(int32_t) * ((size_t)w + 2 * NEAR_REACH));
-    if (!v || !f || !zn || !zd || (limit > 0 && !near) || !padded) {
-        free(v), free(f), free(zn), free(zd), free(near), free(padded);
+    if (!v || !f || !zn || !zd || !padded) {
+        free(v), free(f), free(zn), free(zd), free(padded);
         return NOMEM;
     }
-    for (int k = 0; limit > 0 && k < reach; k++) near[k] = near[reach + w + k] = limit;
-    for (int k = 0; k < NEAR_REACH; k++) padded[k] = padded[NEAR_REACH + w + k] = UNSEEN;
+    for (int k = 0; k < NEAR_REACH; k++)
+        padded[k] = padded[NEAR_REACH + w + k] = limit > 0 ? limit : UNSEEN;
+    int32_t *g = padded + NEAR_REACH;
     /* Along the columns, a row at a time (loops the compiler vectorises): distance to the
        nearest zero above, then below, then squared. */
     size_t zeros = 0;
@@ -300,7 +301,7 @@ static int edt_squared(const uint8_t *m, int h, int w, int32_t limit, int32_t *o
         }
     }
     if (!zeros) {
-        free(v), free(f), free(zn), free(zd), free(near), free(padded);
+        free(v), free(f), free(zn), free(zd), free(padded);
         return DECLINE;
     }
     for (int y = h - 2; y >= 0; y--) {
@@ -320,7 +321,6 @@ static int edt_squared(const uint8_t *m, int h, int w, int32_t limit, int32_t *o
                columns away, so each offset below it is one pass of minima over the row
                (loops the compiler vectorises), read from the column distances capped at
                the limit, with capped margins for the picture's sides. */
-            int32_t *g = near + reach;
             for (int x = 0; x < w; x++) g[x] = f[x] < 0 || f[x] > limit ? limit : f[x];
             memcpy(row, g, sizeof(int32_t) * w);
             for (int d = 1; d < reach; d++) {
@@ -339,7 +339,6 @@ static int edt_squared(const uint8_t *m, int h, int w, int32_t limit, int32_t *o
            alone is no better: exact. A row with a pixel whose nearest zero is not settled
            within NEAR_REACH columns (a wide blob) takes the envelope, whose cost does not
            grow with the distance. */
-        int32_t *g = padded + NEAR_REACH;
         for (int x = 0; x < w; x++) g[x] = f[x] < 0 ? UNSEEN : f[x];
         int settled = 1;
         for (int x = 0; x < w && settled; x++) {
@@ -375,7 +374,7 @@ static int edt_squared(const uint8_t *m, int h, int w, int32_t limit, int32_t *o
             row[x] = dx * dx + f[v[j]];
         }
     }
-    free(v), free(f), free(zn), free(zd), free(near), free(padded);
+    free(v), free(f), free(zn), free(zd), free(padded);
     return DONE;
 }
 
