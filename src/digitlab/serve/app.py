@@ -290,7 +290,7 @@ async def send_whole(send: Send, start: Message, body: Message) -> None:
     as it comes, so an answer is two writes (and two segments the client wakes up for);
     where the server is uvicorn (its send is a RequestResponseCycle's method, which writes
     through the cycle's `transport`), both go out in one write."""
-    server_send = getattr(send, "server_send", send)
+    server_send = send.server_send if isinstance(send, _Sender) else send
     cycle = getattr(server_send, "__self__", None)
     transport = getattr(cycle, "transport", None)
     if not callable(getattr(transport, "write", None)):
