@@ -1,0 +1,146 @@
+"""Check the serving target again and again: the README's three load commands, round after
+round, on this machine and on emulated slower ones, and how many runs met the target.
+
+    python benchmarks/serve_target.py                       # 5 rounds, this machine only
+    python benchmarks/serve_target.py --shares 0 0.2 0.3 0.45   # and 1.25-1.8x slower ones
+
+Each round runs, for each share in turn, `serve_load.py --workers 2` with drawn digits,
+with the page's requests (`--style page`) and with those and the access log on
+(`--access-log`): a fresh server each time, 2,000 measured requests from 32 clients. A
+share above 0 runs the command under `cpu_thief.py --share S` (which needs root or
+CAP_SYS_NICE). The target (issue 5): p99 <= 20 ms at 32 concurrent clients, zero errors,
+no memory growth. Prints a line per run as it ends, then a table per share; exits 1 if a
+run could not be measured at all (the figures of the others are still printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+COMMANDS = {  # name -> serve_load.py arguments (README, "Serving under load")
+    "drawn": ["--workers", "2"],
+    "page": ["--workers", "2", "--style", "page"],
+    "page+log": ["--workers", "2", "--style", "page", "--access-log"],
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--shares", type=float, nargs="+", default=[0.0],
+                        help="Shares of every core to take (0: none), e.g. 0 0.2 0.3 0.45.")
+    parser.add_argument("--commands", nargs="+", choices=list(COMMANDS), default=list(COMMANDS))
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--target-ms", type=float, default=20.0, help="The p99 target.")
+    parser.add_argument("--json", metavar="FILE", help="Also write every run's figures here.")
+    args = parser.parse_args()
+    if not 1 <= args.rounds <= 100:
+        parser.error(f"--rounds must be 1..100, got {args.rounds}")
+    bad = [s for s in args.shares if s != 0 and not 0.05 <= s <= 0.9]
+    if bad:
+        parser.error(f"each share must be 0 or between 0.05 and 0.9, got {bad[0]:g}")
+    if args.requests < 100 or args.warmup < 0:
+        parser.error("--requests must be at least 100 and --warmup at least 0")
+    if any(args.shares) and not can_be_real_time():
+        print("serve_target: shares above 0 need cpu_thief.py's real-time priority (root or "
+              "CAP_SYS_NICE on Linux); run with --shares 0 here", file=sys.stderr)
+        return 2
+
+    runs: list[dict] = []
+    failed = 0
+    for round_ in range(1, args.rounds + 1):
+        for share in args.shares:
+            for name in args.commands:
+                figures = run_once(name, share, args)
+                if figures is None:
+                    failed += 1
+                    continue
+                figures.update(command=name, share=share, round=round_)
+                runs.append(figures)
+                print(run_line(figures, args.target_ms), flush=True)
+    print()
+    print(table(runs, args.shares, args.target_ms))
+    if args.json:
+        Path(args.json).write_text(json.dumps(runs, indent=1) + "\n")
+    if failed:
+        print(f"serve_target: {failed} run(s) gave no figures (see above)", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def can_be_real_time() -> bool:
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    except (PermissionError, AttributeError, OSError):
+        return False
+    return True
+
+
+def run_once(name: str, share: float, args: argparse.Namespace) -> dict | None:
+    """One serve_load.py run (under the thief for a share above 0): its figures, or None
+    after saying why there are none."""
+    load = [sys.executable, str(HERE / "serve_load.py"), *COMMANDS[name],
+            "--requests", str(args.requests), "--warmup", str(args.warmup), "--json"]
+    thief = [sys.executable, str(HERE / "cpu_thief.py"), "--share", str(share), "--"]
+    done = subprocess.run([*thief, *load] if share else load, capture_output=True, text=True)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines or not lines[-1].startswith("{"):
+        tail = (done.stderr.strip() or done.stdout.strip()).splitlines()[-3:]
+        print(f"{time.strftime('%H:%M:%S')} {name} share {share:g}: no figures (exit "
+              f"{done.returncode}): {' / '.join(tail)}", file=sys.stderr, flush=True)
+        return None
+    figures: dict = json.loads(lines[-1])
+    return figures
+
+
+def met(f: dict, target_ms: float) -> bool:
+    return (f["p99_ms"] is not None and f["p99_ms"] <= target_ms and f["errors"] == 0
+            and not f["timed_out"] and f["requests"] == f["wanted"])
+
+
+def run_line(f: dict, target_ms: float) -> str:
+    rss = (f["rss_after_mib"] or {}).get("rss")
+    return (f"{time.strftime('%H:%M:%S')} round {f['round']} share {f['share']:g} "
+            f"{f['command']:8s} {f['requests_per_s']:8.1f} requests/s  p99 {f['p99_ms']:6.2f} ms"
+            f"  CPU {f['server_cpu_ms_per_request']} ms  errors {f['errors']}  right "
+            f"{f['right']}/{f['requests']}  RSS after {rss} MiB  "
+            f"{'met' if met(f, target_ms) else 'MISSED'}")
+
+
+def span(values: list[float], digits: int = 1) -> str:
+    return f"{min(values):,.{digits}f}-{max(values):,.{digits}f}" if values else "-"
+
+
+def table(runs: list[dict], shares: list[float], target_ms: float) -> str:
+    rows = ["| share taken from each core | like a machine | runs within target | "
+            "p99 (median) | requests/s | server CPU a request | errors | right | "
+            "RSS after |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for share in dict.fromkeys(shares):
+        these = [f for f in runs if f["share"] == share]
+        if not these:
+            continue
+        p99 = [f["p99_ms"] for f in these]
+        cpu = [f["server_cpu_ms_per_request"] for f in these if f["server_cpu_ms_per_request"]]
+        rss = [f["rss_after_mib"]["rss"] for f in these if f["rss_after_mib"]]
+        like = "this one" if not share else f"{1 / (1 - share):.2f} times slower"
+        rows.append(
+            f"| {share:g} | {like} | {sum(met(f, target_ms) for f in these)} of {len(these)} | "
+            f"{span(p99)} ms ({statistics.median(p99):.1f}) | "
+            f"{span([f['requests_per_s'] for f in these], 0)} | {span(cpu, 2)} ms | "
+            f"{sum(f['errors'] for f in these)} | "
+            f"{sum(f['right'] for f in these)}/{sum(f['requests'] for f in these)} | "
+            f"{span(rss)} MiB |")
+    return (f"Target: p99 <= {target_ms:g} ms, no errors (32 clients).\n" + "\n".join(rows))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
