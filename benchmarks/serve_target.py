@@ -10,14 +10,17 @@ with the page's requests (`--style page`) and with those and the access log on
 share above 0 runs the command under `cpu_thief.py --share S` (which needs root or
 CAP_SYS_NICE). The target (issue 5): p99 <= 20 ms at 32 concurrent clients, zero errors,
 no memory growth. Prints a line per run as it ends, then a table per share; exits 1 if a
-run could not be measured at all (the figures of the others are still printed).
+run could not be measured at all (the figures of the others are still printed), and on
+Ctrl+C tables the runs done so far and exits 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -25,6 +28,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+STOP_S = 60.0  # after Ctrl+C, how long the run under way has to stop its server
 COMMANDS = {  # name -> serve_load.py arguments (README, "Serving under load")
     "drawn": ["--workers", "2"],
     "page": ["--workers", "2", "--style", "page"],
@@ -57,23 +61,28 @@ def main() -> int:
 
     runs: list[dict] = []
     failed = 0
-    for round_ in range(1, args.rounds + 1):
-        for share in args.shares:
-            for name in args.commands:
-                figures = run_once(name, share, args)
-                if figures is None:
-                    failed += 1
-                    continue
-                figures.update(command=name, share=share, round=round_)
-                runs.append(figures)
-                print(run_line(figures, args.target_ms), flush=True)
+    stopped = False
+    try:
+        for round_ in range(1, args.rounds + 1):
+            for share in args.shares:
+                for name in args.commands:
+                    figures = run_once(name, share, args)
+                    if figures is None:
+                        failed += 1
+                        continue
+                    figures.update(command=name, share=share, round=round_)
+                    runs.append(figures)
+                    print(run_line(figures, args.target_ms), flush=True)
+    except KeyboardInterrupt:  # Ctrl+C: the run under way stops its server; table the rest
+        stopped = True
+        print(f"\nserve_target: stopped after {len(runs)} run(s)", file=sys.stderr)
     print()
     print(table(runs, args.shares, args.target_ms))
     if args.json:
         Path(args.json).write_text(json.dumps(runs, indent=1) + "\n")
     if failed:
         print(f"serve_target: {failed} run(s) gave no figures (see above)", file=sys.stderr)
-    return 1 if failed else 0
+    return 130 if stopped else 1 if failed else 0
 
 
 def can_be_real_time() -> bool:
@@ -91,15 +100,36 @@ def run_once(name: str, share: float, args: argparse.Namespace) -> dict | None:
     load = [sys.executable, str(HERE / "serve_load.py"), *COMMANDS[name],
             "--requests", str(args.requests), "--warmup", str(args.warmup), "--json"]
     thief = [sys.executable, str(HERE / "cpu_thief.py"), "--share", str(share), "--"]
-    done = subprocess.run([*thief, *load] if share else load, capture_output=True, text=True)
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines or not lines[-1].startswith("{"):
-        tail = (done.stderr.strip() or done.stdout.strip()).splitlines()[-3:]
+    # In a process group of its own (the thieves, serve_load, the server and its workers),
+    # so that Ctrl+C reaches all of it from here, however it reached this script.
+    child = subprocess.Popen([*thief, *load] if share else load, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = child.communicate()
+    except KeyboardInterrupt:
+        stop_group(child)
+        raise
+    lines = out.strip().splitlines()
+    if child.returncode != 0 or not lines or not lines[-1].startswith("{"):
+        tail = (err.strip() or out.strip()).splitlines()[-3:]
         print(f"{time.strftime('%H:%M:%S')} {name} share {share:g}: no figures (exit "
-              f"{done.returncode}): {' / '.join(tail)}", file=sys.stderr, flush=True)
+              f"{child.returncode}): {' / '.join(tail)}", file=sys.stderr, flush=True)
         return None
     figures: dict = json.loads(lines[-1])
     return figures
+
+
+def stop_group(child: subprocess.Popen[str]) -> None:
+    """Ctrl+C for the run under way: serve_load stops its server, the thieves end; killed
+    if that takes over STOP_S."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(child.pid, signal.SIGINT)
+    try:
+        child.communicate(timeout=STOP_S)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+        child.communicate()
 
 
 def met(f: dict, target_ms: float) -> bool:

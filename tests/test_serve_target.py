@@ -58,3 +58,37 @@ def test_a_share_without_the_right_to_take_it_is_refused_before_any_run() -> Non
     done = target("--shares", "0", "0.3", user="65534")
     assert done.returncode == 2 and "need cpu_thief.py's real-time priority" in done.stderr
     assert done.stdout == ""  # nothing was run
+
+
+def _left(marker: str) -> list[str]:
+    ps = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    return [line for line in ps.splitlines() if marker in line and "ps -eo" not in line]
+
+
+@pytest.mark.slow
+def test_ctrl_c_tables_the_runs_done_and_leaves_no_server(mnist_root: Path) -> None:
+    """SIGINT to the script alone (as a supervisor would send it): the run under way stops
+    its server, the finished runs are tabled, exit 130, no traceback, nothing left behind."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--rounds", "3", "--commands",
+                             "drawn", "--requests", "2000", "--warmup", "20"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # the first run, done
+        assert " requests/s  p99 " in first, first
+        time.sleep(1.5)  # the second run's server is starting or serving
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "stopped after 1 run(s)" in err and "Traceback" not in err
+    assert "| 0 | this one | " in out and " of 1 | " in out
+    deadline = time.monotonic() + 30
+    while _left("benchmarks/serve_load.py") + _left("-m digitlab serve --port 0"):
+        assert time.monotonic() < deadline, _left("digitlab")
+        time.sleep(0.2)
