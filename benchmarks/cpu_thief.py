@@ -13,7 +13,9 @@ Real-time priority needs root or CAP_SYS_NICE; without it this says so and exits
 kernel leaves real-time tasks at most 95% of a CPU (sched_rt_runtime_us), and every thief
 ends with the command, when this process goes, or after --seconds at the latest.
 Prints the share of the cores the thieves took to stderr; exits with the command's code
-(128 + N for one ended by signal N, as a shell reports it).
+(128 + N for one ended by signal N, as a shell reports it). On Ctrl+C the command gets the
+time to stop (a load test stops its server): from a terminal it had the SIGINT too; sent to
+this process alone, it is passed on after a few seconds; exits 130.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import sys
 import time
 
 PRIORITY = 10  # SCHED_FIFO: above every normal task, below the kernel's own threads (50)
+OWN_STOP_S = 5.0  # after Ctrl+C, how long the command has to end by itself
+STOP_S = 60.0  # then, after a SIGINT of its own, before it is killed
 
 
 def main() -> int:
@@ -61,17 +65,22 @@ def main() -> int:
     thieves = [start_thief(core, args.share, args.period_us / 1e6, args.seconds)
                for core in cores]
     code = 0
+    child = None
     try:
         if command:
             try:
-                code = subprocess.call(command)
-                code = 128 - code if code < 0 else code  # killed by a signal: as a shell says
+                child = subprocess.Popen(command)
             except OSError as exc:
                 print(f"cpu_thief: cannot run {command[0]!r}: {exc}", file=sys.stderr)
                 code = 127
+            else:
+                code = child.wait()
+                code = 128 - code if code < 0 else code  # killed by a signal: as a shell says
         else:
             time.sleep(args.seconds)
     except KeyboardInterrupt:
+        if child is not None:
+            stop_command(child)
         code = 130
     finally:
         taken = stop_thieves(thieves)
@@ -79,6 +88,23 @@ def main() -> int:
     print(f"cpu_thief: took {taken / (wall * len(cores)):.0%} of {len(cores)} core(s) over "
           f"{wall:.1f} s (asked {args.share:.0%})", file=sys.stderr)
     return code
+
+
+def stop_command(child: subprocess.Popen[bytes]) -> None:
+    """After Ctrl+C: a command started from the same terminal had it too, and gets OWN_STOP_S
+    to end by itself; else (this process alone was interrupted) it gets a SIGINT of its own
+    and STOP_S to end (a load test stops its server), then SIGKILL."""
+    for send, wait in ((None, OWN_STOP_S), (signal.SIGINT, STOP_S), (signal.SIGKILL, None)):
+        if send is not None:
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(send)
+        try:
+            child.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+        except KeyboardInterrupt:  # asked again: do not wait any longer
+            continue
 
 
 def start_thief(core: int, share: float, period: float, seconds: float) -> int:

@@ -67,3 +67,42 @@ def test_without_the_right_to_a_real_time_priority_it_says_so() -> None:
     done = thief("--", "true", user="65534")
     assert done.returncode == 2
     assert "needs Linux and root or CAP_SYS_NICE" in done.stderr
+
+
+# A command that says how many SIGINTs it got, once one has come (and a moment after).
+COUNTS_INTS = ("import signal, sys, time\n"
+               "got = []\n"
+               "signal.signal(signal.SIGINT, lambda *_: got.append(1))\n"
+               "print('ready', flush=True)\n"
+               "while not got: time.sleep(0.01)\n"
+               "time.sleep(0.5)\n"
+               "open(sys.argv[1], 'w').write(str(len(got)))\n")
+
+
+@pytest.mark.skipif(not CAN_BE_REAL_TIME, reason="needs root for a real-time priority")
+@pytest.mark.parametrize("whole_group", [False, True])
+def test_ctrl_c_lets_the_command_stop_cleanly(tmp_path: Path, whole_group: bool) -> None:
+    """Ctrl+C from a terminal reaches the command too: it ends by itself, signalled once.
+    A SIGINT to the thief alone is passed on to the command (a load test then stops its
+    server), where it used to be killed outright."""
+    import signal
+    import time
+
+    said = tmp_path / "ints"
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--share", "0.1", "--",
+                             sys.executable, "-c", COUNTS_INTS, str(said)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        time.sleep(0.2)
+        if whole_group:
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert said.read_text() == "1"  # it had one SIGINT, and the time to act on it
