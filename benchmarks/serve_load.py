@@ -39,6 +39,7 @@ import itertools
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -117,8 +118,7 @@ def main() -> None:
         figures["server"] = banner
     finally:
         if server is not None:
-            server.terminate()
-            server.wait(30)
+            stop_server(server)
     print(report(figures, args, url))
     if args.json:
         print(json.dumps(figures))
@@ -171,17 +171,32 @@ def start_server(workers: int, run: str | None, backend: str | None = None, *,
                                                           ["--no-access-log"])
     with tempfile.TemporaryFile("w+") as log:  # the server keeps writing to its own copy
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
-        found, deadline = None, time.monotonic() + 120
-        while found is None and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-            log.seek(0)
-            output = log.read()
-            found = re.search(r"^digitlab serve: (http://127\.0\.0\.1:\d+).*$", output, re.M)
+        try:
+            found, deadline = None, time.monotonic() + 120
+            while found is None and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+                log.seek(0)
+                output = log.read()
+                found = re.search(r"^digitlab serve: (http://127\.0\.0\.1:\d+).*$", output,
+                                  re.M)
+        except BaseException:  # stopped while it starts: stop it (and its workers) too
+            stop_server(proc)
+            raise
         if found is None:
-            proc.kill()
+            stop_server(proc)
             log.seek(0)
             sys.exit("digitlab serve did not start:\n" + "".join(log.readlines()[-5:]).rstrip())
     return proc, found.group(1), found.group(0).strip()
+
+
+def stop_server(proc: subprocess.Popen[str]) -> None:
+    """As Ctrl+C stops `digitlab serve` (its workers with it); killed after 30 s."""
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 # --- a minimal HTTP/1.1 client: the load generator shares the two cores with the server,
@@ -502,5 +517,23 @@ def memory(m: dict[str, float] | None) -> str:
     return "unknown (pass --pid)" if m is None else f"RSS {m['rss']} MiB (PSS {m['pss']} MiB)"
 
 
+def _stop_on(signum: int, _frame: Any) -> None:
+    """SIGTERM stops the run as Ctrl+C does: main() then stops the server it started."""
+    raise Stopped(signum)
+
+
+class Stopped(KeyboardInterrupt):
+    def __init__(self, signum: int = signal.SIGINT) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 if __name__ == "__main__":
-    main()
+    signal.signal(signal.SIGTERM, _stop_on)
+    try:
+        main()
+    except KeyboardInterrupt as stop:  # Ctrl+C, or SIGTERM (Stopped)
+        signum = stop.signum if isinstance(stop, Stopped) else signal.SIGINT
+        print(f"serve_load: stopped ({signal.Signals(signum).name}) before the figures; "
+              "the server it started is stopped too", file=sys.stderr)
+        sys.exit(128 + signum)

@@ -39,7 +39,7 @@ def test_the_command_runs_slower_and_its_exit_code_passes_on() -> None:
     killed = "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"
     assert thief("--share", "0.2", "--", sys.executable, "-c", killed).returncode == 128 + 15
     # No thief is left behind: nothing runs at its priority any more.
-    left = subprocess.run(["ps", "-eo", "rtprio=,args="], capture_output=True, text=True)
+    left = subprocess.run(["ps", "-ww", "-eo", "rtprio=,args="], capture_output=True, text=True)
     assert not [line for line in left.stdout.splitlines()
                 if line.split()[0] == "10" and "cpu_thief" in line]
 

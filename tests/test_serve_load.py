@@ -113,3 +113,43 @@ def test_the_load_generators_connection_reads_answers_and_survives_closes() -> N
         await server.wait_closed()
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    ps = subprocess.run(["ps", "-ww", "-eo", "pid=,ppid=,args="], capture_output=True, text=True)
+    return [(int(p), args) for p, ppid, args in
+            (line.split(None, 2) for line in ps.stdout.splitlines()) if int(ppid) == pid]
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_run_and_the_server_it_started(mnist_root: Path) -> None:
+    """A supervisor's SIGTERM (or Ctrl+C) mid-run: one line, exit 128 + N, and the server
+    with its workers stopped too (SIGTERM used to end serve_load alone, leaving them)."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--workers", "2", "--requests",
+                             "100000", "--max-seconds", "120"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        server = []
+        while not server:  # the server, and then its two workers, under way
+            assert time.monotonic() < deadline and proc.poll() is None
+            server = [pid for pid, args in _children(proc.pid) if "digitlab serve" in args]
+            time.sleep(0.1)
+        while len([a for _, a in _children(server[0]) if "spawn_main" in a]) < 2:
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.1)
+        time.sleep(2)  # serving, or about to
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:  # the test failed midway: stop it as a user would
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=90)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "serve_load: stopped (SIGTERM)" in err and "Traceback" not in err
+    left = subprocess.run(["ps", "-o", "pid=", "-p", str(server[0])], capture_output=True,
+                          text=True).stdout.strip()
+    assert not left and not _children(server[0])

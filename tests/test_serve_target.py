@@ -61,7 +61,7 @@ def test_a_share_without_the_right_to_take_it_is_refused_before_any_run() -> Non
 
 
 def _left(marker: str) -> list[str]:
-    ps = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    ps = subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True).stdout
     return [line for line in ps.splitlines() if marker in line and "ps -eo" not in line]
 
 
@@ -83,8 +83,9 @@ def test_ctrl_c_tables_the_runs_done_and_leaves_no_server(mnist_root: Path) -> N
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        if proc.poll() is None:  # the test failed midway: stop it as a user would
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=90)
     assert proc.returncode == 130, err[-2000:]
     assert "stopped after 1 run(s)" in err and "Traceback" not in err
     assert "| 0 | this one | " in out and " of 1 | " in out
