@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,15 @@ import pytest
 from digitlab.data import sources
 from digitlab.data.loader import DeviceData, load_split
 from digitlab.vision import native
+
+
+def processes() -> list[tuple[int, int, str]]:
+    """(pid, parent pid, command line) of every process, read with `ps -ww`: without a
+    terminal ps cuts each line at 80 columns, which hides most of a command line."""
+    ps = subprocess.run(["ps", "-ww", "-eo", "pid=,ppid=,args="], capture_output=True,
+                        text=True, check=True)
+    return [(int(pid), int(ppid), args) for pid, ppid, args in
+            (line.split(None, 2) for line in ps.stdout.splitlines())]
 
 
 def require_native() -> None:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import processes
+
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "serve_load.py"
 
 
@@ -116,9 +118,7 @@ def test_the_load_generators_connection_reads_answers_and_survives_closes() -> N
 
 
 def _children(pid: int) -> list[tuple[int, str]]:
-    ps = subprocess.run(["ps", "-ww", "-eo", "pid=,ppid=,args="], capture_output=True, text=True)
-    return [(int(p), args) for p, ppid, args in
-            (line.split(None, 2) for line in ps.stdout.splitlines()) if int(ppid) == pid]
+    return [(p, args) for p, parent, args in processes() if parent == pid]
 
 
 @pytest.mark.slow
@@ -150,6 +150,4 @@ def test_sigterm_stops_the_run_and_the_server_it_started(mnist_root: Path) -> No
             proc.communicate(timeout=90)
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     assert "serve_load: stopped (SIGTERM)" in err and "Traceback" not in err
-    left = subprocess.run(["ps", "-o", "pid=", "-p", str(server[0])], capture_output=True,
-                          text=True).stdout.strip()
-    assert not left and not _children(server[0])
+    assert not [p for p, parent, _ in processes() if server[0] in (p, parent)]

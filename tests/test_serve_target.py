@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import processes
+
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "serve_target.py"
 CAN_BE_REAL_TIME = hasattr(os, "sched_setscheduler") and os.geteuid() == 0
 
@@ -61,8 +63,7 @@ def test_a_share_without_the_right_to_take_it_is_refused_before_any_run() -> Non
 
 
 def _left(marker: str) -> list[str]:
-    ps = subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-    return [line for line in ps.splitlines() if marker in line and "ps -eo" not in line]
+    return [args for _, _, args in processes() if marker in args]
 
 
 @pytest.mark.slow
