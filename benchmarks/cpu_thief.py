@@ -52,12 +52,9 @@ def main() -> int:
     if not 0 < args.seconds <= 86_400:
         parser.error(f"--seconds must be above 0 and at most 86400, got {args.seconds:g}")
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    try:
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(PRIORITY))
-        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-    except (PermissionError, AttributeError, OSError) as exc:
-        print(f"cpu_thief: cannot take a real-time priority here ({exc}); it needs Linux and "
-              "root or CAP_SYS_NICE", file=sys.stderr)
+    if (refused := real_time_refused()) is not None:
+        print(f"cpu_thief: cannot take a real-time priority here ({refused}); it needs Linux "
+              "and root or CAP_SYS_NICE", file=sys.stderr)
         return 2
 
     cores = sorted(os.sched_getaffinity(0))
@@ -88,6 +85,17 @@ def main() -> int:
     print(f"cpu_thief: took {taken / (wall * len(cores)):.0%} of {len(cores)} core(s) over "
           f"{wall:.1f} s (asked {args.share:.0%})", file=sys.stderr)
     return code
+
+
+def real_time_refused() -> Exception | None:
+    """Why this process may not take the thieves' real-time priority; None if it may (it
+    tries, then goes back to the normal policy)."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(PRIORITY))
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    except (PermissionError, AttributeError, OSError) as exc:
+        return exc
+    return None
 
 
 def stop_command(child: subprocess.Popen[bytes]) -> None:

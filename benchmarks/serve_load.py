@@ -535,5 +535,5 @@ if __name__ == "__main__":
     except KeyboardInterrupt as stop:  # Ctrl+C, or SIGTERM (Stopped)
         signum = stop.signum if isinstance(stop, Stopped) else signal.SIGINT
         print(f"serve_load: stopped ({signal.Signals(signum).name}) before the figures; "
-              "the server it started is stopped too", file=sys.stderr)
+              "any server it started is stopped too", file=sys.stderr)
         sys.exit(128 + signum)

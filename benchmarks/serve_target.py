@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from cpu_thief import real_time_refused  # benchmarks/, beside this file
+
 HERE = Path(__file__).resolve().parent
 STOP_S = 60.0  # after Ctrl+C, how long the run under way has to stop its server
 COMMANDS = {  # name -> serve_load.py arguments (README, "Serving under load")
@@ -54,7 +56,7 @@ def main() -> int:
         parser.error(f"each share must be 0 or between 0.05 and 0.9, got {bad[0]:g}")
     if args.requests < 100 or args.warmup < 0:
         parser.error("--requests must be at least 100 and --warmup at least 0")
-    if any(args.shares) and not can_be_real_time():
+    if any(args.shares) and real_time_refused() is not None:
         print("serve_target: shares above 0 need cpu_thief.py's real-time priority (root or "
               "CAP_SYS_NICE on Linux); run with --shares 0 here", file=sys.stderr)
         return 2
@@ -83,15 +85,6 @@ def main() -> int:
     if failed:
         print(f"serve_target: {failed} run(s) gave no figures (see above)", file=sys.stderr)
     return 130 if stopped else 1 if failed else 0
-
-
-def can_be_real_time() -> bool:
-    try:
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
-        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-    except (PermissionError, AttributeError, OSError):
-        return False
-    return True
 
 
 def run_once(name: str, share: float, args: argparse.Namespace) -> dict | None:
