@@ -27,10 +27,10 @@ import sys
 import time
 from pathlib import Path
 
-from cpu_thief import real_time_refused  # benchmarks/, beside this file
+# benchmarks/, beside this file; STOP_S: after Ctrl+C, how long a run has to stop its server
+from cpu_thief import STOP_S, real_time_refused
 
 HERE = Path(__file__).resolve().parent
-STOP_S = 60.0  # after Ctrl+C, how long the run under way has to stop its server
 COMMANDS = {  # name -> serve_load.py arguments (README, "Serving under load")
     "drawn": ["--workers", "2"],
     "page": ["--workers", "2", "--style", "page"],
@@ -108,8 +108,7 @@ def run_once(name: str, share: float, args: argparse.Namespace) -> dict | None:
         print(f"{time.strftime('%H:%M:%S')} {name} share {share:g}: no figures (exit "
               f"{child.returncode}): {' / '.join(tail)}", file=sys.stderr, flush=True)
         return None
-    figures: dict = json.loads(lines[-1])
-    return figures
+    return json.loads(lines[-1])
 
 
 def stop_group(child: subprocess.Popen[str]) -> None:
