@@ -145,15 +145,51 @@ def test_fp16_loss_scale_unscales_and_skips_overflows():
     wrapped = precision.wrap(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     model.zero_grad()
-    torch.nn.functional.cross_entropy(wrapped(x), y).backward()
+    precision.scale_loss(torch.nn.functional.cross_entropy(wrapped(x), y)).backward()
     assert model.weight.grad.abs().max() > 1000 * expected[0].abs().max()  # scaled by 2**16
     assert precision.step(optimizer)
     for p, e in zip(model.parameters(), expected, strict=True):
         torch.testing.assert_close(p.grad, e, rtol=2e-2, atol=1e-4)  # fp16 forward
+    precision.scale_loss(torch.nn.functional.cross_entropy(wrapped(x), y)).backward()
     model.weight.grad[0, 0] = float("inf")
-    before = precision.scale.item()
+    before = precision.scaler.get_scale()
     assert not precision.step(optimizer)
-    assert precision.scale.item() == before / 2 and precision.skipped == 1
+    assert precision.scaler.get_scale() == before / 2 and precision.skipped == 1
+    # The scale and its run of good steps travel in a checkpoint, and one written before
+    # GradScaler (a bare scale and count) still loads.
+    again = Precision("fp16", torch.device("cpu"))
+    again.load_state_dict(precision.state_dict())
+    assert again.scaler.get_scale() == before / 2 and again.skipped == 1
+    old = Precision("fp16", torch.device("cpu"))
+    old.load_state_dict({"mode": "fp16", "scale": 1024.0, "good_steps": 2001, "skipped": 3})
+    assert old.scaler.get_scale() == 1024.0 and old.skipped == 3
+    assert old.scaler.state_dict()["_growth_tracker"] == 1
+
+
+def test_fp16_training_steps_and_resumes_exactly(tmp_path, subset):
+    """A float16 run through the whole loop: the step applies the loss scale, the scaler's
+    state is checkpointed, and a run stopped after its first epoch and resumed ends with the
+    weights of one never stopped."""
+    whole = _fit(tmp_path, "fp16", subset, epochs=2, amp="fp16")
+    assert whole.final.accuracy > 0.5
+    assert json.loads((whole.run_dir / "config.json").read_text())["amp_used"] == "fp16"
+    assert checkpoint.read(whole.run_dir / "checkpoint.pt")["precision"]["scaler"]["scale"] > 1
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(row):
+        raise Stop
+
+    cfg = resolve(preset="fast", flags={**SMALL, "epochs": 2, "amp": "fp16"})
+    with pytest.raises(Stop):
+        fit(cfg, out=tmp_path / "stopped", console=Console(quiet=True), preloaded=subset,
+            on_epoch=stop_after_first)
+    state, _ = checkpoint.load(tmp_path / "stopped")
+    fit(cfg, out=tmp_path / "stopped", console=Console(quiet=True), preloaded=subset,
+        resume_from=state)
+    a, b = (load_file(r / "model.safetensors") for r in (whole.run_dir, tmp_path / "stopped"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_tensorboard_gets_scalars_and_sample_images(tmp_path, subset):

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 
 class EMA:
@@ -39,7 +40,8 @@ class EMA:
     @torch.no_grad()
     def update(self) -> None:
         shadow_p, model_p, shadow_b, model_b = self._pairs
-        torch._foreach_lerp_(shadow_p, model_p, 1 - self.current_decay())
+        # torch's own EMA update (one fused pass over all tensors), with this step's decay.
+        get_ema_multi_avg_fn(self.current_decay())(shadow_p, model_p, None)
         for s, b in zip(shadow_b, model_b, strict=True):
             s.copy_(b)
         self.updates += 1

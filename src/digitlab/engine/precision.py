@@ -1,9 +1,8 @@
-"""Mixed precision: autocast around the forward pass, and for float16 a dynamic loss scale.
+"""Mixed precision: autocast around the forward pass, and for float16 torch's GradScaler.
 
-The step functions in steps.py compute the loss and call backward themselves, so the loss
-scale is applied where the logits leave the model: a function that is the identity forward
-and multiplies the gradient by the scale backward. Every parameter's gradient comes out
-multiplied by the scale, exactly as if the loss had been.
+The step functions in steps.py call backward themselves, so they take the loss through
+`scale_loss` first; `step` then unscales, skips a step whose gradients overflowed and adjusts
+the scale, all by `torch.amp.GradScaler`.
 """
 
 from __future__ import annotations
@@ -19,18 +18,6 @@ from digitlab.errors import DigitlabError
 MODES = ("none", "auto", "bf16", "fp16")
 
 
-class _ScaleGradient(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(scale)
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        (scale,) = ctx.saved_tensors
-        return grad * scale, None
-
-
 class _Autocast(nn.Module):
     """Runs the wrapped model under autocast; hands back float32 logits."""
 
@@ -42,10 +29,7 @@ class _Autocast(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with self.precision.autocast():
             logits = self.inner(x)
-        logits = logits.float()
-        if self.precision.scale is not None and torch.is_grad_enabled():
-            logits = _ScaleGradient.apply(logits, self.precision.scale)
-        return logits
+        return logits.float()
 
 
 class Precision:
@@ -61,8 +45,8 @@ class Precision:
         self.mode = mode
         self.device = device
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mode)
-        self.scale = (torch.full((), 2.0**16, device=device) if mode == "fp16" else None)
-        self.good_steps = 0
+        self.scaler = (torch.amp.GradScaler(device.type, growth_interval=self.GROWTH_INTERVAL)
+                       if mode == "fp16" else None)
         self.skipped = 0
 
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -73,34 +57,36 @@ class Precision:
     def wrap(self, module: nn.Module) -> nn.Module:
         return module if self.dtype is None else _Autocast(module, self)
 
+    def scale_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        """The loss to call backward on: multiplied by the loss scale under float16."""
+        return loss if self.scaler is None else self.scaler.scale(loss)
+
     def step(self, optimizer: torch.optim.Optimizer) -> bool:
         """optimizer.step(), after unscaling float16 gradients; a step whose gradients
         overflowed is skipped and the scale halved. Returns whether the step was taken."""
-        if self.scale is None:
+        if self.scaler is None:
             optimizer.step()
             return True
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"]
-                 if p.grad is not None]
-        found_inf = torch.zeros(1, device=self.scale.device)
-        torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf,
-                                                         self.scale.reciprocal())
-        if found_inf.item():
-            self.scale.mul_(0.5)
-            self.good_steps = 0
-            self.skipped += 1
-            return False
-        optimizer.step()
-        self.good_steps += 1
-        if self.good_steps % self.GROWTH_INTERVAL == 0:
-            self.scale.mul_(2.0)
-        return True
+        before = self.scaler.get_scale()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        # GradScaler lowers the scale exactly when it skipped the step.
+        taken = self.scaler.get_scale() >= before
+        self.skipped += not taken
+        return taken
 
     def state_dict(self) -> dict[str, Any]:
-        return {"mode": self.mode, "scale": None if self.scale is None else self.scale.item(),
-                "good_steps": self.good_steps, "skipped": self.skipped}
+        return {"mode": self.mode, "skipped": self.skipped,
+                "scaler": None if self.scaler is None else self.scaler.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if self.scale is not None and state.get("scale") is not None:
-            self.scale.fill_(state["scale"])
-        self.good_steps = int(state.get("good_steps", 0))
         self.skipped = int(state.get("skipped", 0))
+        if self.scaler is None:
+            return
+        saved = state.get("scaler")
+        if saved is None and state.get("scale") is not None:
+            # A checkpoint from before GradScaler: its scale and run of good steps.
+            saved = {**self.scaler.state_dict(), "scale": float(state["scale"]),
+                     "_growth_tracker": int(state.get("good_steps", 0)) % self.GROWTH_INTERVAL}
+        if saved:
+            self.scaler.load_state_dict(saved)

@@ -9,6 +9,8 @@ cheap. Both produce the same gradients (tests/test_steps.py checks it against au
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,10 +30,12 @@ def soft_targets(y: torch.Tensor, classes: int, label_smoothing: float,
 
 class AutogradStep:
     def __init__(self, model: nn.Module, label_smoothing: float = 0.0,
-                 outliers: bool = False) -> None:
+                 outliers: bool = False,
+                 scale_loss: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         self.model = model
         self.label_smoothing = label_smoothing
         self.outliers = outliers  # batches may hold non-digits, labelled < 0
+        self.scale_loss = scale_loss  # mixed precision's loss scale (Precision.scale_loss)
 
     def parameters(self) -> list[nn.Parameter]:
         return list(self.model.parameters())
@@ -46,7 +50,7 @@ class AutogradStep:
             loss = F.cross_entropy(logits.float(), target)
         else:
             loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
-        loss.backward()
+        (loss if self.scale_loss is None else self.scale_loss(loss)).backward()
         return loss.detach()
 
 
@@ -64,11 +68,10 @@ class MLPStep:
 
     @staticmethod
     def supports(model: nn.Module) -> bool:
-        return (
-            isinstance(model, MLP)
-            and model.activation in _DERIVATIVE_FROM_OUTPUT
-            and model.dropout is None
-        )
+        """Whether the model declares itself a plain MLP this step computes exactly (the
+        `hand_written_step` capability of models/mlp.py), with an activation it knows."""
+        return (bool(getattr(model, "hand_written_step", False))
+                and getattr(model, "activation", None) in _DERIVATIVE_FROM_OUTPUT)
 
     def __init__(self, model: MLP, label_smoothing: float = 0.0) -> None:
         self.model = model
@@ -120,10 +123,12 @@ class MLPStep:
         return loss
 
 
-def make_step(model: nn.Module, label_smoothing: float = 0.0, outliers: bool = False
+def make_step(model: nn.Module, label_smoothing: float = 0.0, outliers: bool = False,
+              scale_loss: Callable[[torch.Tensor], torch.Tensor] | None = None
               ) -> AutogradStep | MLPStep:
     """outliers: batches may hold non-digits labelled < 0, taught a uniform target (the MLP
-    step always handles them)."""
-    if MLPStep.supports(model):
+    step always handles them). scale_loss: mixed precision's loss scale, which only the
+    autograd step needs (a wrapped, autocast model is never an MLP's hand-written case)."""
+    if scale_loss is None and MLPStep.supports(model):
         return MLPStep(model, label_smoothing)  # type: ignore[arg-type]
-    return AutogradStep(model, label_smoothing, outliers)
+    return AutogradStep(model, label_smoothing, outliers, scale_loss)

@@ -8,6 +8,7 @@ run ends exactly as if it had never stopped.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import signal
@@ -43,6 +44,13 @@ from digitlab.data.loader import (
 from digitlab.data.outliers import OutlierMix
 from digitlab.device import resolve_device
 from digitlab.engine import checkpoint, distributed, rundir
+from digitlab.engine.callbacks import (
+    Callback,
+    Checkpointer,
+    ConsoleLog,
+    EpochHook,
+    TensorBoardLog,
+)
 from digitlab.engine.distributed import Dist
 from digitlab.engine.ema import EMA
 from digitlab.engine.evaluate import EvalResult, evaluate
@@ -95,20 +103,6 @@ def load_data(cfg: TrainConfig, root: Path | None, device: torch.device, console
     return train, test, val
 
 
-def weights_meta(cfg: TrainConfig, args: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    """What a weights file carries besides tensors: enough to rebuild and feed the model."""
-    return {
-        "model": cfg.model,
-        "model_args": args,
-        "normalize": cfg.normalize,
-        "dataset": cfg.dataset,
-        "classes": list(sources.get_spec(cfg.dataset).classes),
-        "outliers": cfg.outliers,  # shown fused pairs as non-digits: see number_reader
-        "digitlab_version": digitlab.__version__,
-        **extra,
-    }
-
-
 class Trainer:
     """What one optimisation step needs, built from the config. `model` is the plain module
     (what is saved); `forward` is what the step calls: model, maybe wrapped in
@@ -131,7 +125,9 @@ class Trainer:
             forward = cast(nn.Module, torch.compile(forward, backend=os.environ.get(
                 "DIGITLAB_COMPILE_BACKEND", "inductor")))
         self.forward = self.precision.wrap(forward)
-        self.step = make_step(self.forward, cfg.label_smoothing, outliers=cfg.outliers > 0)
+        self.step = make_step(self.forward, cfg.label_smoothing, outliers=cfg.outliers > 0,
+                              scale_loss=(self.precision.scale_loss
+                                          if self.precision.scaler is not None else None))
         self.optimizer = build_optimizer(self.step.parameters(), cfg)
         self.per_epoch = 0
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
@@ -343,17 +339,6 @@ def _stop_requests() -> Iterator[dict[str, bool]]:
             signal.signal(s, handler)
 
 
-def _tensorboard(path: Path | None) -> Any:
-    if path is None:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise DigitlabError("--tensorboard needs the tensorboard package: "
-                            "pip install 'digitlab[tensorboard]'") from None
-    return SummaryWriter(log_dir=str(path))
-
-
 def fit(
     cfg: TrainConfig,
     *,
@@ -391,14 +376,9 @@ def _fit(cfg: TrainConfig, *, out: Path | None, force: bool, root: Path | None,
     seed_everything(cfg.seed)
     train, test, val = preloaded or load_data(cfg, root, device, console)
     if cfg.tutorial_log:
-        console.line(str(len(train)))
-        console.line(str(len(test)))
-        x0, y0 = next(batches(test, cfg.batch_size))
-        console.line(f"shape of x[N,C,H,W]:{x0.shape}")
-        console.line(f"shape of y:{y0.shape}{y0.dtype}")
+        _tutorial_preamble(console, train, test, cfg.batch_size)
     console.line(f"Using {device.type} device" + (f" x {info.world} processes"
                                                     if info.enabled else ""))
-
     built = time.perf_counter()
     trainer = Trainer(cfg, device, info)
     console.line(str(trainer.model))
@@ -410,91 +390,35 @@ def _fit(cfg: TrainConfig, *, out: Path | None, force: bool, root: Path | None,
         if trainer.epochs_done >= cfg.epochs:
             raise DigitlabError(f"{out} already finished its {trainer.epochs_done} epochs; "
                                 "to train on, resume with a larger --epochs and --force")
-
-    run: Path | None = None
-    if info.main:
-        run = _prepare_run(cfg, trainer, out, force, device, info, resumed=resume_from)
-    writer = _tensorboard(tensorboard)
-    if writer is not None:
-        writer.add_images("train/samples", _viewable(trainer.samples(train), cfg.normalize), 0)
-
-    def save_checkpoint() -> None:
-        if run is not None:
-            checkpoint.save(run, trainer.state())
+    run = (_prepare_run(cfg, trainer, out, force, device, info, resumed=resume_from)
+           if info.main else None)
+    saver = Checkpointer(run, cfg)
+    callbacks: list[Callback] = [ConsoleLog(cfg, console), saver]
+    if tensorboard is not None:
+        callbacks.append(TensorBoardLog(tensorboard, cfg, trainer.samples(train)))
+    if on_epoch is not None:
+        callbacks.append(EpochHook(on_epoch))
 
     result: EvalResult | None = None
     try:
         with _stop_requests() as stop:
             for epoch in range(trainer.epochs_done + 1, cfg.epochs + 1):
-                if cfg.tutorial_log:
-                    console.line(f"Epoch {epoch}\n--------------------")
-                trainer.start_epoch(len(train))
-                trainer.model.train()
-                trainer.forward.train()
-                started = time.perf_counter()
-                first = trainer.batch
-                with console.progress(trainer.per_epoch, f"epoch {epoch}/{cfg.epochs}") as advance:
-                    for x, y in epoch_batches(trainer, train):
-                        loss = trainer.train_batch(x, y)
-                        number = trainer.batch
-                        if cfg.log_every and number % cfg.log_every == 0:
-                            console.line(f"loss:{loss.item():>7f} [number: {number}]")
-                            advance(cfg.log_every)
-                            if writer is not None:
-                                writer.add_scalar("train/batch_loss", loss.item(), trainer.steps)
-                        if number < trainer.per_epoch:
-                            stopping = _stopping(stop, info, number)
-                            if stopping or (cfg.checkpoint_every
-                                            and number % cfg.checkpoint_every == 0):
-                                save_checkpoint()
-                            if stopping:
-                                raise Interrupted(_interrupted_message(run, epoch, number))
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                seconds = time.perf_counter() - started
-
-                train_loss = distributed.all_sum(trainer.loss_sum, info).item() / (
-                    trainer.per_epoch * info.world)
+                for callback in callbacks:
+                    callback.epoch_started(epoch)
+                stop_now = functools.partial(_stop_now, stop, info, trainer, saver, run, epoch)
+                first, seconds = _train_epoch(trainer, train, epoch, callbacks, console, stop_now)
                 result = trainer.evaluate(test, cfg.loss_average)
-                row = {
-                    "epoch": epoch,
-                    "train_loss": train_loss,
-                    "test_loss": result.loss,
-                    "test_accuracy": result.accuracy,
-                    "seconds": seconds,
-                    # a resumed epoch only timed the batches after the checkpoint
-                    "images_per_second": len(train) * (trainer.per_epoch - first)
-                    / trainer.per_epoch / seconds,
-                    "elapsed": time.perf_counter() - built,
-                    "lr": trainer.optimizer.param_groups[0]["lr"],
-                }
-                if val is not None:
-                    checked = trainer.evaluate(val)
-                    row["val_loss"], row["val_accuracy"] = checked.loss, checked.accuracy
+                row = _epoch_row(trainer, epoch, len(train), first, seconds, result, val,
+                                 time.perf_counter() - built)
                 trainer.epochs_done, trainer.batch = epoch, 0
                 trainer.metrics.append(row)
-                if run is not None:
-                    rundir.append_metrics(run, row)
-                    rundir.save_weights(run / rundir.WEIGHTS, trainer.eval_model, weights_meta(
-                        cfg, trainer.args, epoch=epoch, test_accuracy=result.accuracy,
-                        test_loss=result.loss))
-                    save_checkpoint()
-                if writer is not None:
-                    _log_epoch(writer, row)
-                if not cfg.tutorial_log:
-                    console.line(
-                        f"epoch {epoch:>3}/{cfg.epochs}  train loss {row['train_loss']:.4f}  "
-                        f"test loss {result.loss:.4f}  test accuracy "
-                        f"{100 * result.accuracy:.2f}%  {seconds:.2f}s  "
-                        f"{row['images_per_second']:,.0f} img/s"
-                    )
-                if on_epoch is not None:
-                    on_epoch(row)
+                for callback in callbacks:
+                    callback.epoch_done(trainer, row, result)
                 if _stopping(stop, info, 0) and epoch < cfg.epochs:
                     raise Interrupted(_interrupted_message(run, epoch + 1, 0))
     finally:
-        if writer is not None:
-            writer.close()
+        for callback in callbacks:
+            callback.close()
 
     assert result is not None
     if cfg.tutorial_log:
@@ -503,6 +427,70 @@ def _fit(cfg: TrainConfig, *, out: Path | None, force: bool, root: Path | None,
     if run is not None:
         console.note(f"run saved to {run}")
     return FitResult(run if run is not None else Path(), result, trainer.metrics)
+
+
+def _tutorial_preamble(console: Console, train: DeviceData, test: DeviceData,
+                       batch_size: int) -> None:
+    """The lines the tutorial prints before training: the split sizes and a batch's shapes."""
+    console.line(str(len(train)))
+    console.line(str(len(test)))
+    x0, y0 = next(batches(test, batch_size))
+    console.line(f"shape of x[N,C,H,W]:{x0.shape}")
+    console.line(f"shape of y:{y0.shape}{y0.dtype}")
+
+
+def _train_epoch(trainer: Trainer, train: DeviceData, epoch: int, callbacks: list[Callback],
+                 console: Console, stop_now: Callable[[], None]) -> tuple[int, float]:
+    """The rest of the epoch's batches (all of them unless resumed mid-epoch). Returns the
+    batch it started at and the seconds it took."""
+    cfg = trainer.cfg
+    trainer.start_epoch(len(train))
+    trainer.model.train()
+    trainer.forward.train()
+    started, first = time.perf_counter(), trainer.batch
+    with console.progress(trainer.per_epoch, f"epoch {epoch}/{cfg.epochs}") as advance:
+        for x, y in epoch_batches(trainer, train):
+            loss = trainer.train_batch(x, y)
+            for callback in callbacks:
+                callback.batch_done(trainer, loss)
+            if cfg.log_every and trainer.batch % cfg.log_every == 0:
+                advance(cfg.log_every)
+            if trainer.batch < trainer.per_epoch:
+                stop_now()
+    if trainer.device.type == "cuda":
+        torch.cuda.synchronize()
+    return first, time.perf_counter() - started
+
+
+def _stop_now(stop: dict[str, bool], info: Dist, trainer: Trainer, saver: Checkpointer,
+              run: Path | None, epoch: int) -> None:
+    """Mid-epoch: on a stop request, checkpoint here and end with Interrupted."""
+    if _stopping(stop, info, trainer.batch):
+        saver.save(trainer)
+        raise Interrupted(_interrupted_message(run, epoch, trainer.batch))
+
+
+def _epoch_row(trainer: Trainer, epoch: int, images: int, first: int, seconds: float,
+               result: EvalResult, val: DeviceData | None, elapsed: float) -> dict[str, Any]:
+    """The epoch's metrics row (metrics.jsonl)."""
+    info = trainer.info
+    train_loss = distributed.all_sum(trainer.loss_sum, info).item() / (
+        trainer.per_epoch * info.world)
+    row = {
+        "epoch": epoch,
+        "train_loss": train_loss,
+        "test_loss": result.loss,
+        "test_accuracy": result.accuracy,
+        "seconds": seconds,
+        # a resumed epoch only timed the batches after the checkpoint
+        "images_per_second": images * (trainer.per_epoch - first) / trainer.per_epoch / seconds,
+        "elapsed": elapsed,
+        "lr": trainer.optimizer.param_groups[0]["lr"],
+    }
+    if val is not None:
+        checked = trainer.evaluate(val)
+        row["val_loss"], row["val_accuracy"] = checked.loss, checked.accuracy
+    return row
 
 
 def _stopping(stop: dict[str, bool], info: Dist, number: int) -> bool:
@@ -552,27 +540,6 @@ def _prepare_run(cfg: TrainConfig, trainer: Trainer, out: Path | None, force: bo
     })
     (run / rundir.METRICS).write_text("")
     return run
-
-
-def _viewable(x: torch.Tensor, normalize: str) -> torch.Tensor:
-    from digitlab.data.loader import MNIST_MEAN, MNIST_STD
-
-    x = x.detach().float().cpu()
-    if normalize == "standard":
-        x = x * MNIST_STD + MNIST_MEAN
-    return x.clamp(0, 1)
-
-
-def _log_epoch(writer: Any, row: dict[str, Any]) -> None:
-    epoch = row["epoch"]
-    writer.add_scalar("train/loss", row["train_loss"], epoch)
-    writer.add_scalar("test/loss", row["test_loss"], epoch)
-    writer.add_scalar("test/accuracy", row["test_accuracy"], epoch)
-    writer.add_scalar("lr", row["lr"], epoch)
-    if "val_accuracy" in row:
-        writer.add_scalar("val/loss", row["val_loss"], epoch)
-        writer.add_scalar("val/accuracy", row["val_accuracy"], epoch)
-    writer.flush()
 
 
 def resume(

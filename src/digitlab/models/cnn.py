@@ -136,20 +136,10 @@ class BestCNN(nn.Module):
         return self.classifier(self.features(x))  # [B, num_classes]
 
 
-@register_model("lenet5", "LeNet-5 (LeCun 1998): conv 6@5x5, pool, conv 16@5x5, pool, 120-84-10")
-def lenet5(activation: str = "tanh", pool: str = "avg", num_classes: int = 10) -> LeNet5:
-    return LeNet5(activation, pool, num_classes)
-
-
-@register_model("cnn-fast", "lean conv-pool-BN x2 + small MLP head: the quickest route to 99%")
-def cnn_fast(channels: Sequence[int] = (16, 32), kernels: Sequence[int] = (5, 3),
-             hidden: int = 128, batchnorm: bool = True, dropout: float = 0.0,
-             stem: str = "conv", num_classes: int = 10) -> FastCNN:
-    return FastCNN(channels, kernels, hidden, batchnorm, dropout, stem, num_classes)
-
-
-@register_model("cnn-best", "stack of unpadded conv-BN-ReLU (5x5 by default), no pooling: "
-                            "the most accurate single model")
-def cnn_best(kernel: int = 5, channels: Sequence[int] | None = None, dropout: float = 0.0,
-             num_classes: int = 10) -> BestCNN:
-    return BestCNN(kernel, channels, dropout, num_classes)
+# Registered from the classes themselves: their signatures are the models' options.
+register_model("lenet5", "LeNet-5 (LeCun 1998): conv 6@5x5, pool, conv 16@5x5, pool, "
+               "120-84-10")(LeNet5)
+register_model("cnn-fast", "lean conv-pool-BN x2 + small MLP head: the quickest route to "
+               "99%")(FastCNN)
+register_model("cnn-best", "stack of unpadded conv-BN-ReLU (5x5 by default), no pooling: "
+               "the most accurate single model")(BestCNN)

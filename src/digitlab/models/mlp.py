@@ -51,6 +51,12 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else None
 
     @property
+    def hand_written_step(self) -> bool:
+        """Capability: engine/steps.MLPStep may compute this network's gradients by hand
+        (plain linear layers and an activation; dropout needs autograd's masks)."""
+        return self.dropout is None
+
+    @property
     def linears(self) -> list[nn.Linear]:
         return [getattr(self, n) for n in self.hidden_names] + [self.out]
 
@@ -63,12 +69,5 @@ class MLP(nn.Module):
         return self.out(x)  # [B, num_classes] logits
 
 
-@register_model("mlp", "fully connected; defaults: the tutorial's 784-128-256-128-64-10 sigmoid")
-def mlp(
-    hidden: Sequence[int] = (128, 256, 128, 64),
-    activation: str = "sigmoid",
-    dropout: float = 0.0,
-    in_features: int = 28 * 28,
-    num_classes: int = 10,
-) -> MLP:
-    return MLP(hidden, activation, dropout, in_features, num_classes)
+register_model("mlp", "fully connected; defaults: the tutorial's 784-128-256-128-64-10 "
+               "sigmoid")(MLP)

@@ -19,6 +19,8 @@ _DESCRIPTIONS: dict[str, str] = {}
 
 
 def register_model(name: str, description: str = "") -> Callable:
+    """Register a model class (or a function building one) under `name`; its signature
+    lists the options a run may set and stores."""
     def wrap(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} registered twice")
