@@ -25,13 +25,6 @@ class EvalResult:
 
 
 @torch.no_grad()
-def predict_probabilities(model: nn.Module, data: DeviceData, batch_size: int) -> torch.Tensor:
-    model.eval()
-    out = [torch.softmax(model(x).float(), dim=1) for x, _ in batches(data, batch_size)]
-    return torch.cat(out)
-
-
-@torch.no_grad()
 def evaluate(
     model: nn.Module,
     data: DeviceData,
