@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from importlib import resources
+
 import pytest
 
 from digitlab.config import PRESETS, TrainConfig, from_dict, resolve
@@ -91,3 +93,13 @@ def test_whole_numbers_are_fine_where_a_float_is_expected(tmp_path):
     path.write_text("lr = 1\nema = 0\nbetas = [0, 1]\n")
     cfg = resolve(config_file=path)
     assert cfg.lr == 1 and cfg.ema == 0 and cfg.betas == (0, 1)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_is_a_toml_file_a_user_can_copy(name, tmp_path):
+    """The presets ship as TOML files; a copy used as --config trains exactly the preset."""
+    shipped = resources.files("digitlab") / "assets" / "presets" / f"{name}.toml"
+    copy = tmp_path / "mine.toml"
+    copy.write_text(shipped.read_text(encoding="utf-8"))
+    assert resolve(config_file=copy) == resolve(preset=name)
+    assert resolve(config_file=copy, flags={"epochs": 3}).epochs == 3

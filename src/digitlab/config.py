@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -109,114 +110,21 @@ class TrainConfig:
         return data
 
 
-PRESETS: dict[str, dict[str, Any]] = {
-    # The tutorial, exactly: its network, Adam lr 0.0045, batch 64, 25 epochs, no shuffling,
-    # ToTensor scaling, a loss line every 200 batches, test batches of 64 averaged per batch.
-    "tutorial": {
-        "model": "mlp",
-        "model_args": {"hidden": [128, 256, 128, 64], "activation": "sigmoid"},
-        "optimizer": "adam",
-        "lr": 0.0045,
-        "schedule": "none",
-        "epochs": 25,
-        "batch_size": 64,
-        "eval_batch_size": 64,
-        "shuffle": False,
-        "normalize": "unit",
-        "loss_average": "batch",
-        "log_every": 200,
-        "tutorial_log": True,
-    },
-    # The default when no preset is named: a wider ReLU MLP with one-cycle; ~98.5%.
-    "default": {
-        "model": "mlp",
-        "model_args": {"hidden": [512, 256], "activation": "relu"},
-        "optimizer": "adam",
-        "lr": 2e-3,
-        "schedule": "onecycle",
-        "warmup": 0.2,
-        "epochs": 6,
-        "batch_size": 128,
-        "shuffle": True,
-        "normalize": "standard",
-        "label_smoothing": 0.05,
-    },
-    # The quickest route to >= 99.0% test accuracy (what `make train` trains): a lean CNN
-    # that folds 2x2 pixel blocks into channels before its first 3x3 convolution (a quarter
-    # of the arithmetic of the issue's 24/32-channel recipe), one epoch of one-cycle Adam,
-    # label smoothing. See benchmarks/time_to_accuracy.py.
-    "fast": {
-        "model": "cnn-fast",
-        "model_args": {"channels": [16, 32], "kernels": [3, 3], "hidden": 256,
-                       "stem": "unshuffle"},
-        "label_smoothing": 0.1,
-        "optimizer": "adam",
-        "lr": 1e-2,
-        "betas": (0.7, 0.9),
-        "schedule": "onecycle",
-        "warmup": 0.25,
-        "epochs": 1,
-        "batch_size": 256,
-        "eval_batch_size": 500,
-        "shuffle": True,
-        "normalize": "standard",
-        "amp": "auto",
-        "log_every": 0,
-    },
-    # The highest single-model accuracy: a deep unpadded 5x5 conv-BN stack (An et al. 2020,
-    # whose recipe is 150 epochs of Adam with exponential decay, rotation +-20 degrees and
-    # translation, EMA 0.999), here in 50 one-cycle epochs with scale and shear added, label
-    # smoothing and bf16 autocast on CUDA.
-    "best": {
-        "model": "cnn-best",
-        "model_args": {"kernel": 5},
-        "optimizer": "adam",
-        "lr": 2e-3,
-        "schedule": "onecycle",
-        "warmup": 0.15,
-        "epochs": 50,
-        "batch_size": 128,
-        "eval_batch_size": 2000,
-        "shuffle": True,
-        "normalize": "standard",
-        "label_smoothing": 0.1,
-        "aug_rotate": 20.0,
-        "aug_translate": 3.0,
-        "aug_scale": 0.1,
-        "aug_shear": 8.0,
-        "ema": 0.999,
-        "amp": "auto",
-        "log_every": 0,
-    },
-    # The model shipped in the package (`make default-model`): reads photos and drawings
-    # after MNIST-style preprocessing. A CNN twice as wide as `fast`'s, trained on digits with
-    # varied slant, size, stroke width, broken strokes, blur and ink contrast, and shown
-    # pairs of touching digits as non-digits (outliers), so the number reader can tell a
-    # fused pair from a digit. See benchmarks/realworld.py.
-    "robust": {
-        "model": "cnn-fast",
-        "model_args": {"channels": [32, 64], "hidden": 256},
-        "optimizer": "adam",
-        "lr": 5e-3,
-        "schedule": "onecycle",
-        "warmup": 0.2,
-        "epochs": 16,
-        "batch_size": 256,
-        "eval_batch_size": 2000,
-        "shuffle": True,
-        "normalize": "standard",
-        "label_smoothing": 0.05,
-        "aug_rotate": 10.0,
-        "aug_translate": 1.5,
-        "aug_scale": 0.1,
-        "aug_shear": 8.0,
-        "handwriting_augment": True,
-        "outliers": 0.1,
-        "ema": 0.999,
-        "amp": "auto",
-        "log_every": 0,
-    },
-}
+def _load_presets() -> dict[str, dict[str, Any]]:
+    """The named presets: TOML files shipped in the package (assets/presets), which users
+    can read and copy as a start for their own --config file."""
+    folder = resources.files("digitlab") / "assets" / "presets"
+    presets = {}
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".toml"):
+            values = tomllib.loads(entry.read_text(encoding="utf-8"))
+            values.pop("preset", None)
+            presets[entry.name.removesuffix(".toml")] = values
+    return presets
+
+
+PRESETS: dict[str, dict[str, Any]] = _load_presets()
+
 
 
 _DEFAULTS = TrainConfig()
