@@ -30,8 +30,8 @@ import numpy as np
 
 from digitlab.config import TrainConfig, field_names, from_dict, load_toml, resolve
 from digitlab.console import Console
-from digitlab.data.idx import atomic_write
 from digitlab.errors import DigitlabError
+from digitlab.files import atomic_write
 
 DEFAULT_SPACE = "sweep_space_tutorial.toml"
 FINALS = ("refit", "evaluate", "none")

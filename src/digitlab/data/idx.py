@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 
 from digitlab.errors import DataError
+
+# Re-exported: modules outside the data layer long imported the helper from here.
+from digitlab.files import atomic_write as atomic_write
 
 UINT8 = 0x08
 
@@ -76,40 +77,6 @@ def read_idx(path: Path, *, ndim: int | None = None) -> np.ndarray:
 
 def md5(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
-
-
-def _read_umask() -> int:
-    # os.umask can only be read by setting it; done once at import, before any threads.
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same directory and rename, so readers never see half a file.
-
-    The file gets the permissions a plain open() would give it (mkstemp's temp files are
-    0600), or keeps those of the file it replaces.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        mode = path.stat().st_mode & 0o777
-    except FileNotFoundError:
-        mode = 0o666 & ~_UMASK
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_idx_gz(path: Path, array: np.ndarray) -> None:

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from digitlab.data.idx import atomic_write, decode_idx, encode_idx, md5, read_raw, write_idx_gz
+from digitlab.data.idx import decode_idx, encode_idx, md5, read_raw, write_idx_gz
 from digitlab.errors import DataError
+from digitlab.files import atomic_write
 
 Report = Callable[[str], None]
 

@@ -16,8 +16,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from digitlab.data.idx import atomic_write
 from digitlab.errors import RunDirError
+from digitlab.files import atomic_write
 from digitlab.models.registry import create_model
 
 CONFIG = "config.json"
