@@ -397,7 +397,7 @@ def default_weights() -> Path:
     """The model shipped inside the package (what predict and serve use without --run)."""
     from importlib import resources
 
-    from digitlab.api import DEFAULT_WEIGHTS
+    from digitlab.assets import DEFAULT_WEIGHTS
 
     path = Path(str(resources.files("digitlab") / "assets" / DEFAULT_WEIGHTS))
     if not path.is_file():
