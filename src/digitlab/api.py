@@ -291,7 +291,11 @@ class Recognizer:
         self._info = info
         # How --number weighs this model's answers: one trained to call fused pairs of
         # digits non-digits (config `outliers`) is read differently (number_reader.Weights).
-        self.reading = weights_for(float(info.get("outliers") or 0.0))
+        outliers = info.get("outliers") or 0.0
+        if not isinstance(outliers, int | float):
+            raise DigitlabError(f"{info.get('source')}: 'outliers' must be a number, "
+                                f"not a {type(outliers).__name__}")
+        self.reading = weights_for(float(outliers))
 
     @classmethod
     def load(cls, run: str | Path | None = None, *, device: str = "cpu",
