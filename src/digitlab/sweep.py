@@ -13,7 +13,6 @@ import io
 import json
 import math
 import os
-import re
 import signal
 import socket
 import threading
@@ -303,9 +302,9 @@ def open_storage(url: str) -> Any:
             last = _first_line(exc)
             time.sleep(0.5 * (attempt + 1))
         except Exception as exc:  # a bad URL, a missing driver: no point trying again
-            raise SweepError(f"cannot open storage {_redact(url)}: {_first_line(exc)}"
-                             ) from None
-    raise SweepError(f"cannot open storage {_redact(url)}: {last}")
+            raise SweepError(f"cannot open storage {_redact(url)}: "
+                             f"{_scrub(_first_line(exc), url)}") from None
+    raise SweepError(f"cannot open storage {_redact(url)}: {_scrub(last, url)}")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -313,10 +312,40 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+def _credentials(url: str) -> str:
+    """Everything before the last '@' (after '://' where there is one): where a user name
+    and password would be, however oddly the URL is written."""
+    if "@" not in url:
+        return ""
+    head = url[: url.rindex("@")]
+    return head.partition("://")[2] if "://" in head else head
+
+
 def _redact(url: str) -> str:
-    """The storage URL without its password, for messages."""
-    match = re.match(r"^([^:/]+://[^:@/]+):[^@/]*@", url)
-    return f"{match.group(1)}:***@{url[match.end():]}" if match else url
+    """The storage URL without its password, for messages: SQLAlchemy's own rendering where
+    it reads the URL as the user meant it, else everything before the last '@' masked."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        parsed = None
+    if parsed is not None and parsed.password is None:
+        return url  # nothing to hide (and a SQLite path is shown as written)
+    # A second '@' is one SQLAlchemy reads as part of the host: only the fallback hides it.
+    if parsed is not None and url.count("@") == 1:
+        return parsed.render_as_string(hide_password=True)
+    secret = _credentials(url)
+    return url.replace(secret, "***", 1) if secret else url
+
+
+def _scrub(text: str, url: str) -> str:
+    """A message about the storage without the URL's password, wherever the URL (or its
+    user:password part) appears in it."""
+    text = text.replace(url, _redact(url))
+    secret = _credentials(url)
+    return text.replace(secret, "***") if ":" in secret else text
 
 
 # --- running ----------------------------------------------------------------------------
