@@ -91,3 +91,26 @@ def test_whole_numbers_are_fine_where_a_float_is_expected(tmp_path):
     path.write_text("lr = 1\nema = 0\nbetas = [0, 1]\n")
     cfg = resolve(config_file=path)
     assert cfg.lr == 1 and cfg.ema == 0 and cfg.betas == (0, 1)
+
+
+def test_a_deeply_nested_config_is_one_error_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from digitlab.cli import app
+
+    deep = tmp_path / "deep.toml"
+    deep.write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(DigitlabError, match="nested too deeply"):
+        resolve(config_file=deep)
+    result = CliRunner().invoke(app, ["train", "--config", str(deep)])
+    assert result.exit_code == 1
+    assert result.output.strip() == f"Error: {deep}: nested too deeply to be a config file"
+
+
+def test_a_config_that_is_not_text_is_one_error(tmp_path):
+    binary = tmp_path / "weights.toml"
+    binary.write_bytes(b"\xff\xfe\x00lr = 3")
+    with pytest.raises(DigitlabError, match="cannot read"):
+        resolve(config_file=binary)
+    with pytest.raises(DigitlabError, match="cannot read"):
+        resolve(config_file=tmp_path)  # a directory
