@@ -304,10 +304,10 @@ def test_timeout_stops_a_running_trial(tmp_path: Path, mnist_root: Path) -> None
     ("sqlite:////tmp/a@b/study.db", "sqlite:////tmp/a@b/study.db"),
 ])
 def test_storage_urls_are_shown_without_their_password(url: str, shown: str) -> None:
-    from digitlab.sweep import _redact, _scrub
+    from digitlab.sweep.storage import redact, scrub
 
-    assert _redact(url) == shown
-    assert _scrub(f"no luck with {url}", url) == f"no luck with {shown}"
+    assert redact(url) == shown
+    assert scrub(f"no luck with {url}", url) == f"no luck with {shown}"
 
 
 @pytest.mark.parametrize("url", ["postgresql://user:s3/cret@127.0.0.1:1/x",
