@@ -103,3 +103,26 @@ def test_every_preset_is_a_toml_file_a_user_can_copy(name, tmp_path):
     copy.write_text(shipped.read_text(encoding="utf-8"))
     assert resolve(config_file=copy) == resolve(preset=name)
     assert resolve(config_file=copy, flags={"epochs": 3}).epochs == 3
+
+
+def test_a_deeply_nested_config_is_one_error_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from digitlab.cli import app
+
+    deep = tmp_path / "deep.toml"
+    deep.write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(DigitlabError, match="nested too deeply"):
+        resolve(config_file=deep)
+    result = CliRunner().invoke(app, ["train", "--config", str(deep)])
+    assert result.exit_code == 1
+    assert result.output.strip() == f"Error: {deep}: nested too deeply to be a config file"
+
+
+def test_a_config_that_is_not_text_is_one_error(tmp_path):
+    binary = tmp_path / "weights.toml"
+    binary.write_bytes(b"\xff\xfe\x00lr = 3")
+    with pytest.raises(DigitlabError, match="cannot read"):
+        resolve(config_file=binary)
+    with pytest.raises(DigitlabError, match="cannot read"):
+        resolve(config_file=tmp_path)  # a directory

@@ -505,3 +505,27 @@ def test_serve_cli_backend_errors(mlp_run: Path) -> None:
                                  "--port", "0"])
     assert result.exit_code == 1
     assert "no model.onnx in" in result.output and "Traceback" not in result.output
+
+
+def _imports_of(module: str) -> set[str]:
+    """digitlab modules `module` imports anywhere in its source, lazy imports included."""
+    import ast
+
+    import digitlab
+
+    path = Path(digitlab.__file__).parent.joinpath(*module.split(".")[1:]).with_suffix(".py")
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {name for name in found if name.startswith("digitlab.")}
+
+
+def test_export_does_not_import_the_api_that_imports_it() -> None:
+    assert "digitlab.export" in _imports_of("digitlab.api")  # the in-memory ONNX twin
+    assert "digitlab.api" not in _imports_of("digitlab.export")
+    from digitlab import api, assets
+
+    assert api.DEFAULT_WEIGHTS == assets.DEFAULT_WEIGHTS  # the public name still works

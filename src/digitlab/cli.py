@@ -381,7 +381,8 @@ def sweep_cmd(
                                          "seconds (a running trial is stopped too)."),
     study: str | None = typer.Option(None, "--study", help="Study name (default: from the "
                                      "space file's name)."),
-    storage: str | None = typer.Option(None, "--storage", help="Optuna storage URL (default: "
+    storage: str | None = typer.Option(None, "--storage", envvar="DIGITLAB_SWEEP_STORAGE",
+                                       help="Optuna storage URL (default: "
                                        "sqlite:///<dir>/study.db; postgresql://... to share "
                                        "a study between machines)."),
     preset: str | None = typer.Option(None, help="Preset the trials start from (default: the "

@@ -187,6 +187,10 @@ def load_toml(path: Path) -> dict[str, Any]:
         raise DigitlabError(f"config file not found: {path}") from None
     except tomllib.TOMLDecodeError as exc:
         raise DigitlabError(f"{path}: not valid TOML ({exc})") from None
+    except RecursionError:  # tomllib parses nested arrays and tables recursively
+        raise DigitlabError(f"{path}: nested too deeply to be a config file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DigitlabError(f"{path}: cannot read ({exc})") from None
 
 
 def resolve(

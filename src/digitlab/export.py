@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from torch import nn
 import digitlab
 from digitlab.backends import BackendError, OnnxBackend, contract_to_props
 from digitlab.errors import DigitlabError
+from digitlab.files import atomic_output
 
 FORMATS = ("onnx", "torchscript")
 EXPORTERS = ("auto", "dynamo", "torchscript")
@@ -361,22 +361,16 @@ def export_module(
     def reference(x: torch.Tensor) -> np.ndarray:
         return torch.softmax(model(x).float(), dim=1).numpy().astype(np.float64)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(blob)
-        candidate = _exported_call(tmp, fmt)
+    with atomic_output(out) as fh:
+        fh.write(blob)
+        fh.flush()
+        candidate = _exported_call(Path(fh.name), fmt)
         result = compare(reference, candidate, images)
         result.tolerance = tolerance
         if not result.ok:
             raise ExportError(
                 f"the exported {fmt} model ({used} exporter) disagrees with PyTorch: "
                 f"{result.summary()}; nothing was written to {out}")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return ExportResult(path=out, format=fmt, exporter=used, check=result, contract=contract,
                         notes=notes)
 
@@ -403,7 +397,7 @@ def default_weights() -> Path:
     """The model shipped inside the package (what predict and serve use without --run)."""
     from importlib import resources
 
-    from digitlab.api import DEFAULT_WEIGHTS
+    from digitlab.assets import DEFAULT_WEIGHTS
 
     path = Path(str(resources.files("digitlab") / "assets" / DEFAULT_WEIGHTS))
     if not path.is_file():

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from digitlab.api import Prediction, Recognizer, failed, png_bytes
-from digitlab.data.idx import atomic_write
 from digitlab.errors import DigitlabError
+from digitlab.files import atomic_write
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 CHUNK = 64  # images preprocessed and classified together; output appears chunk by chunk

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
+import math
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 
@@ -19,7 +18,15 @@ import numpy as np
 
 from digitlab.errors import DataError
 
+# Re-exported: modules outside the data layer long imported the helper from here.
+from digitlab.files import atomic_write as atomic_write
+
 UINT8 = 0x08
+HEADER_MAX = 4 + 4 * 255  # the longest IDX header: 255 dimensions
+# Far above the largest dataset digitlab knows (MNIST's training images, 47 MB): a bound on
+# what a gzipped file may expand to, whatever its header says.
+MAX_IDX_BYTES = 1 << 30
+TRAILING = 16  # decompressed past the declared size, to report extra bytes as such
 
 
 def decode_idx(raw: bytes, *, name: str = "<bytes>", ndim: int | None = None) -> np.ndarray:
@@ -38,7 +45,7 @@ def decode_idx(raw: bytes, *, name: str = "<bytes>", ndim: int | None = None) ->
     if len(raw) < header:
         raise DataError(f"{name}: truncated header ({len(raw)} bytes)")
     shape = struct.unpack(f">{dims}I", raw[4:header])
-    expected = int(np.prod(shape, dtype=np.int64))
+    expected = math.prod(shape)  # Python ints: a product of crafted sizes must not wrap
     body = len(raw) - header
     if body < expected:
         raise DataError(
@@ -62,12 +69,51 @@ def read_raw(path: Path) -> bytes:
         data = path.read_bytes()
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror})") from exc
-    if data[:2] == b"\x1f\x8b":
-        try:
-            return gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise DataError(f"{path}: corrupt or truncated gzip data ({exc})") from exc
-    return data
+    return gunzip_idx(data, name=str(path)) if data[:2] == b"\x1f\x8b" else data
+
+
+def _declared_size(head: bytes) -> int | None:
+    """Bytes the IDX file starting with `head` says it holds; None until the header is
+    complete or when `head` is not an IDX header at all (then decode_idx says why)."""
+    if len(head) < 4 or head[:3] != bytes([0, 0, UINT8]) or head[3] == 0:
+        return None
+    header = 4 + 4 * head[3]
+    if len(head) < header:
+        return None
+    return header + math.prod(struct.unpack(f">{head[3]}I", head[4:header]))
+
+
+def gunzip_idx(data: bytes, *, name: str, limit: int = MAX_IDX_BYTES) -> bytes:
+    """Gunzip an IDX file, decompressing no more than its header declares (and never more
+    than `limit`): a small crafted file cannot expand to gigabytes first."""
+    out = bytearray()
+    stream = zlib.decompressobj(16 + zlib.MAX_WBITS)  # gzip framing only
+    pending, cap, declared = data, HEADER_MAX, 0
+    try:
+        while True:
+            out += stream.decompress(pending, cap + 1 - len(out))
+            if cap == HEADER_MAX and (len(out) >= HEADER_MAX or stream.eof):
+                declared = _declared_size(bytes(out))
+                if declared is None:  # not IDX: the header alone shows what is wrong
+                    return bytes(out[:HEADER_MAX])
+                if declared > limit:
+                    raise DataError(f"{name}: declares {declared:,} bytes of data, more than "
+                                    f"the {limit:,} an IDX file may hold here")
+                cap = max(declared + TRAILING, HEADER_MAX)
+            if len(out) > cap:
+                raise DataError(f"{name}: decompresses to more than the {declared:,} bytes "
+                                "its header declares")
+            if stream.eof:
+                if not stream.unused_data.strip(b"\0"):
+                    return bytes(out)
+                pending = stream.unused_data  # another gzip member follows
+                stream = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            elif stream.unconsumed_tail:
+                pending = stream.unconsumed_tail
+            else:
+                raise EOFError("compressed data ended before the end-of-stream marker")
+    except (EOFError, zlib.error) as exc:
+        raise DataError(f"{name}: corrupt or truncated gzip data ({exc})") from exc
 
 
 def read_idx(path: Path, *, ndim: int | None = None) -> np.ndarray:
@@ -76,40 +122,6 @@ def read_idx(path: Path, *, ndim: int | None = None) -> np.ndarray:
 
 def md5(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
-
-
-def _read_umask() -> int:
-    # os.umask can only be read by setting it; done once at import, before any threads.
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same directory and rename, so readers never see half a file.
-
-    The file gets the permissions a plain open() would give it (mkstemp's temp files are
-    0600), or keeps those of the file it replaces.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        mode = path.stat().st_mode & 0o777
-    except FileNotFoundError:
-        mode = 0o666 & ~_UMASK
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_idx_gz(path: Path, array: np.ndarray) -> None:

@@ -51,7 +51,7 @@ def show_grid(name: str, root: Path, *, split: str, start: int, count: int, out:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from digitlab.data.idx import atomic_write
+    from digitlab.files import atomic_write
 
     data = load_split(name, root, split)
     if count < 1:

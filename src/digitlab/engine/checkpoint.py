@@ -13,7 +13,6 @@ import hashlib
 import io
 import os
 import random
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from digitlab.errors import RunDirError
+from digitlab.files import atomic_output
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"
@@ -97,19 +97,11 @@ def save(run: Path, payload: dict[str, Any]) -> Path:
     buffer = io.BytesIO()
     torch.save(body, buffer)
     path = run / CHECKPOINT
-    fd, tmp = tempfile.mkstemp(dir=run, prefix=f".{CHECKPOINT}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(buffer.getbuffer())
-            fh.flush()
-            os.fsync(fh.fileno())
+    with atomic_output(path) as fh:
+        fh.write(buffer.getbuffer())
         if path.exists():
             os.replace(path, run / PREVIOUS)
         # Killed here, only checkpoint.prev.pt exists: load() falls back to it.
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
