@@ -3,14 +3,17 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Every pip install, and the build environments pip and `build` make, at the versions of
+# constraints.txt: a new release elsewhere changes nothing until that file does.
+PINNED := PIP_CONSTRAINT=$(CURDIR)/constraints.txt
 
 .PHONY: train test bench lint default-model clean-venv dist wheel-check constraints
 
 # Everything (every extra, the test and lint tools), at the versions CI runs: constraints.txt.
 $(STAMP): pyproject.toml setup.py constraints.txt src/digitlab/vision/_flat.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip -c constraints.txt
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(PINNED) $(PY) -m pip install --quiet --upgrade pip
+	$(PINNED) $(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 train: $(STAMP)
@@ -46,7 +49,7 @@ clean-venv:
 # The sdist and a wheel (with the compiled extension) in dist/.
 dist: $(STAMP)
 	rm -rf dist
-	$(PY) -m build --outdir dist .
+	$(PINNED) $(PY) -m build --outdir dist .
 
 # The wheel installed alone into clean venvs: the core install reads digits without
 # PyTorch, and [serve] serves them.
