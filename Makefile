@@ -3,13 +3,17 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Every pip install, and the build environments pip and `build` make, at the versions of
+# constraints.txt: a new release elsewhere changes nothing until that file does.
+PINNED := PIP_CONSTRAINT=$(CURDIR)/constraints.txt
 
-.PHONY: train test bench lint default-model clean-venv
+.PHONY: train test bench lint default-model clean-venv dist wheel-check constraints
 
-$(STAMP): pyproject.toml setup.py src/digitlab/vision/_flat.c
+# Everything (every extra, the test and lint tools), at the versions CI runs: constraints.txt.
+$(STAMP): pyproject.toml setup.py constraints.txt src/digitlab/vision/_flat.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PINNED) $(PY) -m pip install --quiet --upgrade pip
+	$(PINNED) $(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 train: $(STAMP)
@@ -41,3 +45,19 @@ default-model: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The sdist and a wheel (with the compiled extension) in dist/.
+dist: $(STAMP)
+	rm -rf dist
+	$(PINNED) $(PY) -m build --outdir dist .
+
+# The wheel installed alone into clean venvs: the core install reads digits without
+# PyTorch, and [serve] serves them.
+wheel-check: dist
+	$(PY) .ci/wheel_check.py dist
+
+# Pin what .venv holds now as the versions CI installs.
+constraints: $(STAMP)
+	{ sed -n '/^#/p' constraints.txt; $(PY) -m pip freeze --all --exclude-editable \
+		| grep -v '^digitlab'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt

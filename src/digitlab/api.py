@@ -319,7 +319,7 @@ class Recognizer:
                 return shipped
             if backend == "onnxruntime":
                 raise DigitlabError("--backend onnxruntime needs onnxruntime (pip install "
-                                    "'digitlab[export]') and the package's default-model.onnx "
+                                    "onnxruntime) and the package's default-model.onnx "
                                     "(`make default-model`), or an exported model as --run")
         is_onnx = run is not None and Path(run).suffix.lower() == ".onnx"
         if backend == "onnxruntime" or (backend is None and is_onnx):

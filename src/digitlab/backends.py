@@ -112,8 +112,8 @@ class OnnxBackend:
         try:
             import onnxruntime as ort
         except ImportError:
-            raise BackendError("--backend onnxruntime needs onnxruntime: "
-                               "pip install 'digitlab[export]'") from None
+            raise BackendError("--backend onnxruntime needs onnxruntime, part of digitlab's "
+                               "own install: pip install onnxruntime") from None
         source: str | bytes
         if isinstance(path, bytes):
             source, path = path, Path("<in memory>")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import importlib.util
 import json
 import os
 import sys
@@ -16,6 +17,51 @@ from typer.core import TyperGroup
 
 from digitlab.errors import DigitlabError
 
+# What each extra brings, by the top-level module a command imports: `pip install digitlab`
+# reads digits; a command that needs more names the extra to install (pyproject.toml).
+EXTRAS: dict[str, dict[str, str]] = {
+    "train": {"torch": "PyTorch", "safetensors": "safetensors", "numcodecs": "numcodecs",
+              "onnx": "the ONNX exporter", "onnxscript": "the ONNX exporter"},
+    "serve": {"fastapi": "FastAPI", "starlette": "FastAPI", "uvicorn": "uvicorn",
+              "multipart": "python-multipart", "python_multipart": "python-multipart"},
+    "sweep": {"optuna": "Optuna", "sqlalchemy": "SQLAlchemy", "psycopg2": "psycopg2"},
+    "report": {"matplotlib": "matplotlib"},
+    "tensorboard": {"tensorboard": "TensorBoard"},
+}
+# Commands whose own extra brings PyTorch too (see pyproject.toml): one install, not two.
+_COMMAND_EXTRA = {"sweep": "sweep"}
+
+
+def missing_extra(exc: ImportError, command: str) -> str | None:
+    """The line to print when exc is a module of an extra that is not installed, else None
+    (a module that is there but fails to import is a real error, shown as one)."""
+    name = getattr(exc, "name", None)
+    if not isinstance(exc, ModuleNotFoundError) or not name:
+        return None
+    top = name.partition(".")[0]
+    try:
+        if importlib.util.find_spec(top) is not None:
+            return None
+    except (ImportError, ValueError):
+        pass  # not importable: missing as far as this process goes
+    found = [(extra, modules[top]) for extra, modules in EXTRAS.items() if top in modules]
+    if not found:
+        return None
+    extra, what = found[0]
+    own = _COMMAND_EXTRA.get(command.split()[0])
+    if own is not None and (top in EXTRAS[own] or extra == "train"):
+        extra = own
+    return f"Error: `digitlab {command}` needs {what}: pip install 'digitlab[{extra}]'"
+
+
+def _command(ctx: Any) -> str:
+    """The subcommand's path without the program name ("train", "data show")."""
+    names = [ctx.invoked_subcommand or ""]
+    while ctx.parent is not None:
+        names.insert(0, ctx.info_name)
+        ctx = ctx.parent
+    return " ".join(n for n in names if n)
+
 
 class _Group(TyperGroup):
     """Turns errors a user can cause into one line on stderr and exit code 1."""
@@ -25,6 +71,12 @@ class _Group(TyperGroup):
             return super().invoke(ctx)
         except DigitlabError as exc:
             typer.echo(f"Error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        except ImportError as exc:
+            line = missing_extra(exc, _command(ctx))
+            if line is None:
+                raise
+            typer.echo(line, err=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             typer.echo("Error: interrupted", err=True)
@@ -48,9 +100,14 @@ def _root(root: Path | None) -> Path:
 
 def _version(value: bool) -> None:
     if value:
-        import torch
-
         from digitlab import __version__
+
+        try:
+            import torch
+        except ModuleNotFoundError:  # the core install: onnxruntime reads digits
+            typer.echo(f"digitlab {__version__}, torch not installed "
+                       "(pip install 'digitlab[train]')")
+            raise typer.Exit() from None
         from digitlab.device import auto_device
 
         typer.echo(f"digitlab {__version__}, torch {torch.__version__}, "

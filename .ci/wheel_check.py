@@ -1,0 +1,210 @@
+"""The built wheel, installed alone into clean venvs and used as a user would use it.
+
+    python .ci/wheel_check.py dist      (what `make wheel-check` runs after `make dist`)
+
+1. The wheel holds the shipped model, the drawing page and the compiled extension.
+2. Core install (`pip install digitlab-*.whl`): no PyTorch is downloaded or installed,
+   `digitlab predict` reads real MNIST test digits, drawn as photos, with the same answers
+   as this full install, and a command whose extra is missing names it.
+3. `digitlab-*.whl[serve]`: `digitlab serve` on 127.0.0.1 answers a drawn digit.
+
+Packages come from the registry at the versions of constraints.txt. One venv at a time,
+under the system's temporary directory, removed when done. Run it with the full install's
+Python (.venv): it writes the test images and gives the reference answers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import venv
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = 20  # the first MNIST test images
+START_S = 120  # for the server to load its model and listen
+INSTALL_S = 1200
+# The venvs see only what is installed in them (PYTHONPATH=src would show them this
+# checkout instead of the wheel).
+CLEAN_ENV = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+
+
+def fail(message: str) -> None:
+    print(f"wheel-check: FAILED: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def check_files(wheel: Path) -> None:
+    names = zipfile.ZipFile(wheel).namelist()
+    for needed in ("digitlab/assets/default-model.onnx", "digitlab/assets/default-model.json",
+                   "digitlab/serve/static/index.html", "digitlab/vision/_flat."):
+        if not any(n.startswith(needed) for n in names):
+            fail(f"{wheel.name} has no {needed}")
+    if not any(re.fullmatch(r"digitlab/vision/_flat\..*\.(so|pyd)", n) for n in names):
+        fail(f"{wheel.name} has no compiled vision/_flat extension")
+
+
+def write_digits(folder: Path) -> tuple[list[Path], list[int]]:
+    """MNIST test digits as a phone photo of paper would show them: dark ink on light,
+    uneven paper, four times the size."""
+    from digitlab.data.idx import read_idx
+    from digitlab.data.sources import default_root, fetch, get_spec, split_path
+
+    root = default_root()
+    fetch("mnist", root=root)
+    spec = get_spec("mnist")
+    images = read_idx(split_path(spec, root, "test_images"))[:DIGITS]
+    labels = read_idx(split_path(spec, root, "test_labels"))[:DIGITS]
+    paper = np.linspace(215, 245, 112)[None, :]
+    paths = []
+    for i, image in enumerate(images):
+        big = np.kron(image, np.ones((4, 4))).astype(np.float64)
+        photo = (paper - big * (paper - 30) / 255).clip(0, 255).astype(np.uint8)
+        paths.append(folder / f"mnist-test-{i}.png")
+        Image.fromarray(photo).save(paths[-1])
+    return paths, [int(v) for v in labels]
+
+
+@contextmanager
+def clean_venv(folder: Path, wheel: Path, extra: str) -> Iterator[Path]:
+    """A venv with the wheel (and extra) installed at the constraints' versions; PyTorch may
+    not be among what it pulls in. Yields its bin directory; removed afterwards."""
+    venv.create(folder, with_pip=True, clear=True)
+    no_torch = folder.parent / "no-torch.txt"
+    no_torch.write_text("torch<0\n")  # any requirement of torch now fails the install
+    bin_dir = folder / "bin"
+    try:
+        subprocess.run([str(bin_dir / "python"), "-m", "pip", "install", "--quiet",
+                        "-c", str(ROOT / "constraints.txt"), "-c", str(no_torch),
+                        f"{wheel}{extra}"], check=True, timeout=INSTALL_S, env=CLEAN_ENV)
+        yield bin_dir
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def predict(command: list[str], images: list[Path], *extra: str,
+            env: dict[str, str] | None = None) -> list[dict]:
+    done = subprocess.run([*command, "predict", "--json", *extra, *map(str, images)],
+                          capture_output=True, text=True, timeout=300, cwd=images[0].parent,
+                          env=env)
+    if done.returncode != 0:
+        fail(f"{' '.join(command)} predict: exit {done.returncode}\n{done.stderr}")
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def megabytes(folder: Path) -> float:
+    return sum(p.lstat().st_blocks * 512 for p in folder.rglob("*")) / 2**20  # as du
+
+
+def check_core(bin_dir: Path, images: list[Path], labels: list[int],
+               reference: list[dict], torch_answers: list[dict]) -> None:
+    python = str(bin_dir / "python")
+    probe = ("import importlib.util as u; "
+             "print([m for m in ('torch', 'fastapi', 'matplotlib') if u.find_spec(m)])")
+    found = subprocess.run([python, "-c", probe], capture_output=True, text=True, check=True,
+                           env=CLEAN_ENV)
+    if found.stdout.strip() != "[]":
+        fail(f"the core install has {found.stdout.strip()}")
+    answers = predict([str(bin_dir / "digitlab")], images, env=CLEAN_ENV)
+    if answers != reference:
+        fail(f"the core install answers differently:\n{answers}\nagainst\n{reference}")
+    for core, torch in zip(answers, torch_answers, strict=True):
+        if core["digit"] != torch["digit"] or abs(core["confidence"] - torch["confidence"]) > 1e-4:
+            fail(f"onnxruntime and PyTorch disagree on {core['path']}: {core} against {torch}")
+    right = sum(a["digit"] == label for a, label in zip(answers, labels, strict=True))
+    if right < 0.9 * len(labels):
+        fail(f"only {right} of {len(labels)} MNIST test digits read right")
+    print(f"core install: {right}/{len(labels)} MNIST test digits read as photos, the same "
+          "answers as the full install")
+    train = subprocess.run([str(bin_dir / "digitlab"), "train"], capture_output=True,
+                           text=True, timeout=120, env=CLEAN_ENV)
+    want = "Error: `digitlab train` needs PyTorch: pip install 'digitlab[train]'\n"
+    if (train.returncode, train.stderr) != (1, want):
+        fail(f"digitlab train without PyTorch: exit {train.returncode}, {train.stderr!r}")
+
+
+def post(url: str, body: bytes, content_type: str) -> dict:
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": content_type})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def check_serve(bin_dir: Path, image: Path, label: int) -> None:
+    env = {**CLEAN_ENV, "PYTHONUNBUFFERED": "1"}
+    server = subprocess.Popen([str(bin_dir / "digitlab"), "serve", "--port", "0",
+                               "--no-access-log"], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        url, deadline, seen = None, time.monotonic() + START_S, []
+        assert server.stdout is not None
+        while url is None and time.monotonic() < deadline:
+            line = server.stdout.readline()
+            if not line:
+                break
+            seen.append(line)
+            found = re.search(r"digitlab serve: (http://127\.0\.0\.1:\d+/)", line)
+            url = found.group(1) if found else None
+        if url is None:
+            fail("digitlab serve did not start:\n" + "".join(seen))
+        with urllib.request.urlopen(url + "healthz", timeout=30) as response:
+            if response.status != 200:
+                fail(f"/healthz: {response.status}")
+        data = image.read_bytes()
+        raw = post(url + "api/predict", data, "image/png")
+        boundary = "digitlab-wheel-check"
+        form = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+                f"filename=\"{image.name}\"\r\nContent-Type: image/png\r\n\r\n").encode() \
+            + data + f"\r\n--{boundary}--\r\n".encode()
+        upload = post(url + "api/predict", form, f"multipart/form-data; boundary={boundary}")
+        if raw["digit"] != label or upload["digit"] != label:
+            fail(f"digitlab serve read {image.name} as {raw['digit']} and {upload['digit']}, "
+                 f"not {label}")
+        print(f"serve install: {url}api/predict read {image.name} as {label} (raw and form)")
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def main() -> None:
+    dist = Path(sys.argv[1] if len(sys.argv) > 1 else "dist")
+    wheels, sdists = sorted(dist.glob("digitlab-*.whl")), sorted(dist.glob("digitlab-*.tar.gz"))
+    if len(wheels) != 1 or len(sdists) != 1:
+        fail(f"{dist} should hold one wheel and one sdist: {wheels + sdists}")
+    wheel = wheels[0].resolve()
+    check_files(wheel)
+    with tempfile.TemporaryDirectory(prefix="digitlab-wheel-check-") as tmp:
+        work = Path(tmp)
+        (work / "images").mkdir()
+        images, labels = write_digits(work / "images")
+        full = [sys.executable, "-m", "digitlab"]
+        reference = predict(full, images)
+        torch_answers = predict(full, images, "--backend", "torch")
+        with clean_venv(work / "venv", wheel, "") as bin_dir:
+            check_core(bin_dir, images, labels, reference, torch_answers)
+            print(f"core install: venv of {megabytes(work / 'venv'):.0f} MiB")
+        with clean_venv(work / "venv", wheel, "[serve]") as bin_dir:
+            check_serve(bin_dir, images[0], labels[0])
+            print(f"serve install: venv of {megabytes(work / 'venv'):.0f} MiB")
+    print(f"wheel-check: passed ({wheel.name}, {sdists[0].name})")
+
+
+if __name__ == "__main__":
+    main()
