@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import stat
 import warnings
 from collections.abc import Iterator
 from typing import BinaryIO
@@ -117,15 +118,21 @@ def _read_bytes(source: Source, max_bytes: int) -> bytes:
 
 def _read_path(path: str, max_bytes: int) -> bytes:
     try:
-        size = os.stat(path).st_size
-        if os.path.isdir(path):
-            raise ImageError(f"'{path}' is a directory, not an image file")
-        if size > max_bytes:
-            raise ImageError(f"'{path}' is larger than the {_mib(max_bytes)} limit")
-        with open(path, "rb") as handle:
+        # Not blocking: opening a FIFO for reading would wait for a writer forever.
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with open(descriptor, "rb") as handle:
+            found = os.fstat(handle.fileno())
+            if stat.S_ISDIR(found.st_mode):
+                raise ImageError(f"'{path}' is a directory, not an image file")
+            if not stat.S_ISREG(found.st_mode):
+                raise ImageError(f"'{path}' is not a regular file (a pipe, device or socket)")
+            if found.st_size > max_bytes:
+                raise ImageError(f"'{path}' is larger than the {_mib(max_bytes)} limit")
             return handle.read(max_bytes + 1)
     except FileNotFoundError:
         raise ImageError(f"no such image file: '{path}'") from None
+    except IsADirectoryError:
+        raise ImageError(f"'{path}' is a directory, not an image file") from None
     except OSError as err:
         raise ImageError(f"cannot read '{path}': {err.strerror or err}") from None
 
