@@ -72,15 +72,15 @@ def jpeg_white() -> bytes:
     return buffer.getvalue()
 
 
-def bmp_rle8() -> bytes:
-    """~4.9 MB: a BMP_SIDE x BMP_SIDE 8-bit RLE BMP of short runs (Pillow's RLE decoder
-    is written in Python, so its cost follows the number of runs)."""
-    run = b"\x0f\x00\x0f\x01"  # 15 pixels of colour 0, then 15 of colour 1
-    line = run * (BMP_SIDE // 30) + b"\x00\x00"  # end of line
-    pixels = line * BMP_SIDE + b"\x00\x01"  # end of bitmap
+def bmp_rle8(side: int = BMP_SIDE) -> bytes:
+    """~4.9 MB: a side x side 8-bit RLE BMP of short runs, side a multiple of 30 (Pillow's
+    RLE decoder is written in Python, so its cost follows the number of runs)."""
+    run = b"\x0f\x00\x0f\xff"  # 15 pixels of colour 0 (black), then 15 of 255 (white)
+    line = run * (side // 30) + b"\x00\x00"  # end of line
+    pixels = line * side + b"\x00\x01"  # end of bitmap
     palette = b"".join(bytes((i, i, i, 0)) for i in range(256))
     offset = 14 + 40 + len(palette)
-    info = struct.pack("<IiiHHIIiiII", 40, BMP_SIDE, BMP_SIDE, 1, 8, 1, len(pixels),
+    info = struct.pack("<IiiHHIIiiII", 40, side, side, 1, 8, 1, len(pixels),
                        2835, 2835, 256, 0)
     head = b"BM" + struct.pack("<IHHI", offset + len(pixels), 0, 0, offset)
     return head + info + palette + pixels

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from digitlab.vision.decode import decode_image
-from hostile_images import HOSTILE, write_all
+from digitlab.vision.decode import TooLarge, decode_image, plain_pixels
+from hostile_images import HOSTILE, bmp_rle8, write_all
 
 MAX_CPU_S = 0.25
 MAX_GROWTH = 100 * 2**20  # peak RSS over the RSS before reading the file
@@ -131,3 +131,28 @@ def test_predict_prints_no_pillow_warning(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     assert done.stdout.startswith(f"{path}: 1")
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF"])
+def test_a_server_can_ask_for_a_lower_pixel_limit(fmt: str) -> None:
+    buffer = io.BytesIO()
+    Image.new("L", (300, 200), 255).save(buffer, format=fmt)
+    data = buffer.getvalue()
+    assert decode_image(data, max_pixels=300 * 200).shape == (200, 300)
+    with pytest.raises(TooLarge, match="300x200 pixels, more than the 59,999 pixel limit"):
+        decode_image(data, max_pixels=300 * 200 - 1)
+    if fmt == "PNG":
+        assert plain_pixels(data, max_pixels=300 * 200 - 1) is None
+
+
+def test_run_length_bmps_are_read_up_to_their_limits() -> None:
+    grey = decode_image(bmp_rle8(300))
+    assert grey.shape == (300, 300)
+    assert grey[0, 0] == 0.0 and grey[0, 15] == 1.0 and grey[-1, 29] == 1.0
+    with pytest.raises(TooLarge, match="run-length compressed BMP of 6000x6000"):
+        decode_image(bmp_rle8())
+
+
+def test_what_would_take_too_much_memory_is_refused_from_its_header() -> None:
+    with pytest.raises(TooLarge, match="6300x6300 pixels in mode RGBA: decoding it would take"):
+        decode_image(HOSTILE["png_rgba_zeros.png"]())

@@ -48,6 +48,11 @@ _UPRIGHT = {
 }
 
 
+class TooLarge(ImageError):
+    """A file refused for its size: too many bytes or pixels, or more memory or time to
+    decode than a picture may take (an HTTP server's 413)."""
+
+
 def decode_image(
     source: Source, *, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS
 ) -> np.ndarray:
@@ -112,7 +117,7 @@ def _read_bytes(source: Source, max_bytes: int) -> bytes:
     if not data:
         raise ImageError(f"{_describe(source)} is empty (0 bytes)")
     if len(data) > max_bytes:
-        raise ImageError(f"{_describe(source)} is larger than the {_mib(max_bytes)} limit")
+        raise TooLarge(f"{_describe(source)} is larger than the {_mib(max_bytes)} limit")
     return data
 
 
@@ -127,7 +132,7 @@ def _read_path(path: str, max_bytes: int) -> bytes:
             if not stat.S_ISREG(found.st_mode):
                 raise ImageError(f"'{path}' is not a regular file (a pipe, device or socket)")
             if found.st_size > max_bytes:
-                raise ImageError(f"'{path}' is larger than the {_mib(max_bytes)} limit")
+                raise TooLarge(f"'{path}' is larger than the {_mib(max_bytes)} limit")
             return handle.read(max_bytes + 1)
     except FileNotFoundError:
         raise ImageError(f"no such image file: '{path}'") from None
@@ -163,7 +168,7 @@ def _open(data: bytes, name: str, max_pixels: int) -> Image.Image:
         except ImageError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise ImageError(f"{name} has too many pixels (decompression bomb?)") from None
+            raise TooLarge(f"{name} has too many pixels (decompression bomb?)") from None
         except Image.UnidentifiedImageError:
             raise ImageError(
                 f"{name} is not in a supported image format ({', '.join(FORMATS)})"
@@ -189,14 +194,14 @@ def _check_cost(image: Image.Image, name: str, size: int) -> None:
     # Pillow's RLE decoder is written in Python: its time follows pixels and runs.
     rle = image.format == "BMP" and image.info.get("compression") in _BMP_RLE
     if rle and (width * height > RLE_MAX_PIXELS or size > RLE_MAX_BYTES):
-        raise ImageError(
+        raise TooLarge(
             f"{name} is a run-length compressed BMP of {width}x{height} pixels in "
             f"{size:,} bytes; at most {RLE_MAX_PIXELS:,} pixels and {_mib(RLE_MAX_BYTES)} "
             "are read in that form (save it as PNG)"
         )
     needed = _decode_bytes(image)
     if needed > MAX_DECODE_BYTES:
-        raise ImageError(
+        raise TooLarge(
             f"{name} is {width}x{height} pixels in mode {image.mode}: decoding it would "
             f"take {needed / 2**20:.0f} MiB of memory, more than the "
             f"{_mib(MAX_DECODE_BYTES)} limit "
@@ -223,7 +228,7 @@ def _decode_bytes(image: Image.Image) -> int:
 def _check_size(size: tuple[int, int], name: str, max_pixels: int) -> None:
     width, height = size
     if width * height > max_pixels:
-        raise ImageError(
+        raise TooLarge(
             f"{name} is {width}x{height} pixels, more than the {max_pixels:,} pixel limit"
         )
     if min(width, height) < MIN_SIDE:
