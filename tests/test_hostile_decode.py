@@ -101,9 +101,10 @@ def test_huge_pictures_are_read_at_the_working_size() -> None:
     """What the preprocessing would shrink is shrunk by the decoder, to the same shape."""
     wide = Image.new("RGB", (4000, 1000), (255, 255, 255))
     ImageDraw.Draw(wide).rectangle([1900, 200, 2100, 800], fill=(0, 0, 0))
-    for fmt in ("PNG", "JPEG"):
+    for fmt in ("PNG", "JPEG", "MPO"):  # MPO: a camera's JPEG with its previews
         buffer = io.BytesIO()
-        wide.save(buffer, format=fmt)
+        extra = {"save_all": True, "append_images": [wide]} if fmt == "MPO" else {}
+        wide.save(buffer, format=fmt, **extra)
         grey = decode_image(buffer.getvalue())
         assert grey.shape == (400, 1600) and grey.dtype == np.float32
         assert grey[200, 800] < 0.1 and grey[200, 100] > 0.9

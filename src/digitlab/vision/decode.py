@@ -59,7 +59,10 @@ def decode_image(
     """Decode a path, bytes or binary file object into a float32 grey image in [0, 1].
 
     EXIF orientation is applied, transparency is composited onto the background the
-    drawing implies, and only the first frame of an animation is used.
+    drawing implies, and only the first frame of an animation is used. A picture larger
+    than the preprocessing works at comes out shrunk to that size (preprocess.work_shape).
+    A server passes a max_pixels below the default to take less work per upload; a file
+    refused for its size raises TooLarge.
     """
     data = _read_bytes(source, max_bytes)
     plain = plain_grey(data, max_pixels=max_pixels)
@@ -150,17 +153,17 @@ def _open(data: bytes, name: str, max_pixels: int) -> Image.Image:
     """Open and decode the first frame, turning every decoder failure into ImageError.
 
     Nothing is decoded whole that the preprocessing would shrink anyway where the format
-    can help it (a JPEG is decoded at 1/2 to 1/8 scale, in grey), and nothing whose
-    decoding would take more memory than MAX_DECODE_BYTES.
+    can help it, and nothing whose decoding would take more than MAX_DECODE_BYTES.
     """
     with _quiet():
         try:
             image = Image.open(io.BytesIO(data), formats=FORMATS)
             _check_size(image.size, name, max_pixels)
             image.seek(0)
-            if image.format == "JPEG":
-                height, width = work_shape(image.height, image.width)
-                image.draft("L", (width, height))
+            # JPEG (and a camera's MPO) can decode at 1/2 to 1/8 scale, in grey; no other
+            # format does, and for those draft does nothing.
+            height, width = work_shape(image.height, image.width)
+            image.draft("L", (width, height))
             _check_cost(image, name, len(data))
             image.load()
             _check_size(image.size, name, max_pixels)
