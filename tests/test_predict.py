@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import struct
+import subprocess
+import sys
+import threading
 import zlib
 from pathlib import Path
 
@@ -16,6 +20,7 @@ from typer.testing import CliRunner
 
 from digitlab.api import LOW_CONFIDENCE, Prediction, Recognizer
 from digitlab.cli import app
+from digitlab.vision.decode import MAX_BYTES
 
 runner = CliRunner()
 BASE_KEYS = {"path", "digit", "confidence", "probabilities", "top_k", "low_confidence", "blank"}
@@ -417,3 +422,63 @@ def test_option_errors_are_clean(tmp_path, photos):
         result = invoke("predict", photos[0][0], *args)
         assert result.exit_code == 1 and fragment in result.stderr
         assert "Traceback" not in result.output
+
+
+
+def run_process(args: list[object], *, feed: bytes = b"", repeat: int = 0,
+                timeout: float = 120) -> tuple[int, str, str, int]:
+    """`digitlab predict ARGS` in a process of its own, its stdin fed `feed` `repeat` times
+    for as long as it reads: exit code, stdout, stderr and its peak RSS in bytes (os.wait4's
+    figure for this child alone). A run past `timeout` is killed and fails the test."""
+    child = subprocess.Popen([sys.executable, "-m", "digitlab", "predict", *map(str, args)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+
+    def write() -> None:
+        try:
+            for _ in range(repeat):
+                child.stdin.write(feed)
+            child.stdin.close()
+        except BrokenPipeError:
+            pass  # it stopped reading, as a bounded read does
+
+    streams: dict[int, bytes] = {}
+    threads = [threading.Thread(target=write, daemon=True)] + [
+        threading.Thread(target=lambda n=n, s=s: streams.__setitem__(n, s.read()), daemon=True)
+        for n, s in enumerate([child.stdout, child.stderr])]
+    for thread in threads:
+        thread.start()
+    late = threading.Event()
+    timer = threading.Timer(timeout, lambda: (late.set(), child.kill()))
+    timer.start()
+    _, status, usage = os.wait4(child.pid, 0)
+    timer.cancel()
+    child.returncode = os.waitstatus_to_exitcode(status)
+    assert not late.is_set(), f"digitlab predict {args} did not end within {timeout} s"
+    for thread in threads[1:]:
+        thread.join(timeout)
+    return child.returncode, streams[0].decode(), streams[1].decode(), usage.ru_maxrss * 1024
+
+
+@pytest.mark.timeout(300)
+def test_a_fifo_is_refused_and_the_other_files_answered(tmp_path, photos):
+    fifo = tmp_path / "waiting.png"
+    os.mkfifo(fifo)
+    good, label = photos[0]
+    code, out, err, _ = run_process([fifo, good])
+    assert code == 1
+    assert err.strip().splitlines() == [f"error: '{fifo}' is not a regular file "
+                                        "(a pipe, device or socket)"]
+    assert out.startswith(f"{good}: {label}")
+
+
+@pytest.mark.timeout(300)
+def test_stdin_past_the_limit_is_refused_without_reading_it_all(photos):
+    good, _ = photos[0]
+    _, _, _, baseline = run_process([good])
+    chunk = bytes(2**20)
+    code, out, err, peak = run_process(["-"], feed=chunk, repeat=4 * MAX_BYTES // len(chunk))
+    assert code == 1 and out == ""
+    assert err.strip() == f"error: stdin is larger than the {MAX_BYTES / 2**20:g} MiB limit"
+    # one byte past the limit is read, never the whole stream
+    assert peak - baseline < 2 * MAX_BYTES, (peak, baseline)

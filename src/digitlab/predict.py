@@ -14,6 +14,7 @@ from typing import BinaryIO
 from digitlab.api import Prediction, Recognizer, failed, png_bytes
 from digitlab.errors import DigitlabError
 from digitlab.files import atomic_write
+from digitlab.vision.decode import MAX_BYTES
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 CHUNK = 64  # images preprocessed and classified together; output appears chunk by chunk
@@ -89,9 +90,11 @@ def predict_files(
 
 
 def _read_stdin(stdin: BinaryIO | None) -> bytes:
+    """At most one byte past the decoder's limit: enough for it to refuse a longer stream
+    without the rest being read."""
     if stdin is None:
         raise DigitlabError("'-' reads an image from stdin, but there is no stdin")
-    return stdin.read()
+    return stdin.read(MAX_BYTES + 1)
 
 
 def format_prediction(p: Prediction) -> str:

@@ -255,13 +255,18 @@ def as_grey(image: np.ndarray) -> np.ndarray:
     return np.clip(arr, 0.0, 1.0).astype(np.float32, copy=False)
 
 
-def _limit_size(grey: np.ndarray, max_side: int) -> np.ndarray:
-    scale = max(grey.shape) / max_side
+def work_shape(height: int, width: int, max_side: int = MAX_WORK_SIDE) -> tuple[int, int]:
+    """(height, width) at which a picture is preprocessed: shrunk to fit max_side, so the
+    decoder need not hold more pixels than that."""
+    scale = max(height, width) / max_side
     if scale <= 1.0:
-        return grey
-    return resize(
-        grey, (max(1, round(grey.shape[0] / scale)), max(1, round(grey.shape[1] / scale)))
-    )
+        return height, width
+    return max(1, round(height / scale)), max(1, round(width / scale))
+
+
+def _limit_size(grey: np.ndarray, max_side: int) -> np.ndarray:
+    shape = work_shape(grey.shape[0], grey.shape[1], max_side)
+    return grey if shape == grey.shape else resize(grey, shape)
 
 
 def _dark_ink(grey: np.ndarray) -> bool:
