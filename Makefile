@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: train test bench lint default-model clean-venv
+.PHONY: train test test-fast test-all bench lint default-model clean-venv
 
 $(STAMP): pyproject.toml setup.py src/digitlab/vision/_flat.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,9 +16,19 @@ train: $(STAMP)
 	$(PY) -m digitlab data fetch
 	$(PY) -m digitlab train --preset fast
 
+# The whole suite, but for the root-only tests (pyproject.toml's addopts).
 test: $(STAMP)
 	$(PY) -m digitlab data fetch
 	$(PY) -m pytest -q
+
+# While developing: offline and quick (no MNIST, no training, no browser or PostgreSQL).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not browser and not postgres and not root"
+
+# Everything, the root-only tests included (CI runs as root).
+test-all: $(STAMP)
+	$(PY) -m digitlab data fetch
+	$(PY) -m pytest -q -m ""
 
 bench: $(STAMP)
 	$(PY) -m digitlab data fetch

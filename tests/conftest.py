@@ -23,6 +23,14 @@ def processes() -> list[tuple[int, int, str]]:
             (line.split(None, 2) for line in ps.stdout.splitlines())]
 
 
+def without_real_time() -> list[str]:
+    """A command prefix that runs a program without the right to a real-time priority, as
+    the current user (who can read this checkout wherever it was cloned): root drops
+    CAP_SYS_NICE for it, and its RLIMIT_RTPRIO is 0 (which is all a normal user has)."""
+    drop_cap = ["setpriv", "--inh-caps=-sys_nice", "--bounding-set=-sys_nice"]
+    return [*(drop_cap if os.geteuid() == 0 else []), "prlimit", "--rtprio=0", "--"]
+
+
 def require_native() -> None:
     """Skip where vision/_flat.c could not be built (no C compiler at install time); under
     CI or DIGITLAB_REQUIRE_NATIVE=1 (what .ci/run sets) that is a failure instead."""
