@@ -6,11 +6,10 @@ The resolved config is saved with every run (config.json) and is what `--resume`
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from digitlab.data.augment import AugmentSpec
 from digitlab.errors import DigitlabError
