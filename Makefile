@@ -35,9 +35,11 @@ bench: $(STAMP)
 	$(PY) benchmarks/tutorial_speed.py --epochs 2
 	$(PY) benchmarks/time_to_accuracy.py --device cpu --preset fast --seeds 5 --baseline
 
+# Style, types, and the layers and no-cycles contracts of pyproject.toml's [tool.importlinter].
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 # The model shipped inside the package (src/digitlab/assets): the robust preset, measured on
 # MNIST and on the photo-like benchmark; the figures are stored beside the weights.
