@@ -41,6 +41,18 @@ def require_native() -> None:
     pytest.skip("vision/_flat.c is not built here (no C compiler at install time)")
 
 
+MNIST_FIXTURES = {"mnist_root", "mnist_test_split", "mnist_train_split"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that takes real MNIST, directly or through another fixture, is slow: it needs
+    the data set (a download on a fresh machine), so it is never part of an offline run."""
+    for item in items:
+        if MNIST_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def mnist_root() -> Path:
     """The verified real MNIST files (fetched through the normal chain if missing)."""
