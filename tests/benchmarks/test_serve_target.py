@@ -26,8 +26,8 @@ def target(*args: str, real_time: bool = True) -> subprocess.CompletedProcess[st
 
 @pytest.mark.slow
 @pytest.mark.parametrize("shares", [
-    ["0"],
-    pytest.param(["0", "0.2"], marks=[
+    pytest.param(["0"], id="this-machine"),
+    pytest.param(["0", "0.2"], id="and-a-slower-one", marks=[
         pytest.mark.root,
         pytest.mark.skipif(not CAN_BE_REAL_TIME, reason="needs root for a real-time priority")]),
 ])
