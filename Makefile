@@ -25,7 +25,7 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not browser and not postgres and not root"
 
-# Everything, the root-only tests included (CI runs as root).
+# Everything, the root-only tests included: for CI, which runs as root.
 test-all: $(STAMP)
 	$(PY) -m digitlab data fetch
 	$(PY) -m pytest -q -m ""
