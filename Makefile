@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # constraints.txt: a new release elsewhere changes nothing until that file does.
 PINNED := PIP_CONSTRAINT=$(CURDIR)/constraints.txt
 
-.PHONY: train test bench lint default-model clean-venv dist wheel-check constraints
+.PHONY: train test test-fast test-all bench lint default-model clean-venv dist wheel-check constraints
 
 # Everything (every extra, the test and lint tools), at the versions CI runs: constraints.txt.
 $(STAMP): pyproject.toml setup.py constraints.txt src/digitlab/vision/_flat.c
@@ -20,18 +20,30 @@ train: $(STAMP)
 	$(PY) -m digitlab data fetch
 	$(PY) -m digitlab train --preset fast
 
+# The whole suite, but for the root-only tests (pyproject.toml's addopts).
 test: $(STAMP)
 	$(PY) -m digitlab data fetch
 	$(PY) -m pytest -q
+
+# While developing: offline and quick (no MNIST, no training, no browser or PostgreSQL).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not browser and not postgres and not root"
+
+# Everything, the root-only tests included: for CI, which runs as root.
+test-all: $(STAMP)
+	$(PY) -m digitlab data fetch
+	$(PY) -m pytest -q -m ""
 
 bench: $(STAMP)
 	$(PY) -m digitlab data fetch
 	$(PY) benchmarks/tutorial_speed.py --epochs 2
 	$(PY) benchmarks/time_to_accuracy.py --device cpu --preset fast --seeds 5 --baseline
 
+# Style, types, and the layers and no-cycles contracts of pyproject.toml's [tool.importlinter].
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 # The model shipped inside the package (src/digitlab/assets): the robust preset, measured on
 # MNIST and on the photo-like benchmark; the figures are stored beside the weights.

@@ -23,6 +23,14 @@ def processes() -> list[tuple[int, int, str]]:
             (line.split(None, 2) for line in ps.stdout.splitlines())]
 
 
+def without_real_time() -> list[str]:
+    """A command prefix that runs a program without the right to a real-time priority, as
+    the current user (who can read this checkout wherever it was cloned): root drops
+    CAP_SYS_NICE for it, and its RLIMIT_RTPRIO is 0 (which is all a normal user has)."""
+    drop_cap = ["setpriv", "--inh-caps=-sys_nice", "--bounding-set=-sys_nice"]
+    return [*(drop_cap if os.geteuid() == 0 else []), "prlimit", "--rtprio=0", "--"]
+
+
 def require_native() -> None:
     """Skip where vision/_flat.c could not be built (no C compiler at install time); under
     CI or DIGITLAB_REQUIRE_NATIVE=1 (what .ci/run sets) that is a failure instead."""
@@ -31,6 +39,18 @@ def require_native() -> None:
     if os.environ.get("CI") or os.environ.get("DIGITLAB_REQUIRE_NATIVE"):
         pytest.fail("vision/_flat.c was not built (pip install -e . needs a C compiler)")
     pytest.skip("vision/_flat.c is not built here (no C compiler at install time)")
+
+
+MNIST_FIXTURES = {"mnist_root", "mnist_test_split", "mnist_train_split"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that takes real MNIST, directly or through another fixture, is slow: it needs
+    the data set (a download on a fresh machine), so it is never part of an offline run."""
+    for item in items:
+        if MNIST_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

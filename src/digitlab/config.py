@@ -6,12 +6,11 @@ The resolved config is saved with every run (config.json) and is what `--resume`
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from digitlab.data.augment import AugmentSpec
 from digitlab.errors import DigitlabError

@@ -10,15 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from digitlab.vision import preprocess
+from conftest import require_native
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "preprocess_speed.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "preprocess_speed.py"
 
 
 @pytest.mark.slow
 def test_benchmark_runs_and_both_paths_agree(mnist_root: Path) -> None:
-    if preprocess._flat is None:
-        pytest.skip("vision/_flat.c is not built here")
+    require_native()
     done = subprocess.run([sys.executable, str(SCRIPT), "--count", "40", "--repeats", "1"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr[-2000:]

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import processes
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "serve_load.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "serve_load.py"
 
 
 @pytest.mark.slow
