@@ -276,6 +276,7 @@ class DigitReader:
             except Exception:  # the full way meets it again and answers for it
                 job.prepared = None
             if job.prepared is None:
+                job.started = False  # not read yet: the slow lane will
                 later.append(job)
         return later
 
