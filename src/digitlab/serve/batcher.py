@@ -49,7 +49,7 @@ MAX_WAITING = 256
 MAX_SLOW = 16
 # How long a request may wait for its answer once its body is in; then it is answered 503
 # and its job, if not started, skipped. The server's graceful shutdown is longer than this
-# plus the time a body may take to arrive (serve/limits.py), so every request in flight
+# plus the time a body may take to arrive (serve/server.py), so every request in flight
 # gets a JSON answer before the server stops.
 DEADLINE_S = 10.0
 # A request still unanswered this long after it was queued starts watching its client (a
@@ -102,7 +102,7 @@ _OPEN: weakref.WeakSet[DigitReader] = weakref.WeakSet()
 
 
 def close_all() -> None:
-    """DigitReader.close() for every reader of this process (the server stops: serve/limits.py
+    """DigitReader.close() for every reader of this process (the server stops: serve/server.py
     calls it as uvicorn's shutdown begins). On the event loop's thread."""
     for reader in list(_OPEN):
         reader.close()
