@@ -9,9 +9,10 @@ import time
 
 import numpy as np
 import pytest
+from starlette.exceptions import HTTPException
 
 from digitlab.api import Prepared, Recognizer
-from digitlab.serve.batcher import MAX_BATCH, DigitReader
+from digitlab.serve.batcher import MAX_BATCH, DigitReader, close_all
 from digitlab.serve.upload import RequestProblem
 
 INFO = {"classes": list(range(10)), "model": "fake"}
@@ -206,12 +207,17 @@ def test_singles_the_quick_way_declines_are_read_in_the_slow_lane() -> None:
 def test_a_lone_request_is_prepared_once() -> None:
     model = FakeModel()
     calls: list[bytes] = []
+    full: list[bytes] = []
 
     def quick(data: bytes) -> Prepared | None:
         calls.append(data)
         return prepare(data, False)
 
-    reader = DigitReader(Recognizer(model, info=INFO), prepare, quick=quick)
+    def full_way(data: bytes, number: bool) -> Prepared:
+        full.append(data)
+        return prepare(data, number)
+
+    reader = DigitReader(Recognizer(model, info=INFO), full_way, quick=quick)
 
     async def main():
         reader.start()
@@ -221,7 +227,188 @@ def test_a_lone_request_is_prepared_once() -> None:
             await asyncio.to_thread(reader.stop)
 
     assert asyncio.run(main()).answer["digit"] == 4
-    assert calls == []  # nothing to wait behind it: straight the full way
+    assert calls == [b"4"] and full == []  # the quick way took it: not read again
+
+
+def test_a_lone_slow_picture_is_read_in_the_slow_lane_and_drawings_pass_it() -> None:
+    """Two slow pictures sent alone (each its own batch) go to the slow lane, whose reading
+    of them is held here: drawings sent meanwhile are answered by the quick lane at once."""
+    model = FakeModel()
+    release = threading.Event()
+    slow_threads: set[str] = set()
+
+    def quick(data: bytes) -> Prepared | None:
+        return None if data.startswith(b"slow") else prepare(data, False)
+
+    def slow_way(data: bytes, number: bool) -> Prepared:
+        if data.startswith(b"slow"):
+            slow_threads.add(threading.current_thread().name)
+            assert release.wait(30)
+            return prepare(data[4:], number)
+        return prepare(data, number)
+
+    reader = DigitReader(Recognizer(model, info=INFO), slow_way, quick=quick, threads=2)
+
+    async def main() -> list:
+        reader.start()
+        try:
+            slow = []
+            for k in (6, 7):
+                slow.append(asyncio.ensure_future(reader(b"slow%d" % k)))
+                await until(lambda n=len(slow): len(slow_threads) == n)
+            drawn = [(await asyncio.wait_for(reader(b"%d" % k), 10)).answer["digit"]
+                     for k in range(5)]
+            assert not any(f.done() for f in slow)
+            release.set()
+            return drawn + [(await f).answer["digit"] for f in slow]
+        finally:
+            release.set()
+            await asyncio.to_thread(reader.stop)
+
+    assert asyncio.run(main()) == [0, 1, 2, 3, 4, 6, 7]
+    assert all(name.startswith("digitlab-reader-slow") for name in slow_threads)
+
+
+def test_a_job_whose_client_left_is_skipped() -> None:
+    """Requests whose `receive` says http.disconnect while they wait are answered at once
+    and their images never read; the one whose client stays is read."""
+    model = FakeModel(hold=1)
+    reader = reader_for(model)
+
+    async def main() -> tuple:
+        reader.start()
+        left = asyncio.Event()
+
+        async def leaving() -> dict:
+            await left.wait()
+            return {"type": "http.disconnect"}
+
+        async def staying() -> dict:
+            await asyncio.sleep(60)
+            return {"type": "http.disconnect"}
+
+        try:
+            first = asyncio.ensure_future(reader(b"1"))
+            await until(model.entered.is_set)
+            gone = [asyncio.ensure_future(reader(b"2", receive=leaving)) for _ in range(6)]
+            kept = asyncio.ensure_future(reader(b"3", receive=staying))
+            await asyncio.sleep(0.1)  # past WATCH_AFTER_S: the clients are watched
+            left.set()
+            problems = await asyncio.gather(*gone, return_exceptions=True)
+            model.release.set()
+            return problems, await first, await kept
+        finally:
+            await asyncio.to_thread(reader.stop)
+
+    problems, first, kept = asyncio.run(main())
+    assert all(isinstance(p, RequestProblem) and p.status == 400 for p in problems)
+    assert [first.answer["digit"], kept.answer["digit"]] == [1, 3]
+    assert model.calls == [[1], [3]]  # the six left before being read: never read
+
+
+def test_a_request_past_its_deadline_is_a_503_and_its_image_is_not_read() -> None:
+    model = FakeModel(hold=1)
+    reader = reader_for(model, deadline_s=0.3)
+
+    async def main() -> tuple:
+        reader.start()
+        try:
+            first = asyncio.ensure_future(reader(b"1"))
+            await until(model.entered.is_set)
+            late = await asyncio.gather(reader(b"2"), return_exceptions=True)
+            model.release.set()
+            await asyncio.gather(first, return_exceptions=True)  # held past its deadline too
+            return late[0], await reader(b"4")
+        finally:
+            await asyncio.to_thread(reader.stop)
+
+    late, after = asyncio.run(main())
+    assert isinstance(late, HTTPException) and late.status_code == 503
+    assert late.headers == {"Retry-After": "1"}
+    assert after.answer["digit"] == 4
+    assert [2] not in model.calls
+
+
+def test_a_full_queue_answers_503_at_once() -> None:
+    model = FakeModel(hold=1)
+    reader = reader_for(model, max_waiting=3)
+
+    async def main() -> list:
+        reader.start()
+        try:
+            first = asyncio.ensure_future(reader(b"1"))
+            await until(model.entered.is_set)
+            queued = [asyncio.ensure_future(reader(b"%d" % k)) for k in (2, 3)]
+            await until(lambda: reader.waiting() == 2)
+            with pytest.raises(HTTPException) as refused:
+                await reader(b"9")
+            assert refused.value.status_code == 503
+            assert refused.value.headers["Retry-After"] == "1"
+            model.release.set()
+            return [(await f).answer["digit"] for f in (first, *queued)]
+        finally:
+            await asyncio.to_thread(reader.stop)
+
+    assert asyncio.run(main()) == [1, 2, 3]
+
+
+def test_a_full_slow_lane_answers_503_and_drawings_still_pass() -> None:
+    release = threading.Event()
+
+    def quick(data: bytes) -> Prepared | None:
+        return None if data.startswith(b"slow") else prepare(data, False)
+
+    def slow_way(data: bytes, number: bool) -> Prepared:
+        if data.startswith(b"slow"):
+            assert release.wait(30)
+            return prepare(data[4:], number)
+        return prepare(data, number)
+
+    reader = DigitReader(Recognizer(FakeModel(), info=INFO), slow_way, quick=quick,
+                         max_slow=2)
+
+    async def main() -> tuple:
+        reader.start()
+        try:
+            held = [asyncio.ensure_future(reader(b"slow%d" % k)) for k in (5, 6)]
+            await asyncio.sleep(0.1)
+            refused = await asyncio.gather(reader(b"slow7"), return_exceptions=True)
+            drawn = await asyncio.wait_for(reader(b"3"), 10)
+            release.set()
+            return refused[0], drawn, [(await f).answer["digit"] for f in held]
+        finally:
+            release.set()
+            await asyncio.to_thread(reader.stop)
+
+    refused, drawn, held = asyncio.run(main())
+    assert isinstance(refused, HTTPException) and refused.status_code == 503
+    assert drawn.answer["digit"] == 3 and held == [5, 6]
+
+
+def test_close_answers_the_jobs_not_started_with_503_and_refuses_new_ones() -> None:
+    model = FakeModel(hold=1)
+    reader = reader_for(model)
+
+    async def main() -> tuple:
+        reader.start()
+        try:
+            running = asyncio.ensure_future(reader(b"1"))
+            await until(model.entered.is_set)
+            queued = [asyncio.ensure_future(reader(b"%d" % k)) for k in (2, 3)]
+            await until(lambda: reader.waiting() == 2)
+            close_all()
+            skipped = await asyncio.gather(*queued, return_exceptions=True)
+            late = await asyncio.gather(reader(b"4"), return_exceptions=True)
+            model.release.set()
+            return await running, skipped, late[0]
+        finally:
+            await asyncio.to_thread(reader.stop)
+
+    running, skipped, late = asyncio.run(main())
+    assert running.answer["digit"] == 1  # the one being read is answered as usual
+    for problem in [*skipped, late]:
+        assert isinstance(problem, HTTPException) and problem.status_code == 503
+    assert model.calls == [[1]]  # the two not started were never read
 
 
 def test_max_batch_splits_a_long_queue() -> None:
@@ -352,7 +539,8 @@ def test_calling_before_start_is_an_error() -> None:
         asyncio.run(reader_for(FakeModel())(b"1"))
 
 
-@pytest.mark.parametrize("kwargs", [{"threads": 0}, {"max_batch": 0}])
+@pytest.mark.parametrize("kwargs", [{"threads": 0}, {"max_batch": 0}, {"max_waiting": 0},
+                                    {"max_slow": 0}])
 def test_threads_and_max_batch_must_be_positive(kwargs) -> None:
     with pytest.raises(ValueError, match="at least 1"):
         reader_for(FakeModel(), **kwargs)

@@ -6,9 +6,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
+import os
+import re
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
 import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
 
+from conftest import processes
 from digitlab.serve import workers
 from digitlab.serve.workers import NOT_SERVING, TAKE_OVER_S, Acceptor, Counts
 
@@ -150,3 +160,99 @@ def test_workers_run_on_the_event_loop_uvicorn_gives_its_own_workers() -> None:
     config = uvicorn.Config(**workers.worker_config("127.0.0.1", 8000, 2, "info", False))
     assert config.workers == 2 and config.use_subprocess
     assert config.factory and not config.access_log
+
+
+# --- the whole server, `digitlab serve --workers 2`, as a real process ------------------------
+
+
+@contextlib.contextmanager
+def two_workers() -> Iterator[tuple[subprocess.Popen, str, Path]]:
+    """`digitlab serve --workers 2` on a free port, its URL and its log file; stopped (and
+    killed, with whatever it left) at the end."""
+    log = Path(tempfile.mkstemp(prefix="digitlab-serve-", suffix=".log")[1])
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "digitlab", "serve", "--port", "0",
+                                 "--workers", "2", "--no-access-log"],
+                                stdout=out, stderr=subprocess.STDOUT, text=True)
+    left: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while not (found := re.search(r"http://127\.0\.0\.1:\d+", log.read_text())):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        wait_for(lambda: serving(log) == 2, log)
+        left = workers_of(proc.pid)
+        yield proc, found.group(0), log
+    finally:
+        for pid in [proc.pid, *left, *workers_of(proc.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait(30)
+        log.unlink()
+
+
+def workers_of(parent: int) -> list[int]:
+    """The worker processes of `digitlab serve` (not multiprocessing's resource tracker)."""
+    return [pid for pid, ppid, args in processes() if ppid == parent and "spawn_main" in args]
+
+
+def serving(log: Path) -> int:
+    """How many workers have come up so far (uvicorn logs each one's start-up)."""
+    return log.read_text().count("Application startup complete")
+
+
+def wait_for(condition, log: Path, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+
+
+def healthy(url: str) -> bool:
+    with contextlib.suppress(OSError), \
+            urllib.request.urlopen(url + "/healthz", timeout=30) as answer:
+        return answer.status == 200
+    return False
+
+
+def test_a_serving_worker_killed_three_times_quickly_is_replaced_each_time() -> None:
+    """Each kill hits the worker started in place of the last one, as soon as it serves:
+    deaths of workers that served never end the server."""
+    with two_workers() as (proc, url, log):
+        for kill in range(3):
+            victim = workers_of(proc.pid)[0]
+            os.kill(victim, signal.SIGKILL)
+            wait_for(lambda n=kill: serving(log) == 3 + n, log)
+        assert proc.poll() is None, log.read_text()
+        assert healthy(url)
+        text = log.read_text()
+        assert text.count("ended (exit code -9); starting another") == 3
+        assert "could not start" not in text
+
+
+def test_workers_end_with_their_parent_and_free_the_port() -> None:
+    with two_workers() as (proc, url, _log):
+        port = int(url.rsplit(":", 1)[1])
+        left = workers_of(proc.pid)
+        assert len(left) == 2 and healthy(url)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        deadline = time.monotonic() + 10
+        while [pid for pid in left if Path(f"/proc/{pid}").exists()]:
+            assert time.monotonic() < deadline, "workers outlived their parent"
+            time.sleep(0.1)
+        with socket.socket() as again:  # nobody listens on the port any more
+            again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            again.bind(("127.0.0.1", port))
+            again.listen()
+
+
+def test_a_worker_that_ends_itself_when_its_parent_is_gone() -> None:
+    """end_with_parent in a process whose parent is not the one named: it is stopped by
+    SIGTERM at once (the check that runs wherever prctl does not)."""
+    code = ("import time; from digitlab.serve.workers import end_with_parent; "
+            "end_with_parent(1); time.sleep(30)")
+    began = time.monotonic()
+    ended = subprocess.run([sys.executable, "-c", code], timeout=60)
+    assert ended.returncode == -signal.SIGTERM
+    assert time.monotonic() - began < 30

@@ -264,7 +264,7 @@ class PredictEndpoint:
         body = await read_body(receive, headers.get("content-length"), max_bytes=self.max_bytes)
         data = image_bytes(body, headers.get("content-type"))
         reading = await scope["app"].state.reader(data, number=number, top_k=top_k,
-                                                  include_input=include_input)
+                                                  include_input=include_input, receive=receive)
         if reading.blank:
             raise RequestProblem(422, "no digit found in the image", reading.answer)
         await send_whole(send, {"type": "http.response.start", "status": 200, "headers": [

@@ -79,12 +79,12 @@ def serve(
     if recognizer is not None:
         from digitlab.serve.app import create_app
         from digitlab.serve.logs import lean_records
-        from digitlab.serve.workers import server_settings
+        from digitlab.serve.server import Server, server_settings
 
         app = create_app(recognizer, max_bytes=max_bytes, cors_origin=cors_origin,
                          concurrency=settings.concurrency)
         lean_records()
-        server = uvicorn.Server(uvicorn.Config(app, **server_settings("info", access_log)))
+        server = Server(uvicorn.Config(app, **server_settings("info", access_log)))
         # uvicorn re-raises the Ctrl+C it has already handled; stopping is the normal end.
         with contextlib.suppress(KeyboardInterrupt):
             server.run(sockets=[sock])

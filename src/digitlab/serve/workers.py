@@ -15,18 +15,21 @@ by whoever sees it; a worker that is gone, or still starting in place of one tha
 is not waited for. At start-up nothing is taken until every worker is ready (ALL_UP_S at
 most): clients connecting to the first one up would otherwise all stay with it. The
 parent starts the workers, starts another in place of one that dies, and stops them all
-on Ctrl+C or SIGTERM.
+on Ctrl+C or SIGTERM. Only workers that die before they serve (a model that cannot load)
+end the server; a worker whose parent is gone ends itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import multiprocessing
 import os
 import select
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -37,23 +40,28 @@ import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 
 from digitlab.errors import DigitlabError
-from digitlab.serve.logs import LOG_CONFIG, lean_records
+from digitlab.serve.logs import lean_records
+from digitlab.serve.server import GRACE_S, Server, server_settings
 
 TAKE_OVER_S = 0.05  # how long a waiting connection is left for an emptier worker
 STEP_BACK_S = 0.001  # how soon a worker that stepped back looks again
 RETRY_S = 0.1  # after accept() failed (too many open files...), before trying again
 NOT_SERVING = 2**30  # the count of a worker still starting, or gone: nobody waits for it
 ALL_UP_S = 30.0  # at start-up, how long the first workers wait for the others to be ready
-QUICK_EXIT_S = 10.0  # a worker that ends this soon after starting, twice, ends the server
+START_FAILURES = 2  # workers in a row that die before serving end the server
+PARENT_CHECK_S = 1.0  # how often a worker looks whether its parent is still there
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies (Linux)
 
 log = logging.getLogger("digitlab.serve")
 
 
 class Counts:
-    """Open connections per worker, in shared memory; each worker writes only its own."""
+    """Open connections per worker, in shared memory; each worker writes only its own. And
+    whether each worker has served since it was started (the parent resets it)."""
 
     def __init__(self, workers: int, context: Any) -> None:
         self.shared = context.RawArray("i", [NOT_SERVING] * workers)
+        self.served = context.RawArray("b", [0] * workers)
 
     def set(self, index: int, value: int) -> None:
         self.shared[index] = value
@@ -63,7 +71,7 @@ class Counts:
         return min(others) if others else None
 
 
-class BalancedServer(uvicorn.Server):
+class BalancedServer(Server):
     """A uvicorn server whose connections come from an Acceptor instead of a listening
     socket of its own."""
 
@@ -84,6 +92,7 @@ class BalancedServer(uvicorn.Server):
         self.acceptor = Acceptor(self.sock, self.counts, self.index, asyncio.get_running_loop(),
                                  protocol)
         self.acceptor.start()
+        self.counts.served[self.index] = 1
 
     async def shutdown(self, sockets: Sequence[socket.socket] | None = None) -> None:
         if self.acceptor is not None:
@@ -232,7 +241,7 @@ def run_workers(sock: socket.socket, workers: int, *, settings_env: tuple[str, s
         process = context.Process(
             target=_worker, name=f"digitlab-worker-{index}",
             args=(sock, counts, index, settings_env,
-                  worker_config(host, port, workers, log_level, access_log)))
+                  worker_config(host, port, workers, log_level, access_log), os.getpid()))
         process.start()
         return process
 
@@ -240,30 +249,15 @@ def run_workers(sock: socket.socket, workers: int, *, settings_env: tuple[str, s
     previous = {sig: signal.signal(sig, lambda *_: stopping.set())
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     processes = [start(k) for k in range(workers)]
-    began = [time.monotonic()] * workers
-    quick_exits = 0
     failed = None
     try:
-        while not stopping.wait(0.5):
-            for k, process in enumerate(processes):
-                if process.exitcode is None:
-                    continue
-                counts.set(k, NOT_SERVING)
-                quick = time.monotonic() - began[k] < QUICK_EXIT_S
-                quick_exits += quick
-                if process.exitcode == STARTUP_FAILURE or quick_exits >= 2:
-                    failed = f"a worker could not start (exit code {process.exitcode}): see above"
-                    stopping.set()
-                    break
-                log.warning("worker %d (pid %s) ended (exit code %s); starting another", k,
-                            process.pid, process.exitcode)
-                processes[k], began[k] = start(k), time.monotonic()
+        failed = _supervise(processes, counts, start, stopping)
     finally:
         for process in processes:
             if process.exitcode is None and process.pid is not None:
                 os.kill(process.pid, signal.SIGTERM)  # uvicorn's graceful shutdown
         for process in processes:
-            process.join(15)
+            process.join(GRACE_S + 5)
             if process.exitcode is None:
                 process.kill()
                 process.join()
@@ -273,11 +267,36 @@ def run_workers(sock: socket.socket, workers: int, *, settings_env: tuple[str, s
         raise DigitlabError(failed)
 
 
-def server_settings(log_level: str, access_log: bool) -> dict[str, Any]:
-    """uvicorn.Config's settings for every process that serves, alone or as a worker:
-    digitlab's logging (serve/logs.py) and 5 s for requests in flight at shutdown."""
-    return dict(log_level=log_level, access_log=access_log, log_config=LOG_CONFIG,
-                timeout_graceful_shutdown=5)
+def _supervise(processes: list[Any], counts: Counts, start: Callable[[int], Any],
+               stopping: threading.Event) -> str | None:
+    """Start another worker in place of each that dies, until `stopping`; the reason to end
+    the server instead (START_FAILURES workers in a row died before serving, or one
+    reported that it could not start), or None. A worker that served and then died (killed,
+    out of memory) is replaced whenever it happens."""
+    failures = 0
+    starting = set(range(len(processes)))  # workers not yet seen serving
+    while not stopping.wait(0.5):
+        for k, process in enumerate(processes):
+            if process.exitcode is None:
+                if k in starting and counts.served[k]:
+                    starting.discard(k)
+                    failures = 0  # "in a row": this one started
+                continue
+            counts.set(k, NOT_SERVING)
+            if not counts.served[k]:
+                failures += 1
+                if process.exitcode == STARTUP_FAILURE or failures >= START_FAILURES:
+                    return (f"a worker could not start (exit code {process.exitcode}): "
+                            "see above")
+                log.warning("worker %d (pid %s) ended before serving (exit code %s); "
+                            "starting another", k, process.pid, process.exitcode)
+            else:
+                log.warning("worker %d (pid %s) ended (exit code %s); starting another", k,
+                            process.pid, process.exitcode)
+            counts.served[k] = 0
+            processes[k] = start(k)
+            starting.add(k)
+    return None
 
 
 def worker_config(host: str, port: int, workers: int, log_level: str,
@@ -290,7 +309,29 @@ def worker_config(host: str, port: int, workers: int, log_level: str,
 
 
 def _worker(sock: socket.socket, counts: Counts, index: int, settings_env: tuple[str, str],
-            config: dict[str, Any]) -> None:
+            config: dict[str, Any], parent: int) -> None:
+    end_with_parent(parent)
     os.environ[settings_env[0]] = settings_env[1]
     lean_records()
     BalancedServer(uvicorn.Config(**config), sock, counts, index).run()
+
+
+def end_with_parent(parent: int) -> None:
+    """Have this process stopped (SIGTERM: uvicorn's graceful shutdown) once `parent` is no
+    longer its parent: at once through prctl(PR_SET_PDEATHSIG) on Linux, and wherever else
+    by a thread that looks every PARENT_CHECK_S. A worker left behind would keep serving
+    and hold the port."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        except (OSError, AttributeError):  # no prctl: the thread alone
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_S)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    # Also after prctl: the parent may have gone before it was called.
+    threading.Thread(target=watch, name="digitlab-parent-watch", daemon=True).start()
