@@ -318,7 +318,8 @@ def test_an_unexpected_error_in_the_endpoint_is_a_logged_json_500(recognizer, di
             assert problem(answer, 500, "internal error")["detail"] == "ZeroDivisionError"
         assert "unexpected error on POST /api/predict" in caplog.text
         monkeypatch.undo()
-        assert c.post("/api/predict", content=digits[0][1]).status_code == 200
+        with httpx.Client(base_url=base) as fresh:  # the server goes on serving
+            assert fresh.post("/api/predict", content=digits[0][1]).status_code == 200
 
 
 def test_start_up_objects_are_frozen_out_of_the_garbage_collector(recognizer, digits):
