@@ -22,19 +22,23 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Annotated
 
 import httpx
 import numpy as np
 import pytest
 import uvicorn
+from fastapi import FastAPI, Query
+from fastapi.exceptions import RequestValidationError
 from PIL import Image, ImageDraw
 from typer.testing import CliRunner
 
 from conftest import require_native
 from digitlab.api import Recognizer
 from digitlab.cli import app as cli_app
-from digitlab.serve.app import _prepare, _prepare_quickly, create_app
+from digitlab.serve.app import _prepare, _prepare_quickly, create_app, predict_params
 from digitlab.serve.batcher import MAX_BATCH
+from digitlab.serve.models import PredictParams
 from digitlab.vision import native
 
 LIMIT = 256 * 1024  # the test server's --max-bytes; small so 413s are cheap to provoke
@@ -672,3 +676,33 @@ async def hold_connections(port: int, body: bytes, count: int) -> list[asyncio.S
             await reader.readexactly(length)
         return writer
     return list(await asyncio.gather(*(client() for _ in range(count))))
+
+
+QUERIES = ["", "top_k=0", "top_k=11", "top_k=three", "top_k=-5", "top_k= 4", "top_k=4.0",
+           "top_k=4.", "top_k=4.5", "top_k=", "top_k=%2B3", "top_k=0x3", "top_k=3_0",
+           "top_k=4__0", "top_k=_4", "top_k=%EF%BC%91", "top_k=1e1", "top_k=2&top_k=4",
+           "top_k=" + "9" * 5000, "number=maybe", "number=", "number=YES", "number=%20true",
+           "include_input=2", "include_input=On", "number=1&include_input=0",
+           "top_k=0&number=x&include_input=f", "unknown=1"]
+
+
+def test_query_parameters_are_read_as_a_fastapi_route_reads_them() -> None:
+    """/api/predict validates its query string with PredictParams itself (a plain ASGI
+    endpoint); a FastAPI route taking the same model accepts and refuses the same."""
+    reference = FastAPI()
+
+    @reference.post("/")
+    async def echo(params: Annotated[PredictParams, Query()]):
+        return params
+
+    with running(reference) as base, httpx.Client(base_url=base, timeout=30) as client:
+        for query in QUERIES:
+            expected = client.post(f"/?{query}")
+            try:
+                got = predict_params(query.encode())
+            except RequestValidationError as exc:
+                assert expected.status_code == 422, query
+                wanted = [(e["loc"], e["msg"], e["input"]) for e in expected.json()["detail"]]
+                assert [(list(e["loc"]), e["msg"], e["input"]) for e in exc.errors()] == wanted
+            else:
+                assert expected.status_code == 200 and expected.json() == got.model_dump(), query

@@ -26,9 +26,14 @@ from fastapi import FastAPI, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.routing import APIRoute
 from PIL import Image
+from pydantic import ValidationError
+from starlette.datastructures import Headers, QueryParams
 from starlette.exceptions import HTTPException
+from starlette.types import Receive, Scope, Send
 
 from digitlab import __version__
 from digitlab.api import Prepared, Recognizer
@@ -41,11 +46,11 @@ from digitlab.serve.models import (
     DEFAULT_MAX_BYTES,
     GUARD_RESPONSES,
     MAX_PIXELS,
-    TOP_K_MAX,
     DigitAnswer,
     Health,
     ModelCard,
     NumberAnswer,
+    PredictParams,
     predict_body,
     predict_responses,
 )
@@ -164,30 +169,27 @@ def _warm_up(recognizer: Recognizer) -> None:
 
 
 def _add_api(app: FastAPI, *, max_bytes: int) -> None:
-    @app.post("/api/predict", summary="Read the digit (or number) in an image",
-              response_model=DigitAnswer | NumberAnswer,
-              responses=predict_responses(max_bytes), openapi_extra=predict_body(max_bytes))
-    async def predict(
-        request: Request,
-        number: Annotated[bool, Query(description="Read a whole number (several digits) "
-                                      "instead of one digit.")] = False,
-        top_k: Annotated[int, Query(ge=1, le=TOP_K_MAX, description="How many best guesses "
-                                    "to list.")] = 3,
-        include_input: Annotated[bool, Query(description="Add `input_png`: the 28x28 image "
-                                             "the model saw, as a base64 PNG.")] = False,
-    ) -> Response:
-        """The answer `digitlab predict --json` prints for the image."""
-        # The body is read here, counted against the limit while it streams in, rather than
-        # declared as a parameter: FastAPI would read all of it first.
-        body = await read_body(request.receive, request.headers.get("content-length"),
-                               max_bytes=max_bytes)
-        data = image_bytes(body, request.headers.get("content-type"))
-        reading = await request.app.state.reader(data, number=number, top_k=top_k,
-                                                 include_input=include_input)
-        if reading.blank:
-            raise RequestProblem(422, "no digit found in the image", reading.answer)
-        # Rendered by the reader already: sent as it is, not validated again.
-        return Response(reading.body, media_type="application/json")
+    # /api/predict is a Starlette route to a plain ASGI endpoint rather than a FastAPI route:
+    # FastAPI's per-request machinery (solving the signature's dependencies, its Request
+    # wrapping) costs a sizeable share of the server's CPU per drawn digit
+    # (docs/decisions/0001-predict-as-a-starlette-route.md). Its schema comes from a FastAPI
+    # route that only documents it, with the same PredictParams model as its parameters.
+    app.add_route("/api/predict", PredictEndpoint(max_bytes), methods=["POST"],
+                  include_in_schema=False)
+    documented = APIRoute("/api/predict", _predict_doc, methods=["POST"],
+                          summary="Read the digit (or number) in an image",
+                          response_model=DigitAnswer | NumberAnswer,
+                          responses=predict_responses(max_bytes),
+                          openapi_extra=predict_body(max_bytes))
+
+    def openapi() -> dict[str, Any]:  # FastAPI's documented way to extend the schema
+        if app.openapi_schema is None:
+            app.openapi_schema = get_openapi(
+                title=app.title, version=app.version, description=app.description,
+                routes=[*app.routes, documented])
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.get("/api/model", summary="The model: name, size, accuracy, how it was trained",
              response_model=ModelCard, responses=GUARD_RESPONSES)
@@ -199,6 +201,41 @@ def _add_api(app: FastAPI, *, max_bytes: int) -> None:
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok",
                              "model": request.app.state.recognizer.info().get("model")})
+
+
+async def _predict_doc(params: Annotated[PredictParams, Query()]) -> None:
+    """The answer `digitlab predict --json` prints for the image."""
+
+
+class PredictEndpoint:
+    """POST /api/predict: the image in the body (raw or multipart) -> the JSON answer."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        params = predict_params(scope["query_string"])
+        headers = Headers(scope=scope)
+        # The body is counted against the limit while it streams in (serve/upload.py).
+        body = await read_body(receive, headers.get("content-length"), max_bytes=self.max_bytes)
+        data = image_bytes(body, headers.get("content-type"))
+        reading = await scope["app"].state.reader(data, number=params.number,
+                                                  top_k=params.top_k,
+                                                  include_input=params.include_input)
+        if reading.blank:
+            raise RequestProblem(422, "no digit found in the image", reading.answer)
+        # Rendered by the reader already: sent as it is, not validated again.
+        await Response(reading.body, media_type="application/json")(scope, receive, send)
+
+
+def predict_params(query_string: bytes) -> PredictParams:
+    """The query string's parameters, validated by pydantic as FastAPI would validate them,
+    or RequestValidationError (answered as a 422 by bad_parameters)."""
+    try:
+        return PredictParams.model_validate(dict(QueryParams(query_string)))
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("query", *e["loc"])} for e in exc.errors()]) from None
 
 
 def _prepare(data: bytes, number: bool) -> Prepared:

@@ -23,6 +23,17 @@ DEFAULT_MAX_BYTES = 5 * 2**20
 TOP_K_MAX = 10
 
 
+class PredictParams(BaseModel):
+    """/api/predict's query parameters: validated from the query string by this model, and
+    documented by it in the schema."""
+
+    number: bool = Field(False, description="Read a whole number (several digits) instead "
+                         "of one digit.")
+    top_k: int = Field(3, ge=1, le=TOP_K_MAX, description="How many best guesses to list.")
+    include_input: bool = Field(False, description="Add `input_png`: the 28x28 image the "
+                                "model saw, as a base64 PNG.")
+
+
 class Error(BaseModel):
     """Every 4xx and 5xx answer: what went wrong, in words, and what it was about."""
 
