@@ -7,6 +7,7 @@ upload costs at most the limit in memory. Multipart bodies are parsed in memory
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,11 @@ FILE_FIELDS = ("file", "image")
 MAX_PARTS = 16  # a form with more parts than this is not a digit upload
 RAW_TYPES = ("application/octet-stream",)
 DRAIN_BYTES = 16 * 2**20
+
+# python-multipart logs a warning for each malformed body before it raises; the client gets
+# the same words in its 400, and a server without logging set up for that library would
+# print them as bare lines (logging's last-resort handler). Its errors still get through.
+logging.getLogger("python_multipart").setLevel(logging.ERROR)
 
 
 class RequestProblem(Exception):
