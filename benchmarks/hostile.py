@@ -7,8 +7,9 @@ drawn digits fare meanwhile.
 
 Sends the costly images of benchmarks/hostile_inputs.py (tiny files that decode to huge
 canvases) one at a time, then --together copies of one of them at once. Each is sent
-twice: alone, for its cost; then while a client sends drawn digits one after another, for
-their latency (the drawings' own CPU would otherwise count as the input's).
+alone, for its cost; then again and again while a client sends --drawings drawn digits one
+after another, for their latency (the drawings' own CPU would otherwise count as the
+input's).
 Per input it prints the answer, the server's CPU time (user + system, from /proc: it hardly
 moves when something else shares the machine, unlike wall time), the wall time, the
 server's VmRSS before and after and its peak growth (sampled, and VmHWM where it rose), and
@@ -238,9 +239,8 @@ class Drawings:
         self._stop.set()
         self._thread.join(self.timeout + 5)
 
-    def wait(self, limit_s: float) -> None:
-        """Let all `count` drawings go (at most `limit_s`)."""
-        self._thread.join(limit_s)
+    def running(self) -> bool:
+        return self._thread.is_alive()
 
     def p99(self) -> float | None:
         if not self.latencies:
@@ -296,24 +296,29 @@ def machine() -> dict[str, object]:
 
 def one_input(server: Server, body: bytes, content_type: str, copies: int, timeout: float,
               drawings: int) -> dict[str, object]:
-    """Two passes: the input alone, for its cost; then again with drawings sent meanwhile,
-    for their latency (their own CPU would otherwise count as the input's)."""
-    def send() -> list[object]:
-        return concurrently([lambda: post(server, body, content_type, timeout=timeout)]
-                            * copies, timeout + 5)
-
+    """Two passes: the input alone, for its cost; then `drawings` drawn digits one after
+    another while `copies` clients keep sending the input, for the drawings' latency (their
+    own CPU would otherwise count as the input's)."""
     settle(server)
     with Cost(server) as cost:
-        answers = send()
+        answers = concurrently([lambda: post(server, body, content_type, timeout=timeout)]
+                               * copies, timeout + 5)
     statuses = [a[0] if isinstance(a, tuple) else type(a).__name__ for a in answers]
-    p99 = None
+    p99, drawn = None, None
     if drawings:
         settle(server)
+        deadline = time.monotonic() + timeout
         with Drawings(server, count=drawings) as drawn:
-            send()
+            def again() -> None:
+                for _ in range(1000):  # each at least a round trip
+                    if not drawn.running() or time.monotonic() > deadline:
+                        return
+                    post(server, body, content_type, timeout=timeout)
+
+            concurrently([again] * copies, timeout + 5)
         p99 = drawn.p99()
     return {"bytes": len(body), "copies": copies, "statuses": statuses, **cost.figures(),
-            "drawings": len(drawn.latencies) if drawings else 0,
+            "drawings": len(drawn.latencies) if drawn else 0,
             "drawing_p99_ms": None if p99 is None else round(p99 * 1000, 1)}
 
 
@@ -328,8 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--copies", type=int, default=4)
     parser.add_argument("--side", type=int, help="Canvas side of every costly image "
                         "(default: each input's own, near the 40-megapixel limit).")
-    parser.add_argument("--drawings", type=int, default=200,
-                        help="Most drawings sent while each input is in flight.")
+    parser.add_argument("--drawings", type=int, default=100,
+                        help="Drawings sent while each input is in flight (0: none).")
     parser.add_argument("--timeout", type=float, default=120, help="Seconds a request.")
     parser.add_argument("--max-seconds", type=float, default=600,
                         help="Stop sending new inputs after this long.")
