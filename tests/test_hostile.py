@@ -381,7 +381,7 @@ def test_json_answers_say_nosniff(server):
 def test_sigterm_with_slow_requests_in_flight_answers_json():
     """SIGTERM while more slow work is queued than the grace period allows: every client
     still gets a JSON answer (its result, or 503), the log shows no traceback, and the
-    server exits."""
+    server exits cleanly."""
     served = Server()
     try:
         slow = inputs.many_strokes()
@@ -404,4 +404,5 @@ def test_sigterm_with_slow_requests_in_flight_answers_json():
         assert isinstance(answer, tuple), f"no answer: {answer!r}"
         check_answer(*answer, {503})
     assert "Traceback" not in log, log[-3000:]
-    assert code == 0, log[-2000:]
+    # uvicorn re-raises the signal once it has shut down cleanly, so -SIGTERM is a clean end.
+    assert code in (0, -signal.SIGTERM) and "Finished server process" in log, (code, log[-2000:])
