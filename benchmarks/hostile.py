@@ -347,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     plan = [(n, 1) for n in names] + ([(args.together, args.copies)] if args.together else [])
     deadline = time.monotonic() + args.max_seconds
     server = Server(url=args.url, pid=args.pid)
+    if args.url is None:
+        print(f"digitlab serve (pid {server.pid}) at {server.url}", flush=True)
     results: dict[str, object] = {}
     try:
         for name, copies in plan:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -33,8 +34,8 @@ def test_the_hostile_benchmark_reports_each_input_and_stops_its_server(tmp_path)
     facts = figures["machine"]
     assert facts["torch"] and facts["cpu"] and len(facts["commit"]) == 40 and facts["date"]
     assert isinstance(facts["avx2"], bool) and isinstance(facts["avx512"], bool)
-    assert not [p for p in processes() if "digitlab serve" in p[2]
-                or ("-m digitlab" in p[2] and "serve" in p[2])]
+    pid = int(re.search(r"digitlab serve \(pid (\d+)\)", run.stdout).group(1))
+    assert pid not in [p[0] for p in processes()]  # the server it started is stopped
 
 
 def test_an_unknown_input_is_one_line(tmp_path):
