@@ -8,6 +8,7 @@ STAMP := $(VENV)/.installed
 PINNED := PIP_CONSTRAINT=$(CURDIR)/constraints.txt
 
 .PHONY: train test test-fast test-all bench lint default-model clean-venv dist wheel-check constraints
+.PHONY: sanitize fuzz
 
 # Everything (every extra, the test and lint tools), at the versions CI runs: constraints.txt.
 $(STAMP): pyproject.toml setup.py constraints.txt src/digitlab/vision/_flat.c
@@ -73,3 +74,34 @@ constraints: $(STAMP)
 	{ sed -n '/^#/p' constraints.txt; $(PY) -m pip freeze --all --exclude-editable \
 		| grep -v '^digitlab'; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt
+
+# vision/_flat.c under AddressSanitizer and UBSan: built into a temporary copy of src/ (the
+# normal build is left alone), loaded into an ordinary python with the ASan runtime
+# preloaded. Leak checks are off: CPython keeps memory until exit by design.
+# `make sanitize`: the native, PNG and decode tests; `make fuzz`: FUZZ_SECONDS of seeded
+# mutation fuzzing (tests/fuzz_targets.py) of the PNG reader, decode_image and the C
+# entry points; a finding's input is written to fuzz-findings/.
+FUZZ_SECONDS ?= 600
+FUZZ_SEED ?= 0
+SANITIZE_TESTS := tests/test_flat_native.py tests/test_png.py tests/test_decode.py
+SANITIZE_CFLAGS := -shared -fPIC -O1 -g -ffp-contract=off -fno-wrapv \
+	-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+define SANITIZED
+set -e; san=$$(mktemp -d "$${TMPDIR:-/tmp}/digitlab-sanitize.XXXXXX"); \
+trap 'rm -rf "$$san"' EXIT; cp -r src "$$san/src"; rm -f "$$san"/src/digitlab/vision/_flat*.so; \
+inc=$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["include"])'); \
+ext=$$($(PY) -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))'); \
+gcc $(SANITIZE_CFLAGS) -I"$$inc" src/digitlab/vision/_flat.c \
+	-o "$$san/src/digitlab/vision/_flat$$ext"; \
+asan=$$(gcc -print-file-name=libasan.so); test -e "$$asan"; \
+export PYTHONPATH="$$san/src" LD_PRELOAD="$$asan" DIGITLAB_REQUIRE_NATIVE=1 \
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:allocator_may_return_null=1 \
+	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1; \
+$(PY) -c 'import sys, digitlab.vision._flat as f; sys.exit(None if f.__file__.startswith(sys.argv[1]) and "libasan" in open("/proc/self/maps").read() else "not the sanitizer build: " + f.__file__)' "$$san";
+endef
+
+sanitize: $(STAMP)
+	@$(SANITIZED) $(PY) -m pytest -q -p no:cacheprovider $(SANITIZE_TESTS)
+
+fuzz: $(STAMP)
+	@$(SANITIZED) $(PY) tests/fuzz_targets.py --seconds $(FUZZ_SECONDS) --seed $(FUZZ_SEED)

@@ -1,0 +1,102 @@
+"""The fuzz harness (tests/fuzz_targets.py) itself: a short run is clean and reaches every
+oracle, and each oracle catches a bug planted in the code it watches."""
+
+from __future__ import annotations
+
+import types
+import warnings
+
+import numpy as np
+import pytest
+
+import fuzz_targets
+from conftest import require_native
+from digitlab.vision import png
+
+
+def fuzz(targets: list[str], iterations: int, tmp_path, seed: int = 3) -> tuple[int, str]:
+    lines: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        found = fuzz_targets.run(targets, seed, 300, iterations, tmp_path, say=lines.append)
+    return found, "\n".join(lines)
+
+
+def test_a_short_run_is_clean_and_reaches_every_oracle(tmp_path):
+    require_native()
+    found, report = fuzz(["png", "decode", "native"], 600, tmp_path)
+    assert found == 0, report
+    for outcome in ("read, as Pillow", "declined", "decoded", "ImageError", "unfilter", "edt",
+                    "resize", "to_mnist"):
+        assert outcome in report, report
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_same_seed_gives_the_same_inputs():
+    one, two = (fuzz_targets.mutate(fuzz_targets.seeds(np.random.default_rng(5))[3],
+                                    np.random.default_rng([5, k])) for k in (9, 9))
+    assert one == two
+
+
+def test_a_reader_that_gets_a_pixel_wrong_is_found(tmp_path, monkeypatch):
+    read_grey = png.read_grey
+
+    def off_by_one(data: bytes, **kw):
+        image = read_grey(data, **kw)
+        if image is not None and image.size > 4:
+            image = image.copy()
+            image.flat[image.size // 2] ^= 1
+        return image
+
+    monkeypatch.setattr(png, "read_grey", off_by_one)
+    found, report = fuzz(["png"], 300, tmp_path)
+    assert found > 0 and "differ from Pillow" in report, report
+    assert list(tmp_path.glob("png-3-*.bin"))  # the input is kept to replay
+
+
+def test_decode_raising_something_else_than_image_error_is_found(tmp_path, monkeypatch):
+    decode = fuzz_targets.decode_image
+
+    def leaky(data: bytes, **kw):
+        image = decode(data, **kw)
+        if image.shape[0] > 30:
+            raise KeyError("a bug")
+        return image
+
+    monkeypatch.setattr(fuzz_targets, "decode_image", leaky)
+    found, report = fuzz(["decode"], 300, tmp_path)
+    assert found > 0 and "not an ImageError" in report, report
+
+
+@pytest.mark.parametrize("entry", ["edt", "unfilter", "resize", "accepts"])
+def test_a_wrong_native_answer_is_found(tmp_path, monkeypatch, entry):
+    require_native()
+    real = fuzz_targets.flat
+    fake = types.SimpleNamespace(**{name: getattr(real, name) for name in
+                                    ("unfilter", "edt", "resize", "to_mnist")})
+    if entry == "edt":
+        def edt(mask, out):
+            done = real.edt(mask, out)
+            if done:
+                out.flat[0] += 0.5
+            return done
+        fake.edt = edt
+    elif entry == "unfilter":
+        def unfilter(raw, out):
+            if bytes(raw[:1]) != b"\x04":
+                return real.unfilter(raw, out)
+            out[...] = 0  # Paeth rows taken as zeros
+            return True
+        fake.unfilter = unfilter
+    elif entry == "resize":
+        def resize(src, dst):
+            real.resize(src, dst)
+            dst *= 1.01
+        fake.resize = resize
+    else:  # an odd argument taken as if it were right
+        def edt(mask, out):
+            return True if out.dtype != np.float64 else real.edt(mask, out)
+        fake.edt = edt
+    monkeypatch.setattr(fuzz_targets, "flat", fake)
+    found, report = fuzz(["native"], 200, tmp_path)
+    assert found > 0, report
