@@ -41,3 +41,17 @@ default-model: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The documentation site: regenerate the generated pages, then build with broken links failing.
+.PHONY: docs bench-page screenshots
+docs: $(STAMP)
+	$(PY) scripts/gen_docs.py
+	$(PY) -m mkdocs build --strict --site-dir build/site
+
+# The benchmarks page (and the other generated pages) from benchmarks/results/*.json.
+bench-page: $(STAMP)
+	$(PY) scripts/gen_docs.py
+
+# The drawing page's pictures in docs/images, from a real server in Chromium.
+screenshots: $(STAMP)
+	$(PY) scripts/screenshots.py

@@ -5,8 +5,9 @@
 
 Pages: docs/reference/cli.md (every command and option, walked from the Typer app),
 docs/reference/config.md (every training setting, from digitlab.config), docs/reference/
-http-api.md (from the server's OpenAPI schema) and docs/benchmarks.md (from the JSON
-files the scripts in benchmarks/ write into benchmarks/results/). The Python API page is
+http-api.md (from the server's OpenAPI schema), docs/explanation/model-card.md (from the
+shipped model's card, src/digitlab/assets/default-model.json) and docs/benchmarks.md (from
+the JSON files the scripts in benchmarks/ write into benchmarks/results/). The Python API page is
 rendered by mkdocstrings from the docstrings when the site is built.
 """
 
@@ -248,6 +249,82 @@ def benchmarks_page(results: Path = RESULTS) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+# --- the shipped model's card -------------------------------------------------------------
+
+CARD_INTRO = """\
+The model inside the package, which `digitlab predict`, `digitlab serve` and
+`Recognizer.load()` use unless told otherwise. One command retrains it, benchmarks it and
+installs it with these figures: `make default-model` (from a clone).
+"""
+
+CARD_LIMITS = """\
+## Known limits
+
+- **One digit per image, or one line of digits.** `--number` reads a single line left to
+  right; several lines, letters, signs and decimal points are not read.
+- **Digits 0-9 only.** Anything else gets the likeliest digit, usually with low confidence
+  (`low_confidence: true` below 0.6); a blank image gets "no digit found".
+- **MNIST-like writing.** The training digits are MNIST's: Western Arabic numerals written
+  by American students and employees. Other styles (a 1 with a long flag, a crossed 7,
+  other scripts) are read less well.
+- **The photo-like figures are synthetic.** They come from MNIST test digits drawn as
+  photos (uneven paper, shadow, blur, noise, JPEG), not from real phone photos; real
+  photos vary more.
+- **Touching digits.** Most numbers with touching digits are cut correctly, but a pair
+  fused into one blob can still be read as one digit or a digit short.
+"""
+
+
+def model_card_page() -> str:
+    from digitlab.api import DEFAULT_CARD
+
+    card = json.loads((REPO / "src" / "digitlab" / "assets" / DEFAULT_CARD).read_text())
+    cfg, fig = card["config"], card["figures"]
+    augment = ", ".join(f"{k.removeprefix('aug_')} {cfg[k]:g}" for k in
+                        ("aug_rotate", "aug_translate", "aug_scale", "aug_shear",
+                         "aug_elastic") if cfg.get(k))
+    recipe = [
+        ("model", f"`{cfg['model']}`, {cfg['parameters']:,} parameters, arguments "
+                  f"`{json.dumps(cfg['model_args'], sort_keys=True)}`"),
+        ("data", f"{cfg['dataset'].upper()} training set (60,000 images); "
+                 f"{100 * cfg['outliers']:g}% extra non-digits per batch (two training "
+                 "digits fused into one piece, taught as no digit)"),
+        ("preset", f"`{cfg['preset']}`: {cfg['epochs']} epochs, batch {cfg['batch_size']}, "
+                   f"{cfg['optimizer']} lr {cfg['lr']:g} {cfg['schedule']} "
+                   f"({100 * cfg['warmup']:g}% warm-up), label smoothing "
+                   f"{cfg['label_smoothing']:g}, weight average {cfg['ema']:g}"),
+        ("augmentation", f"{augment}; handwriting (stroke width, broken strokes, blur, ink "
+                         f"contrast): {'on' if cfg['handwriting_augment'] else 'off'}"),
+        ("trained", f"{cfg['started'][:10]} on {cfg['device_used']}, torch "
+                    f"{cfg['torch_version']}, seed {cfg['seed']}, commit "
+                    f"`{cfg['git_commit'][:12]}`"),
+        ("files", f"`default-model.safetensors` ({card['weights_bytes']:,} bytes) and its "
+                  "ONNX export `default-model.onnx`, made from the same weights"),
+    ]
+    figures = [
+        ("MNIST test set (10,000 digits)", f"{100 * fig['mnist_test_accuracy']:.2f}%", ""),
+        (f"photo-like single digits ({fig['singles']:,})",
+         f"{100 * fig['single_digitlab']:.2f}%", f"{100 * fig['single_naive']:.2f}%"),
+        (f"photo-like numbers of 3-6 digits ({fig['numbers']:,}), read exactly",
+         f"{100 * fig['number_digitlab']:.2f}%", f"{100 * fig['number_naive']:.2f}%"),
+        ("digits of those numbers, where the count was right",
+         f"{100 * fig['number_digit_accuracy']:.2f}%", ""),
+    ]
+    lines = [GENERATED.format(source="src/digitlab/assets/default-model.json"),
+             "# The shipped model", "", CARD_INTRO, "## Recipe", "",
+             "| | |", "| --- | --- |", *[f"| {k} | {cell(v)} |" for k, v in recipe], "",
+             "## Figures", "",
+             "Measured by `" + fig["benchmark_command"] + "` when the model was made. The "
+             "photo-like sets are MNIST *test* digits drawn as photos (`benchmarks/photolike.py`); "
+             "\"naive\" resizes the photo to 28x28 as MNIST demos do.", "",
+             "| test | digitlab | naive resize |", "| --- | --- | --- |",
+             *[f"| {a} | {b} | {c} |" for a, b, c in figures], "",
+             f"Of the wrongly read numbers, {fig['number_too_few']} were cut into too few "
+             f"digits and {fig['number_too_many']} into too many; the rest had the right count "
+             "and a misread digit.", "", CARD_LIMITS]
+    return "\n".join(lines).rstrip() + "\n"
+
+
 # --- all of them -------------------------------------------------------------------------
 
 
@@ -255,6 +332,7 @@ def pages() -> dict[Path, str]:
     return {DOCS / "reference" / "cli.md": cli_page(),
             DOCS / "reference" / "config.md": config_page(),
             DOCS / "reference" / "http-api.md": http_page(),
+            DOCS / "explanation" / "model-card.md": model_card_page(),
             DOCS / "benchmarks.md": benchmarks_page()}
 
 
