@@ -1,11 +1,14 @@
 """The pictures the documentation shows, taken from a real `digitlab serve` in Chromium.
 
     python scripts/screenshots.py [--out docs/images] [--chromium /usr/bin/chromium]
+                                  [--no-report]
 
 Starts `digitlab serve` on a free port of 127.0.0.1 with the shipped model, draws a digit
 on the page with the mouse, then a whole number in number mode, and saves a screenshot of
 each (docs/images/drawing-page.png, docs/images/drawing-page-number.png). It uses the
 Chromium already installed (never downloads a browser) and stops the server with Ctrl+C.
+Then it trains the `fast` preset and keeps two images of its evaluation report
+(docs/images/report-confusion-matrix.png, docs/images/report-misclassified.png).
 """
 
 from __future__ import annotations
@@ -13,9 +16,11 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -72,10 +77,25 @@ def draw(page, strokes: list[list[tuple[float, float]]]) -> None:
         page.mouse.up()
 
 
+def report_images(out: Path) -> None:
+    """A real run's report: train `fast`, evaluate it with --report, keep two images."""
+    with tempfile.TemporaryDirectory() as tmp:
+        run, report = Path(tmp) / "run", Path(tmp) / "report"
+        for command in (["train", "--preset", "fast", "--out", str(run), "--quiet"],
+                        ["evaluate", str(run), "--report", str(report)]):
+            subprocess.run([sys.executable, "-m", "digitlab", *command], check=True,
+                           stdout=subprocess.DEVNULL)
+        for name in ("confusion_matrix.png", "misclassified.png"):
+            shutil.copyfile(report / name, out / f"report-{name.replace('_', '-')}")
+    print(f"report images of a `fast` run in {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "images")
     parser.add_argument("--chromium", type=Path, default=Path("/usr/bin/chromium"))
+    parser.add_argument("--no-report", action="store_true",
+                        help="only the page's screenshots, no training run")
     args = parser.parse_args()
     if not args.chromium.exists():
         raise SystemExit(f"{args.chromium} is missing (apt-get install chromium)")
@@ -107,6 +127,8 @@ def main() -> None:
         page.screenshot(path=str(args.out / "drawing-page-number.png"))
         browser.close()
     print(f"drew a 7, read {digit}; drew 170, read {number}; screenshots in {args.out}")
+    if not args.no_report:
+        report_images(args.out)
 
 
 if __name__ == "__main__":
