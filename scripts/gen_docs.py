@@ -229,13 +229,31 @@ def _conditions(c: dict[str, Any]) -> str:
     return ", ".join(str(p) for p in parts if p)
 
 
+def _scripts() -> list[str]:
+    """One row per script in benchmarks/: what its docstring says it does, and where its
+    result goes."""
+    import ast
+
+    rows = ["| script | what | result |", "| --- | --- | --- |"]
+    for path in sorted((REPO / "benchmarks").glob("*.py")):
+        source = path.read_text()
+        doc = ast.get_docstring(ast.parse(source)) or ""
+        if path.name == "record.py" or not doc:
+            continue
+        flag = ('`--result FILE`' if '"--result"' in source else '`--json FILE`'
+                if "record.write" in source else "")
+        rows.append(f"| `{path.name}` | {cell(doc.split(chr(10) * 2)[0])} | {flag} |")
+    return rows
+
+
 def benchmarks_page(results: Path = RESULTS) -> str:
     found = {p.stem: json.loads(p.read_text()) for p in sorted(results.glob("*.json"))}
     names = [n for n in ORDER if n in found] + sorted(set(found) - set(ORDER))
     lines = [GENERATED.format(source="benchmarks/results/*.json"), "# Benchmarks", "",
              "Current figures only. Each script in `benchmarks/` writes its result, figures "
-             "and the conditions they were measured in, as JSON (`--json FILE`); "
-             "`make bench-page` turns the files in `benchmarks/results/` into this page. "
+             "and the conditions they were measured in, as JSON (`--json FILE`, or "
+             "`--result FILE` where `--json` already means something else); "
+             "`make bench-results` runs them all and `make bench-page` turns the files in `benchmarks/results/` into this page. "
              "Compare figures only between rows measured on the same machine.", ""]
     for name in names:
         result = found[name]
@@ -246,6 +264,8 @@ def benchmarks_page(results: Path = RESULTS) -> str:
             lines.append("")
         lines += [f"Command: `{result['command']}`  ", f"Conditions: "
                   f"{_conditions(result['conditions'])}.", ""]
+    lines += ["## The scripts", "", "Run from a clone; each writes its result where the "
+              "last column says (into `benchmarks/results/` for this page).", "", *_scripts()]
     return "\n".join(lines).rstrip() + "\n"
 
 
