@@ -253,7 +253,8 @@ def benchmarks_page(results: Path = RESULTS) -> str:
              "Current figures only. Each script in `benchmarks/` writes its result, figures "
              "and the conditions they were measured in, as JSON (`--json FILE`, or "
              "`--result FILE` where `--json` already means something else); "
-             "`make bench-results` runs them all and `make bench-page` turns the files in `benchmarks/results/` into this page. "
+             "`make bench-results` runs them all and `make bench-page` turns the files in "
+             "`benchmarks/results/` into this page. "
              "Compare figures only between rows measured on the same machine.", ""]
     for name in names:
         result = found[name]
