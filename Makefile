@@ -105,3 +105,32 @@ sanitize: $(STAMP)
 
 fuzz: $(STAMP)
 	@$(SANITIZED) $(PY) tests/fuzz_targets.py --seconds $(FUZZ_SECONDS) --seed $(FUZZ_SEED)
+
+# The documentation site: regenerate the generated pages, then build with broken links failing.
+.PHONY: docs bench-page bench-results screenshots
+docs: $(STAMP)
+	$(PY) scripts/gen_docs.py
+	$(PY) -m mkdocs build --strict --site-dir build/site
+
+# The benchmarks page (and the other generated pages) from benchmarks/results/*.json.
+bench-page: $(STAMP)
+	$(PY) scripts/gen_docs.py
+
+# The drawing page's pictures in docs/images, from a real server in Chromium.
+screenshots: $(STAMP)
+	$(PY) scripts/screenshots.py
+
+# Every benchmark, each writing its result into benchmarks/results/, then the page. The GPU
+# results come from the same scripts with --device cuda on a machine that has one.
+R := benchmarks/results
+bench-results: $(STAMP)
+	$(PY) -m digitlab data fetch
+	$(PY) benchmarks/preprocess_speed.py --json $(R)/preprocess_speed.json
+	OMP_WAIT_POLICY=PASSIVE $(PY) benchmarks/inference.py --repeats 5 --json $(R)/inference.json
+	$(PY) benchmarks/tutorial_speed.py --epochs 2 --json $(R)/tutorial_speed.json
+	$(PY) benchmarks/time_to_accuracy.py --device cpu --preset fast --seeds 5 --baseline \
+		--json $(R)/time_to_accuracy_fast_cpu.json
+	$(PY) benchmarks/realworld.py --singles 2000 --numbers 2000 --seed 0 \
+		--result $(R)/realworld.json
+	$(PY) benchmarks/serve_target.py --rounds 5 --result $(R)/serve_target.json
+	$(PY) scripts/gen_docs.py

@@ -6,8 +6,8 @@ One thief per core, pinned to it, busy for `share` of every `--period-us` and as
 the rest, at a real-time priority (SCHED_FIFO), so that nothing else runs on that core
 while it is busy: whatever the command does takes about 1 / (1 - share) as long, as on
 a slower CPU or a virtual machine whose host takes its time (steal). Taking 45% of both
-cores brings this project's serve benchmark to the requests/s of a machine about 1.8
-times slower (README, "Serving under load").
+cores brings the serve benchmark (serve_load.py) to the requests/s of a machine about 1.8
+times slower.
 
 Real-time priority needs root or CAP_SYS_NICE; without it this says so and exits 2. The
 kernel leaves real-time tasks at most 95% of a CPU (sched_rt_runtime_us), and every thief

@@ -12,6 +12,7 @@ machine OpenMP's spinning threads slow PyTorch down many times over; OMP_WAIT_PO
     python benchmarks/inference.py
     OMP_WAIT_POLICY=PASSIVE python benchmarks/inference.py
     python benchmarks/inference.py --models mlp,lenet5 --seconds 2
+    python benchmarks/inference.py --json benchmarks/results/inference.json
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -29,12 +31,16 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from digitlab.api import inference_layout
-from digitlab.config import PRESETS
-from digitlab.data import sources
-from digitlab.data.loader import DeviceData, load_split
-from digitlab.export import export_module
-from digitlab.models.registry import create_model, list_models, model_args
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import record  # noqa: E402
+
+from digitlab.api import inference_layout  # noqa: E402
+from digitlab.config import PRESETS  # noqa: E402
+from digitlab.data import sources  # noqa: E402
+from digitlab.data.loader import DeviceData, load_split  # noqa: E402
+from digitlab.export import export_module  # noqa: E402
+from digitlab.models.registry import create_model, list_models, model_args  # noqa: E402
 
 BATCHES = (1, 1024)
 
@@ -75,6 +81,8 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(default_models))
     parser.add_argument("--seconds", type=float, default=1.0, help="per timed run")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", type=Path, default=None, metavar="FILE",
+                        help="also write the result here (benchmarks/results/...)")
     args = parser.parse_args()
 
     root = sources.default_root()
@@ -91,6 +99,7 @@ def main() -> None:
     print(header)
     print("|" + "---|" * 6)
     torch.manual_seed(0)
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             label, kwargs = model_spec(name)
@@ -120,8 +129,21 @@ def main() -> None:
 
                 pt = images_per_second(torch_call, batch, args.seconds, args.repeats)
                 ox = images_per_second(ort_call, batch, args.seconds, args.repeats)
-                print(f"| {label} | {params:,} | {batch} | {pt:,.0f} | {ox:,.0f} | "
-                      f"{ox / pt:.2f}x |", flush=True)
+                rows.append([label, f"{params:,}", batch, f"{pt:,.0f}", f"{ox:,.0f}",
+                             f"{ox / pt:.2f}x"])
+                print("| " + " | ".join(map(str, rows[-1])) + " |", flush=True)
+    record.write(
+        args.json, benchmark="inference",
+        figures={"images_per_second": [
+            {"model": r[0], "batch": r[2], "torch": float(r[3].replace(",", "")),
+             "onnxruntime": float(r[4].replace(",", ""))} for r in rows]},
+        tables=[record.table(
+            f"Images per second on the CPU (median of {args.repeats} runs of "
+            f"{args.seconds:g} s; untrained weights)",
+            ["model", "parameters", "batch", "PyTorch img/s", "onnxruntime img/s",
+             "onnxruntime / PyTorch"], rows)],
+        torch_threads=torch.get_num_threads(),
+        omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"))
 
 
 if __name__ == "__main__":

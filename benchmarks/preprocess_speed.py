@@ -4,7 +4,7 @@ MNIST test digits are drawn as the drawing page draws them (140x140, ink #111, t
 PNG encoding; see serve_load.py), then each step is timed both ways on the same pictures,
 best of --repeats passes, and the outputs are compared bit for bit:
 
-    python benchmarks/preprocess_speed.py [--count 500] [--repeats 5]
+    python benchmarks/preprocess_speed.py [--count 500] [--repeats 5] [--json FILE]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import record  # noqa: E402
 from serve_load import digit_pngs  # noqa: E402
 
 from digitlab.vision import decode, preprocess  # noqa: E402
@@ -52,6 +53,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--json", type=Path, default=None, metavar="FILE",
+                        help="also write the result here (benchmarks/results/...)")
     args = parser.parse_args()
     if preprocess._flat is None:
         sys.exit("vision/_flat.c is not built here: nothing to compare (pip install -e . "
@@ -87,6 +90,14 @@ def main() -> None:
           f"compiled, compiled from 8-bit pixels) for {same}/{len(greys)}")
     if same != len(greys):
         sys.exit("the two paths disagree")
+    record.write(
+        args.json, benchmark="preprocess_speed",
+        figures={"digits": len(greys), "repeats": args.repeats, "identical": same,
+                 "ms_per_digit": dict(zip(names, times, strict=True))},
+        tables=[record.table(
+            f"Reading one drawn digit (140x140 page PNG), best of {args.repeats} passes over "
+            f"{len(greys)} MNIST test digits", ["step", "ms a digit"],
+            [[name, f"{ms:.3f}"] for name, ms in rows])])
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import photolike  # noqa: E402
+import record  # noqa: E402
 
 from digitlab.api import Prediction, Recognizer, png_bytes  # noqa: E402
 from digitlab.data import sources  # noqa: E402
@@ -60,7 +61,10 @@ def main() -> None:
     parser.add_argument("--show-failures", type=Path, default=None,
                         help="write each failure's photo and model input(s) here")
     parser.add_argument("--json", type=Path, default=None,
-                        help="also write the figures to this JSON file")
+                        help="also write the figures to this JSON file (what "
+                        "`python -m digitlab.default_model --benchmark` stores)")
+    parser.add_argument("--result", type=Path, default=None, metavar="FILE",
+                        help="also write the benchmark result here (benchmarks/results/...)")
     args = parser.parse_args()
     # What decides the figures (not where failures or figures are written).
     figures: dict[str, object] = {"benchmark_command": " ".join([
@@ -142,9 +146,30 @@ def main() -> None:
                        number_digit_accuracy=digits_right / max(1, digits_total))
     if args.json is not None:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    record.write(args.result, benchmark="realworld", figures=figures,
+                 tables=[_table(figures, info)])
 
     if args.show_failures is not None:
         _dump(args.show_failures, failures, number_failures)
+
+
+def _table(figures: dict[str, object], info: dict[str, object]) -> dict[str, object]:
+    def pct(key: str) -> str:
+        value = figures.get(key)
+        return "" if value is None else f"{100 * float(value):.2f}%"  # type: ignore[arg-type]
+
+    rows = [["MNIST test set (10,000)", "", pct("mnist_test_accuracy")]]
+    if "singles" in figures:
+        rows.append([f"{figures['singles']:,} photo-like single digits", pct("single_naive"),
+                     pct("single_digitlab")])
+    if "numbers" in figures:
+        rows.append([f"{figures['numbers']:,} photo-like numbers of 3-6 digits, read exactly",
+                     pct("number_naive"), pct("number_digitlab")])
+        rows.append(["digits of the numbers cut into the right count", "",
+                     pct("number_digit_accuracy")])
+    return record.table(f"Reading photographed digits: {info['model']} "
+                        f"({info['parameters']:,} parameters)",
+                        ["reading", "naive resize to 28x28", "digitlab"], rows)
 
 
 def _dump(folder: Path, singles: list[tuple[bytes, Prediction, int]],

@@ -1,14 +1,15 @@
-"""Check the serving target again and again: the README's three load commands, round after
+"""Check the serving target again and again: three serve_load.py commands, round after
 round, on this machine and on emulated slower ones, and how many runs met the target.
 
     python benchmarks/serve_target.py                       # 5 rounds, this machine only
     python benchmarks/serve_target.py --shares 0 0.2 0.3 0.45   # and 1.25-1.8x slower ones
+    python benchmarks/serve_target.py --result benchmarks/results/serve_target.json
 
 Each round runs, for each share in turn, `serve_load.py --workers 2` with drawn digits,
 with the page's requests (`--style page`) and with those and the access log on
 (`--access-log`): a fresh server each time, 2,000 measured requests from 32 clients. A
 share above 0 runs the command under `cpu_thief.py --share S` (which needs root or
-CAP_SYS_NICE). The target (issue 5): p99 <= 20 ms at 32 concurrent clients, zero errors,
+CAP_SYS_NICE). The target: p99 <= 20 ms at 32 concurrent clients, zero errors,
 no memory growth. Prints a line per run as it ends, then a table per share; exits 1 if a
 run could not be measured at all (the figures of the others are still printed), and on
 Ctrl+C tables the runs done so far and exits 130.
@@ -28,10 +29,11 @@ import time
 from pathlib import Path
 
 # benchmarks/, beside this file; STOP_S: after Ctrl+C, how long a run has to stop its server
+import record
 from cpu_thief import STOP_S, real_time_refused
 
 HERE = Path(__file__).resolve().parent
-COMMANDS = {  # name -> serve_load.py arguments (README, "Serving under load")
+COMMANDS = {  # name -> serve_load.py arguments
     "drawn": ["--workers", "2"],
     "page": ["--workers", "2", "--style", "page"],
     "page+log": ["--workers", "2", "--style", "page", "--access-log"],
@@ -48,6 +50,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--target-ms", type=float, default=20.0, help="The p99 target.")
     parser.add_argument("--json", metavar="FILE", help="Also write every run's figures here.")
+    parser.add_argument("--result", metavar="FILE", type=Path, default=None,
+                        help="Also write the benchmark result (the table per share, with the "
+                        "machine) here (benchmarks/results/...).")
     args = parser.parse_args()
     if not 1 <= args.rounds <= 100:
         parser.error(f"--rounds must be 1..100, got {args.rounds}")
@@ -82,6 +87,15 @@ def main() -> int:
     print(table(runs, args.shares, args.target_ms))
     if args.json:
         Path(args.json).write_text(json.dumps(runs, indent=1) + "\n")
+    if runs:
+        lines = table(runs, args.shares, args.target_ms).splitlines()[1:]
+        record.write(args.result, benchmark="serve_target", figures={"runs": runs},
+                     tables=[record.table(
+                         f"`digitlab serve` under load: {args.requests:,} requests from 32 "
+                         f"clients, two workers; target p99 <= {args.target_ms:g} ms, no "
+                         f"errors ({', '.join(args.commands)}; {args.rounds} round(s))",
+                         [c.strip() for c in lines[0].strip("|").split("|")],
+                         [[c.strip() for c in row.strip("|").split("|")] for row in lines[2:]])])
     if failed:
         print(f"serve_target: {failed} run(s) gave no figures (see above)", file=sys.stderr)
     return 130 if stopped else 1 if failed else 0

@@ -7,7 +7,7 @@ uint8 image into a PIL image and then a float tensor (what torchvision's MNIST +
 do), a DataLoader of batch 64, nn.Module forward + autograd + torch.optim.Adam's defaults,
 and loss.item() every batch. Evaluation is excluded from both timings.
 
-    python benchmarks/tutorial_speed.py --epochs 2
+    python benchmarks/tutorial_speed.py --epochs 2 [--json FILE]
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import io
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,11 +27,15 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from digitlab.config import resolve
-from digitlab.console import Console
-from digitlab.data import sources
-from digitlab.data.loader import load_split
-from digitlab.engine.train import fit
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import record  # noqa: E402
+
+from digitlab.config import resolve  # noqa: E402
+from digitlab.console import Console  # noqa: E402
+from digitlab.data import sources  # noqa: E402
+from digitlab.data.loader import load_split  # noqa: E402
+from digitlab.engine.train import fit  # noqa: E402
 
 
 class TutorialMNIST(Dataset):
@@ -112,6 +117,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--root", type=Path, default=None)
+    parser.add_argument("--json", type=Path, default=None, metavar="FILE",
+                        help="also write the result here (benchmarks/results/...)")
     args = parser.parse_args()
     root = args.root or sources.default_root()
     sources.fetch("mnist", root=root)
@@ -127,6 +134,19 @@ def main() -> None:
         print(f"{label:<14}: {mean:6.3f} s/epoch  (epochs: {each})  "
               f"test accuracy after {args.epochs} epoch(s): {100 * acc:.2f}%")
     print(f"speed-up      : {tut / dl:.1f}x")
+    record.write(
+        args.json, benchmark="tutorial_speed",
+        figures={"epochs": args.epochs, "tutorial_seconds_per_epoch": tut_times,
+                 "digitlab_seconds_per_epoch": dl_times, "tutorial_accuracy": tut_acc,
+                 "digitlab_accuracy": dl_acc, "speedup": tut / dl},
+        tables=[record.table(
+            f"The tutorial's network, {args.epochs} epoch(s) on the CPU: its own code "
+            "against `digitlab train --preset tutorial`",
+            ["code", "seconds per epoch", f"test accuracy after {args.epochs} epoch(s)"],
+            [["the tutorial's code", f"{tut:.2f}", f"{100 * tut_acc:.2f}%"],
+             ["digitlab `--preset tutorial`", f"{dl:.2f}", f"{100 * dl_acc:.2f}%"],
+             ["speed-up", f"{tut / dl:.1f}x", ""]])],
+        torch_threads=torch.get_num_threads())
 
 
 if __name__ == "__main__":
