@@ -11,8 +11,11 @@ import tomllib
 from packaging.requirements import Requirement
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
-REQUIREMENTS = [Requirement(line) for line in
-                tomllib.loads(PYPROJECT.read_text())["project"]["dependencies"]]
+PROJECT = tomllib.loads(PYPROJECT.read_text())["project"]
+# The core install's and every extra's, but for the extras that name digitlab's own.
+REQUIREMENTS = [Requirement(line) for line in [
+    *PROJECT["dependencies"], *(r for extra in PROJECT["optional-dependencies"].values()
+                                for r in extra)] if not line.startswith("digitlab")]
 
 
 @pytest.mark.parametrize("requirement", [r for r in REQUIREMENTS
