@@ -9,6 +9,7 @@ import os
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import zlib
 from pathlib import Path
@@ -425,39 +426,54 @@ def test_option_errors_are_clean(tmp_path, photos):
 
 
 
+# `digitlab predict` that writes its own peak RSS (VmHWM) to the file named first on exit
+# (the CLI runs atexit handlers on its way out). A child's ru_maxrss would not do: it counts
+# the parent's memory, which the child shares until it runs the interpreter.
+PEAK_THEN_PREDICT = """
+import atexit, sys
+peak_file = sys.argv.pop(1)
+def peak():
+    with open("/proc/self/status") as status, open(peak_file, "w") as out:
+        out.write(next(line for line in status if line.startswith("VmHWM")).split()[1])
+atexit.register(peak)
+sys.argv[0] = "digitlab"
+from digitlab.cli import main
+main()
+"""
+
+
 def run_process(args: list[object], *, feed: bytes = b"", repeat: int = 0,
                 timeout: float = 120) -> tuple[int, str, str, int]:
     """`digitlab predict ARGS` in a process of its own, its stdin fed `feed` `repeat` times
-    for as long as it reads: exit code, stdout, stderr and its peak RSS in bytes (os.wait4's
-    figure for this child alone). A run past `timeout` is killed and fails the test."""
-    child = subprocess.Popen([sys.executable, "-m", "digitlab", "predict", *map(str, args)],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE)
+    for as long as it reads: exit code, stdout, stderr and its peak RSS in bytes. A run
+    past `timeout` is killed and fails the test."""
+    with tempfile.TemporaryDirectory() as folder:
+        peak_file = Path(folder) / "peak"
+        reading, writing = os.pipe()  # its stdin, written here while communicate reads
+        child = subprocess.Popen(
+            [sys.executable, "-c", PEAK_THEN_PREDICT, str(peak_file), "predict",
+             *map(str, args)],
+            stdin=reading, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        os.close(reading)
 
-    def write() -> None:
+        def write() -> None:
+            with open(writing, "wb", buffering=0) as stdin:
+                try:
+                    for _ in range(repeat):
+                        stdin.write(feed)
+                except BrokenPipeError:
+                    pass  # it stopped reading, as a bounded read does
+
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
         try:
-            for _ in range(repeat):
-                child.stdin.write(feed)
-            child.stdin.close()
-        except BrokenPipeError:
-            pass  # it stopped reading, as a bounded read does
-
-    streams: dict[int, bytes] = {}
-    threads = [threading.Thread(target=write, daemon=True)] + [
-        threading.Thread(target=lambda n=n, s=s: streams.__setitem__(n, s.read()), daemon=True)
-        for n, s in enumerate([child.stdout, child.stderr])]
-    for thread in threads:
-        thread.start()
-    late = threading.Event()
-    timer = threading.Timer(timeout, lambda: (late.set(), child.kill()))
-    timer.start()
-    _, status, usage = os.wait4(child.pid, 0)
-    timer.cancel()
-    child.returncode = os.waitstatus_to_exitcode(status)
-    assert not late.is_set(), f"digitlab predict {args} did not end within {timeout} s"
-    for thread in threads[1:]:
-        thread.join(timeout)
-    return child.returncode, streams[0].decode(), streams[1].decode(), usage.ru_maxrss * 1024
+            stdout, stderr = child.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
+            pytest.fail(f"digitlab predict {args} did not end within {timeout} s")
+        return (child.returncode, stdout.decode(), stderr.decode(),
+                int(peak_file.read_text()) * 1024)
 
 
 @pytest.mark.timeout(300)
