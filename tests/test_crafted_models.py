@@ -163,3 +163,15 @@ def test_a_crafted_onnx_contract_is_one_error_line(case: str, tmp_path: Path,
     code, lines, _ = _predict(onnx_file, image)
     assert code == 1, lines
     assert len(lines) == 1 and lines[0].lower().startswith("error:") and message in lines[0], lines
+
+
+def test_metadata_describing_millions_of_layers_is_refused_unread(tmp_path: Path) -> None:
+    import resource
+    import time
+
+    run = _crafted_run(tmp_path / "run", _meta(model_args={"hidden": [8] * 2_000_000}))
+    started, before = time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(RunDirError, match="more than the 65,536 a model description takes"):
+        load_model(run)
+    assert time.process_time() - started < 2
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200 * 1024

@@ -24,6 +24,9 @@ CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 METRICS = "metrics.jsonl"
 META_KEY = "digitlab"
+# A model's name, arguments and figures take a few hundred characters; far longer metadata
+# would describe a model of absurdly many layers, each built before its size is checked.
+META_MAX = 1 << 16
 
 
 def new_run_dir(out: Path | None, *, force: bool = False, base: Path = Path("runs")) -> Path:
@@ -143,6 +146,9 @@ def read_header(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, Any]]
         with safe_open(path, framework="pt") as fh:
             shapes = {key: tuple(fh.get_slice(key).get_shape()) for key in fh.keys()}  # noqa: SIM118
             stored = (fh.metadata() or {}).get(META_KEY, "null")
+        if len(stored) > META_MAX:
+            raise RunDirError(f"{path}: its digitlab metadata is {len(stored):,} characters, "
+                              f"more than the {META_MAX:,} a model description takes")
         meta = json.loads(stored)
     except FileNotFoundError:
         raise RunDirError(f"{path} is missing: is it a finished run?") from None

@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,14 @@ from digitlab.config import TrainConfig
 from digitlab.console import Console
 from digitlab.errors import DigitlabError
 from digitlab.sweep.report import SweepResult, TrialConsole, short, write_report
-from digitlab.sweep.space import SweepError, base_config, check_space, load_space, trial_config
+from digitlab.sweep.space import (
+    Space,
+    SweepError,
+    base_config,
+    check_space,
+    load_space,
+    trial_config,
+)
 from digitlab.sweep.storage import (
     check_same_space,
     create_study,
@@ -122,6 +129,107 @@ class _Progress:
             self.console.line(line)
 
 
+class _Objective:
+    """Optuna's objective: one trial is an ordinary training run, whose per-epoch validation
+    accuracy is reported for pruning."""
+
+    def __init__(self, space: Space, base: TrainConfig, study_dir: Path, *,
+                 root: Path | None, progress: _Progress, stop: _StopRequest,
+                 deadline: float | None) -> None:
+        self.space, self.base, self.study_dir, self.root = space, base, study_dir, root
+        self.progress, self.stop, self.deadline = progress, stop, deadline
+        self.console = TrialConsole()
+        self.data = _DataCache(root=root, console=self.console)
+        self.worker = _worker_id()
+        self.ran_here = 0
+
+    def __call__(self, trial: Any) -> float:
+        from digitlab.engine.checkpoint import CHECKPOINT, PREVIOUS
+        from digitlab.engine.train import Interrupted, fit
+
+        cfg = trial_config(self.base, {p.name: p.suggest(trial) for p in self.space.params})
+        run = self.study_dir / "trials" / f"{trial.number:04d}"
+        trial.set_user_attr("worker", self.worker)
+        trial.set_user_attr("run_dir", str(run.resolve()))
+        self.progress.status(f"trial {trial.number}: starting")
+        if self.stop.asked:  # Ctrl-C came after Optuna had already started this trial
+            trial.set_user_attr("error", "interrupted")
+            raise KeyboardInterrupt
+        try:
+            result = fit(cfg, out=run, force=True, root=self.root, console=self.console,
+                         on_epoch=self._on_epoch(trial, cfg), preloaded=self.data.get(cfg))
+        except Interrupted:
+            # fit() turns Ctrl-C into a clean stop of its own; for the sweep it ends the study
+            trial.set_user_attr("error", "interrupted")
+            raise KeyboardInterrupt from None
+        except (DigitlabError, _OutOfTime) as exc:
+            trial.set_user_attr("error", str(exc))
+            raise
+        finally:
+            # A trial is never resumed: its weights and metrics are what the study needs.
+            for leftover in (CHECKPOINT, PREVIOUS):
+                (run / leftover).unlink(missing_ok=True)
+        return float(result.metrics[-1]["val_accuracy"])
+
+    def _on_epoch(self, trial: Any, cfg: TrainConfig) -> Callable[[dict[str, Any]], None]:
+        import optuna
+
+        started = time.perf_counter()
+
+        def on_epoch(row: dict[str, Any]) -> None:
+            accuracy = row["val_accuracy"]
+            trial.set_user_attr("epochs_run", row["epoch"])
+            trial.set_user_attr("seconds", time.perf_counter() - started)
+            self.progress.status(f"trial {trial.number}: epoch {row['epoch']}/{cfg.epochs} "
+                                 f"val {100 * accuracy:.2f}%")
+            if self.stop.asked:  # Ctrl-C before fit() had its own handler in place
+                raise KeyboardInterrupt
+            trial.report(accuracy, round(100 * row["epoch"] / cfg.epochs))
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"at epoch {row['epoch']}/{cfg.epochs}")
+            if (self.deadline is not None and time.monotonic() > self.deadline
+                    and row["epoch"] < cfg.epochs):
+                raise _OutOfTime("--timeout reached during the trial")
+
+        return on_epoch
+
+    def after_trial(self, study: Any, frozen: Any) -> None:
+        self.ran_here += 1
+        self.progress.trial_done(trial_line(study, frozen))
+
+
+def _check_options(*, final: str, val_split: int, trials: int | None,
+                   timeout: float | None) -> int | None:
+    """The number of trials to reach (20 when neither it nor a timeout is given)."""
+    if final not in FINALS:
+        raise SweepError(f"--final must be one of {', '.join(FINALS)}; got {final!r}")
+    if val_split < 1:
+        raise SweepError("--val-split must be at least 1: trials are scored on held-out "
+                         "training images, never on the test set")
+    if trials is not None and trials < 1:
+        raise SweepError("--trials must be at least 1")
+    if timeout is not None and timeout <= 0:
+        raise SweepError("--timeout must be positive")
+    return 20 if trials is None and timeout is None else trials
+
+
+def _open_study(url: str, name: str, *, shared: bool, prune: bool, seed: int) -> Any:
+    import optuna
+
+    # Optuna logs a failed trial's traceback as a warning; the sweep's own line says why.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    study = create_study(open_storage(url), name, optuna, prune, seed)
+    # A fresh sampler seeded only by --seed would replay the same first suggestions on
+    # resume; mixing in the trials already there (and the process, when workers share a
+    # server) keeps resumed and parallel workers from repeating each other.
+    sampler_seed = seed * 1_000_003 + len(study.trials) + (os.getpid() if shared else 0)
+    study.sampler = optuna.samplers.TPESampler(seed=sampler_seed % 2**32,
+                                               n_startup_trials=6, multivariate=True,
+                                               group=True)
+    return study
+
+
 def run_sweep(
     *,
     space_file: Path | None = None,
@@ -147,21 +255,10 @@ def run_sweep(
     import optuna
     from optuna.trial import TrialState
 
-    from digitlab.engine.checkpoint import CHECKPOINT, PREVIOUS
-    from digitlab.engine.train import Interrupted, fit
+    from digitlab.engine.train import fit
 
     console = console or Console()
-    if final not in FINALS:
-        raise SweepError(f"--final must be one of {', '.join(FINALS)}; got {final!r}")
-    if val_split < 1:
-        raise SweepError("--val-split must be at least 1: trials are scored on held-out "
-                         "training images, never on the test set")
-    if trials is not None and trials < 1:
-        raise SweepError("--trials must be at least 1")
-    if timeout is not None and timeout <= 0:
-        raise SweepError("--timeout must be positive")
-    if trials is None and timeout is None:
-        trials = 20
+    trials = _check_options(final=final, val_split=val_split, trials=trials, timeout=timeout)
     space = load_space(space_file)
     base = base_config(space, preset=preset, overrides={
         "val_split": val_split, "limit_train": limit_train, "device": device, "seed": seed})
@@ -171,84 +268,17 @@ def run_sweep(
     study_dir = study_dir if study_dir is not None else Path("sweeps") / name
     study_dir.mkdir(parents=True, exist_ok=True)
     url = storage_url(storage, study_dir)
-    # Optuna logs a failed trial's traceback as a warning; the sweep's own line says why.
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    store = open_storage(url)
-    # A fresh sampler seeded only by --seed would replay the same first suggestions on
-    # resume; mixing in the trials already there (and the process, when workers share a
-    # server) keeps resumed and parallel workers from repeating each other.
-    study = create_study(store, name, optuna, prune, seed)
+    study = _open_study(url, name, shared=bool(storage), prune=prune, seed=seed)
     existing = len(study.trials)
-    sampler_seed = seed * 1_000_003 + existing + (os.getpid() if storage else 0)
-    study.sampler = optuna.samplers.TPESampler(seed=sampler_seed % 2**32,
-                                               n_startup_trials=6, multivariate=True,
-                                               group=True)
     check_same_space(study, space, base)
-
-    def finished_count() -> int:
-        return len(study.get_trials(deepcopy=False,
-                                    states=(TrialState.COMPLETE, TrialState.PRUNED)))
-
-    remaining = None if trials is None else max(0, trials - finished_count())
-    worker = _worker_id()
-    deadline = time.monotonic() + timeout if timeout else None
-    trial_console = TrialConsole()
-    data = _DataCache(root=root, console=trial_console)
-    progress = _Progress(console, remaining)
-    stop = _StopRequest()
-    ran_here = 0
-
-    def objective(trial: Any) -> float:
-        values = {p.name: p.suggest(trial) for p in space.params}
-        cfg = trial_config(base, values)
-        run = study_dir / "trials" / f"{trial.number:04d}"
-        trial.set_user_attr("worker", worker)
-        trial.set_user_attr("run_dir", str(run.resolve()))
-        started = time.perf_counter()
-
-        def on_epoch(row: dict[str, Any]) -> None:
-            accuracy = row["val_accuracy"]
-            trial.set_user_attr("epochs_run", row["epoch"])
-            trial.set_user_attr("seconds", time.perf_counter() - started)
-            progress.status(f"trial {trial.number}: epoch {row['epoch']}/{cfg.epochs} "
-                            f"val {100 * accuracy:.2f}%")
-            if stop.asked:  # Ctrl-C before fit() had its own handler in place
-                raise KeyboardInterrupt
-            trial.report(accuracy, round(100 * row["epoch"] / cfg.epochs))
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"at epoch {row['epoch']}/{cfg.epochs}")
-            if deadline is not None and time.monotonic() > deadline and row["epoch"] < cfg.epochs:
-                raise _OutOfTime("--timeout reached during the trial")
-
-        progress.status(f"trial {trial.number}: starting")
-        if stop.asked:  # Ctrl-C came after Optuna had already started this trial
-            trial.set_user_attr("error", "interrupted")
-            raise KeyboardInterrupt
-        try:
-            result = fit(cfg, out=run, force=True, root=root, console=trial_console,
-                         on_epoch=on_epoch, preloaded=data.get(cfg))
-        except Interrupted:
-            # fit() turns Ctrl-C into a clean stop of its own; for the sweep it ends the study
-            trial.set_user_attr("error", "interrupted")
-            raise KeyboardInterrupt from None
-        except (DigitlabError, _OutOfTime) as exc:
-            trial.set_user_attr("error", str(exc))
-            raise
-        finally:
-            # A trial is never resumed: its weights and metrics are what the study needs.
-            for leftover in (CHECKPOINT, PREVIOUS):
-                (run / leftover).unlink(missing_ok=True)
-        return float(result.metrics[-1]["val_accuracy"])
-
-    def after_trial(study: Any, frozen: Any) -> None:
-        nonlocal ran_here
-        ran_here += 1
-        progress.trial_done(trial_line(study, frozen))
-
-    stop_after = optuna.study.MaxTrialsCallback(trials, states=(TrialState.COMPLETE,
-                                                                TrialState.PRUNED)) \
-        if trials is not None else None
+    finished = (TrialState.COMPLETE, TrialState.PRUNED)
+    remaining = None if trials is None else max(
+        0, trials - len(study.get_trials(deepcopy=False, states=finished)))
+    progress, stop = _Progress(console, remaining), _StopRequest()
+    objective = _Objective(space, base, study_dir, root=root, progress=progress, stop=stop,
+                           deadline=time.monotonic() + timeout if timeout else None)
+    callbacks = [objective.after_trial] + (
+        [optuna.study.MaxTrialsCallback(trials, states=finished)] if trials is not None else [])
     interrupted = False
     if remaining != 0:
         console.note(f"study {name!r} in {redact(url)}: {existing} trials so far; "
@@ -256,13 +286,13 @@ def run_sweep(
         try:
             with progress.running(), stop.installed(study):
                 study.optimize(objective, n_trials=remaining, timeout=timeout,
-                               catch=(DigitlabError, _OutOfTime),
-                               callbacks=[after_trial] + ([stop_after] if stop_after else []))
+                               catch=(DigitlabError, _OutOfTime), callbacks=callbacks)
         except KeyboardInterrupt:
             interrupted = True
         interrupted = interrupted or stop.asked
     result = SweepResult(study_dir=study_dir, study_name=name, storage=redact(url),
-                         finished=finished_count(), ran_here=ran_here, interrupted=interrupted)
+                         finished=len(study.get_trials(deepcopy=False, states=finished)),
+                         ran_here=objective.ran_here, interrupted=interrupted)
     write_report(study, result, base, space, console, root=root, final=final, fit=fit)
     return result
 
