@@ -33,6 +33,7 @@ from PIL import Image
 from pydantic import ValidationError
 from starlette.datastructures import Headers, QueryParams
 from starlette.exceptions import HTTPException
+from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from digitlab import __version__
@@ -175,8 +176,8 @@ def _add_api(app: FastAPI, *, max_bytes: int) -> None:
     # wrapping) costs a sizeable share of the server's CPU per drawn digit
     # (docs/decisions/0002-predict-as-a-starlette-route.md). Its schema comes from a FastAPI
     # route that only documents it, with the same PredictParams model as its parameters.
-    app.add_route("/api/predict", PredictEndpoint(max_bytes), methods=["POST"],
-                  include_in_schema=False)
+    app.router.routes.append(Route("/api/predict", PredictEndpoint(max_bytes),
+                                   methods=["POST"], include_in_schema=False))
     documented = APIRoute("/api/predict", _predict_doc, methods=["POST"],
                           summary="Read the digit (or number) in an image",
                           response_model=DigitAnswer | NumberAnswer,
