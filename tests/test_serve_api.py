@@ -230,6 +230,13 @@ def test_malformed_multipart_is_400(client):
 def test_too_many_pixels_is_413(client):
     problem(client.post("/api/predict", content=fake_png(10_000, 5_000)), 413, "pixel limit")
     problem(client.post("/api/predict", content=fake_png(20_000, 20_000)), 413, "pixel")
+    # The server's own limit, well below the decoder's: preprocessing works at 1,600 px.
+    body = problem(client.post("/api/predict", content=fake_png(5_000, 4_000)), 413,
+                   "16,000,000 pixel limit")
+    assert body["detail"] == {"limit_pixels": 16_000_000}
+    big = io.BytesIO()
+    Image.new("L", (4_100, 4_000), 255).save(big, "PNG")  # a real, plain grey PNG
+    problem(client.post("/api/predict", content=big.getvalue()), 413, "4100x4000")
 
 
 def test_over_the_size_limit_is_413_and_the_connection_is_reused(client, digits):

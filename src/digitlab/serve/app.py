@@ -33,6 +33,7 @@ from PIL import Image
 from pydantic import ValidationError
 from starlette.datastructures import Headers, QueryParams
 from starlette.exceptions import HTTPException
+from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from digitlab import __version__
@@ -122,7 +123,8 @@ def create_app(
     if cors_origin is not None:
         app.add_middleware(CORSMiddleware, allow_origins=[check_origin(cors_origin)],
                            allow_methods=["GET", "POST"], allow_headers=["Content-Type"])
-    # Added last, so it is the outermost: nothing runs for a request it refuses.
+    # Added last, so it is the outermost of them: a request it refuses reaches no other
+    # middleware and no endpoint.
     app.add_middleware(RequestGuard, allowed_hosts=list(allowed_hosts),
                        cors_origin=cors_origin)
     _add_error_handlers(app)
@@ -132,10 +134,10 @@ def create_app(
 
 
 def _without_telemetry() -> dict[str, Any]:
-    """FastAPI 0.16x's built-in OpenTelemetry hooks, switched off: with no provider set up
-    they record nothing, yet ask OpenTelemetry for its providers (an environment lookup)
-    on every request, about 4% of the server's CPU under load (py-spy). Older FastAPI
-    versions have no such hooks and no such argument."""
+    """FastAPI 0.16x's built-in OpenTelemetry hooks, switched off with its documented
+    `telemetry` argument: with no provider set up they record nothing, yet ask
+    OpenTelemetry for its providers (an environment lookup) on every request. Older
+    FastAPI versions have no such hooks and no such argument."""
     if "telemetry" not in inspect.signature(FastAPI.__init__).parameters:
         return {}
     return {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
@@ -172,10 +174,10 @@ def _add_api(app: FastAPI, *, max_bytes: int) -> None:
     # /api/predict is a Starlette route to a plain ASGI endpoint rather than a FastAPI route:
     # FastAPI's per-request machinery (solving the signature's dependencies, its Request
     # wrapping) costs a sizeable share of the server's CPU per drawn digit
-    # (docs/decisions/0001-predict-as-a-starlette-route.md). Its schema comes from a FastAPI
+    # (docs/decisions/0002-predict-as-a-starlette-route.md). Its schema comes from a FastAPI
     # route that only documents it, with the same PredictParams model as its parameters.
-    app.add_route("/api/predict", PredictEndpoint(max_bytes), methods=["POST"],
-                  include_in_schema=False)
+    app.router.routes.append(Route("/api/predict", PredictEndpoint(max_bytes),
+                                   methods=["POST"], include_in_schema=False))
     documented = APIRoute("/api/predict", _predict_doc, methods=["POST"],
                           summary="Read the digit (or number) in an image",
                           response_model=DigitAnswer | NumberAnswer,
