@@ -15,6 +15,7 @@ import pytest
 import uvicorn
 
 from digitlab.api import Recognizer
+from digitlab.serve import app as app_module
 from digitlab.serve import server as limits
 from digitlab.serve.app import create_app
 from digitlab.vision.png import write_grey
@@ -171,3 +172,27 @@ def test_connections_past_the_cap_are_503(recognizer, monkeypatch):
                 s.close()
         time.sleep(0.2)
         assert post(address, drawing())[0] == 200
+
+
+def test_a_pipelined_request_is_not_cut_off_as_a_late_head(recognizer, monkeypatch):
+    """Two requests sent in one go: the second's head came with the first, so the time
+    it takes to answer is not counted as waiting for a head."""
+    monkeypatch.setattr(limits, "HEAD_S", 0.5)
+    monkeypatch.setattr(limits, "BODY_S", 0.5)
+    real = app_module._prepare
+
+    def slow(data: bytes, number: bool):
+        time.sleep(0.8)  # longer than HEAD_S
+        return real(data, number)
+
+    monkeypatch.setattr(app_module, "_prepare", slow)
+    monkeypatch.setattr(app_module, "_prepare_quickly", lambda data: None)
+    body = drawing()
+    one = request(f"POST /api/predict HTTP/1.1\nHost: x\nContent-Length: {len(body)}\n\n", body)
+    last = request(f"POST /api/predict HTTP/1.1\nHost: x\nContent-Length: {len(body)}\n"
+                   "Connection: close\n\n", body)
+    with serving(app_module.create_app(recognizer)) as address, \
+            socket.create_connection(address, timeout=30) as s:
+        s.sendall(one + one + last)
+        data = closed_within(s, 30)
+    assert data is not None and data.count(b"HTTP/1.1 200 ") == 3, data[:300]

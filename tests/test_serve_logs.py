@@ -56,7 +56,7 @@ def test_access_lines_are_uvicorns_word_for_word(colours):
 def test_serving_processes_log_through_it(monkeypatch):
     """Both ways digitlab serve runs uvicorn (in its own process, and in each worker)
     configure logging with LOG_CONFIG; records there skip the fields no line shows."""
-    for name in ("logThreads", "logProcesses", "logMultiprocessing", "_srcfile"):
+    for name in ("logThreads", "logProcesses", "logMultiprocessing"):
         monkeypatch.setattr(logging, name, getattr(logging, name))  # put back afterwards
     config = uvicorn.Config(**workers.worker_config("127.0.0.1", 8000, 2, "info", True))
     assert config.log_config is LOG_CONFIG and config.access_log
@@ -64,7 +64,9 @@ def test_serving_processes_log_through_it(monkeypatch):
 
     def run(server, sockets=None):
         seen["config"] = server.config
-        seen["lean"] = not (logging.logThreads or logging.logProcesses) and not logging._srcfile
+        seen["lean"] = not (logging.logThreads or logging.logProcesses
+                            or logging.logMultiprocessing)
+        seen["caller"] = logging._srcfile  # left as logging sets it: its private switch
         for sock in sockets or ():
             sock.close()
 
@@ -72,6 +74,7 @@ def test_serving_processes_log_through_it(monkeypatch):
     serve_run.serve(run=None, host="127.0.0.1", port=0, workers=1, max_bytes=2**20,
                     report=lambda line: None)
     assert seen["config"].log_config is LOG_CONFIG and seen["lean"]
+    assert seen["caller"] is not None
 
 
 @pytest.mark.slow

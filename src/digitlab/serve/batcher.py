@@ -39,8 +39,7 @@ from digitlab.serve.upload import RequestProblem
 
 # Requests a reader takes at once; more waiting ones go to the next take. A batch is
 # answered when all of it is read, so it bounds how long a request waits behind others:
-# with a drawn digit at ~0.45 ms, 8 gave p99 below 16's in 6 of 8 alternated runs of
-# serve_load (median 33.6 against 36.4 ms) for the same CPU per request.
+# in alternated serve_load runs, 8 gave a lower p99 than 16 for the same CPU per request.
 MAX_BATCH = 8
 # Requests waiting for the quick lane, and waiting for or in the slow lane: past these a
 # request is answered 503 at once instead of waiting behind work the server cannot finish
@@ -222,10 +221,10 @@ class DigitReader:
                     stop = True
                     break
                 batch.append(more)
-            # Single digits (~0.3 ms each the quick way) are read together and answered at
-            # once. The slow lane gets the rest, first so that it starts at once: each whole
-            # number (~100 ms: many candidate cuts) on its own, and the singles the quick
-            # way declined (a few to tens of ms each) together.
+            # Single digits read the quick way are read together and answered at once. The
+            # slow lane gets the rest, first so that it starts at once: each whole number
+            # (many candidate cuts: the slowest kind) on its own, and the singles the quick
+            # way declined (a photo's lighting, a JPEG's decoding) together.
             batch = [j for j in batch if not j.skip()]
             singles = [j for j in batch if not j.number]
             if self._quick is None:

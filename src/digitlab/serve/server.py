@@ -100,9 +100,10 @@ if HttpToolsProtocol is not None:
             super().on_message_complete()
 
         def on_response_complete(self) -> None:
-            self.in_head = True
-            self.late.cancel()
-            self.late = self.loop.call_later(HEAD_S, self._too_late, HEAD_LATE)
+            if not self.pipeline:  # else the next request's head has already come
+                self.in_head = True
+                self.late.cancel()
+                self.late = self.loop.call_later(HEAD_S, self._too_late, HEAD_LATE)
             super().on_response_complete()
 
         def _too_late(self, answer: bytes) -> None:
