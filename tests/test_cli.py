@@ -161,3 +161,15 @@ def test_damaged_data_file_is_named_with_the_fix(tmp_path, mnist_root, damage):
     assert invoke("data", "fetch", "--root", tmp_path, "--force", "--no-pip",
                   "--mirror", "http://127.0.0.1:9/").exit_code == 1
     assert target.exists()  # a failed refetch leaves the user's files in place
+
+
+def test_serve_takes_its_run_host_and_port_from_the_environment(tmp_path):
+    """DIGITLAB_SERVE_RUN, _HOST and _PORT stand for --run, --host and --port."""
+    missing = tmp_path / "no-such-run"
+    result = runner.invoke(app, ["serve"], env={"DIGITLAB_SERVE_RUN": str(missing)})
+    assert result.exit_code == 1 and str(missing) in result.output
+    result = runner.invoke(app, ["serve"], env={"DIGITLAB_SERVE_PORT": "70000"})
+    assert result.exit_code == 1 and "70000" in result.output
+    result = runner.invoke(app, ["serve", "--port", "0"],
+                           env={"DIGITLAB_SERVE_HOST": "not a host name"})
+    assert result.exit_code == 1 and "not a host name" in result.output

@@ -135,3 +135,19 @@ def test_digitlab_serve_prints_no_stray_lines_for_hostile_requests(mnist_test_sp
     assert lines[0].startswith("digitlab serve: http://127.0.0.1:")
     assert [line for line in lines[1:] if "uvicorn" not in line.lower()
             and not line.startswith("INFO:")] == [], lines
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_digitlab_serve_answers_its_allowed_host_names(mnist_test_split, workers):
+    """`--allowed-host` reaches the app in every worker: that name is answered, another is
+    421."""
+    digit = drawn(mnist_test_split.images[0])
+    with digitlab_serve("--no-access-log", "--workers", workers,
+                        "--allowed-host", "digits.example") as served, \
+            httpx.Client(base_url=served.url, timeout=60) as c:
+        for _ in range(4):  # each worker in turn, with fresh connections
+            assert c.post("/api/predict", content=digit,
+                          headers={"Host": "digits.example", "Connection": "close"}
+                          ).status_code == 200
+        problem(c.post("/api/predict", content=digit, headers={"Host": "other.example"}), 421)

@@ -58,7 +58,7 @@ def request(head: str, body: bytes = b"") -> bytes:
 
 def post(address, body: bytes) -> tuple[int, dict]:
     with socket.create_connection(address, timeout=10) as s:
-        s.sendall(request(f"POST /api/predict HTTP/1.1\nHost: x\nContent-Type: image/png\n"
+        s.sendall(request(f"POST /api/predict HTTP/1.1\nHost: 127.0.0.1\nContent-Type: image/png\n"
                           f"Content-Length: {len(body)}\nConnection: close\n\n", body))
         return answer(s)
 
@@ -97,7 +97,7 @@ def test_a_bounded_slowloris_is_cut_off_and_others_are_served(recognizer, monkey
         stalled = [socket.create_connection(address) for _ in range(3)]
         silent = socket.create_connection(address)
         for s in stalled:
-            s.sendall(request("POST /api/predict HTTP/1.1\nHost: x\n"
+            s.sendall(request("POST /api/predict HTTP/1.1\nHost: 127.0.0.1\n"
                               "Content-Length: 100000\n\n", b"x" * 100))
         began = time.monotonic()
         for s in dripping:
@@ -124,7 +124,7 @@ def test_a_head_larger_than_the_limit_is_431(recognizer):
         with socket.create_connection(address, timeout=10) as s:
             # Just past the limit and no more: a server closing with data unread resets
             # the connection, which would drop its answer on our side.
-            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: "
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: "
                       + b"y" * (limits.MAX_HEAD_BYTES + 1024))
             status, body = answer(s)
         assert status == 431 and "head" in body["error"]
@@ -135,7 +135,7 @@ def test_a_head_within_the_limit_is_served(recognizer):
     with serving(create_app(recognizer)) as address, \
             socket.create_connection(address, timeout=10) as s:
         big = "y" * (limits.MAX_HEAD_BYTES // 2)
-        s.sendall(request(f"GET /healthz HTTP/1.1\nHost: x\nX-Big: {big}\n"
+        s.sendall(request(f"GET /healthz HTTP/1.1\nHost: 127.0.0.1\nX-Big: {big}\n"
                           "Connection: close\n\n"))
         assert answer(s)[0] == 200
 
@@ -148,7 +148,7 @@ def test_keep_alive_requests_each_get_their_own_time(recognizer, monkeypatch):
     with serving(create_app(recognizer)) as address, \
             socket.create_connection(address, timeout=10) as s:
         for _ in range(3):
-            s.sendall(request(f"POST /api/predict HTTP/1.1\nHost: x\n"
+            s.sendall(request(f"POST /api/predict HTTP/1.1\nHost: 127.0.0.1\n"
                               f"Content-Length: {len(body)}\n\n", body))
             head = b""
             while b"\r\n\r\n" not in head:
@@ -164,7 +164,7 @@ def test_connections_past_the_cap_are_503(recognizer, monkeypatch):
         try:
             time.sleep(0.2)
             with socket.create_connection(address, timeout=10) as s:
-                s.sendall(request("GET /healthz HTTP/1.1\nHost: x\nConnection: close\n\n"))
+                s.sendall(request("GET /healthz HTTP/1.1\nHost: 127.0.0.1\nConnection: close\n\n"))
                 data = closed_within(s, 10)
             assert data is not None and data.startswith(b"HTTP/1.1 503 ")
         finally:
@@ -188,8 +188,8 @@ def test_a_pipelined_request_is_not_cut_off_as_a_late_head(recognizer, monkeypat
     monkeypatch.setattr(app_module, "_prepare", slow)
     monkeypatch.setattr(app_module, "_prepare_quickly", lambda data: None)
     body = drawing()
-    one = request(f"POST /api/predict HTTP/1.1\nHost: x\nContent-Length: {len(body)}\n\n", body)
-    last = request(f"POST /api/predict HTTP/1.1\nHost: x\nContent-Length: {len(body)}\n"
+    one = request(f"POST /api/predict HTTP/1.1\nHost: 127.0.0.1\nContent-Length: {len(body)}\n\n", body)
+    last = request(f"POST /api/predict HTTP/1.1\nHost: 127.0.0.1\nContent-Length: {len(body)}\n"
                    "Connection: close\n\n", body)
     with serving(app_module.create_app(recognizer)) as address, \
             socket.create_connection(address, timeout=30) as s:

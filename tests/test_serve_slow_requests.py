@@ -78,7 +78,7 @@ def slow_server(recognizer: Recognizer, monkeypatch, slow_s: float) -> Iterator[
 
 
 def post_bytes(body: bytes) -> bytes:
-    return (b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+    return (b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
             b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body)) + body
 
 

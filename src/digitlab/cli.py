@@ -379,21 +379,28 @@ def predict_cmd(
 
 @app.command("serve")
 def serve_cmd(
-    run: Path | None = typer.Option(None, "--run", help="Run directory, weights file or "
+    run: Path | None = typer.Option(None, "--run", envvar="DIGITLAB_SERVE_RUN",
+                                    help="Run directory, weights file or "
                                     "exported .onnx (default: the model shipped with "
                                     "digitlab)."),
     backend: str | None = typer.Option(None, help="torch, or onnxruntime (default: "
                                        "onnxruntime where installed: the shipped model's "
                                        "ONNX file, or a run's model exported to it in memory "
                                        "at start-up; else torch)."),
-    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every "
-                             "interface)."),
-    port: int = typer.Option(8000, help="Port to listen on (0: any free port)."),
+    host: str = typer.Option("127.0.0.1", envvar="DIGITLAB_SERVE_HOST",
+                             help="Address to listen on (0.0.0.0: every interface; put a "
+                             "reverse proxy in front for anything beyond this machine)."),
+    port: int = typer.Option(8000, envvar="DIGITLAB_SERVE_PORT",
+                             help="Port to listen on (0: any free port)."),
     workers: int = typer.Option(1, help="Server processes, each with its own model copy."),
     max_bytes: int = typer.Option(5 * 2**20, "--max-bytes", help="Largest upload accepted, "
                                   "in bytes (bigger ones get 413)."),
     cors: str | None = typer.Option(None, "--cors", help="Allow this origin (or '*') to call "
                                     "the API from its pages; off by default."),
+    allowed_host: list[str] = typer.Option([], "--allowed-host", help="A host name the "
+                                           "server answers to besides the address it "
+                                           "listens on and loopback names (repeatable; '*': "
+                                           "any). Other Host headers get 421."),
     access_log: bool = typer.Option(True, "--access-log/--no-access-log",
                                     help="Log one line per request."),
 ) -> None:
@@ -401,7 +408,8 @@ def serve_cmd(
     from digitlab.serve.run import serve
 
     serve(run=run, backend=backend, host=host, port=port, workers=workers,
-          max_bytes=max_bytes, cors_origin=cors, access_log=access_log, report=typer.echo)
+          max_bytes=max_bytes, cors_origin=cors, allowed_hosts=tuple(allowed_host),
+          access_log=access_log, report=typer.echo)
 
 
 # --- export and search ------------------------------------------------------------------

@@ -374,6 +374,6 @@ async def _until_gone(job: _Job, receive: Receive | None) -> None:
                 _give_up(job, RequestProblem(400, "the client disconnected", close=True))
                 return
         await asyncio.sleep(max(0.0, job.deadline - time.monotonic()))
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
     _give_up(job, busy("the image could not be read in time"))

@@ -33,6 +33,7 @@ class Settings:
     max_bytes: int
     cors_origin: str | None
     concurrency: int
+    allowed_hosts: tuple[str, ...] = ()
 
 
 def serve(
@@ -44,6 +45,7 @@ def serve(
     workers: int = 1,
     max_bytes: int,
     cors_origin: str | None = None,
+    allowed_hosts: tuple[str, ...] = (),
     access_log: bool = True,
     report: Callable[[str], None] = print,
 ) -> None:
@@ -64,7 +66,8 @@ def serve(
         check_origin(cors_origin)
     settings = Settings(run=None if run is None else str(run), backend=backend,
                         max_bytes=max_bytes,
-                        cors_origin=cors_origin, concurrency=_concurrency(workers))
+                        cors_origin=cors_origin, concurrency=_concurrency(workers),
+                        allowed_hosts=tuple(allowed_hosts))
     # A bad run fails here, before anything listens. With several workers the model is
     # tried in a throw-away process: the supervisor that stays would otherwise hold torch
     # and a model copy (~600 MB) it never uses.
@@ -82,7 +85,8 @@ def serve(
         from digitlab.serve.server import Server, server_settings
 
         app = create_app(recognizer, max_bytes=max_bytes, cors_origin=cors_origin,
-                         concurrency=settings.concurrency)
+                         concurrency=settings.concurrency,
+                         allowed_hosts=settings.allowed_hosts)
         lean_records()
         server = Server(uvicorn.Config(app, **server_settings("info", access_log)))
         # uvicorn re-raises the Ctrl+C it has already handled; stopping is the normal end.
@@ -99,10 +103,12 @@ def app_from_env() -> FastAPI:
     """The app factory each worker process calls; settings come from the parent."""
     from digitlab.serve.app import create_app
 
-    settings = Settings(**json.loads(os.environ[SETTINGS_ENV]))
+    values = json.loads(os.environ[SETTINGS_ENV])
+    settings = Settings(**{**values, "allowed_hosts": tuple(values.get("allowed_hosts", ()))})
     return create_app(partial(_load, settings),
                       max_bytes=settings.max_bytes,
-                      cors_origin=settings.cors_origin, concurrency=settings.concurrency)
+                      cors_origin=settings.cors_origin, concurrency=settings.concurrency,
+                      allowed_hosts=settings.allowed_hosts)
 
 
 def _model_info_elsewhere(settings: Settings) -> dict[str, Any]:
