@@ -140,6 +140,24 @@ def test_a_head_within_the_limit_is_served(recognizer):
         assert answer(s)[0] == 200
 
 
+@pytest.mark.parametrize("lines", [limits.MAX_HEADERS - 1, limits.MAX_HEADERS + 1])
+def test_header_lines_past_the_limit_are_431(recognizer, lines):
+    """A head within the size limit but with too many header lines is refused with its
+    JSON 431 (the drawing it carried is not answered); one line fewer is served."""
+    body = drawing()
+    with serving(create_app(recognizer)) as address, \
+            socket.create_connection(address, timeout=10) as s:
+        extra = "".join(f"X-{i}: 1\n" for i in range(lines - 3))
+        s.sendall(request(f"POST /api/predict HTTP/1.1\nHost: 127.0.0.1\n{extra}"
+                          f"Content-Type: image/png\nContent-Length: {len(body)}\n\n")
+                  + body)
+        status, answered = answer(s)
+    if lines > limits.MAX_HEADERS:
+        assert status == 431 and "header lines" in answered["error"]
+    else:
+        assert status == 200 and answered["digit"] in range(10)
+
+
 def test_keep_alive_requests_each_get_their_own_time(recognizer, monkeypatch):
     """The head and body timers restart with each request on a connection."""
     monkeypatch.setattr(limits, "HEAD_S", 1.0)

@@ -7,7 +7,7 @@ a header line a second, or stalling mid-body, holds its connection forever. Boun
 uvicorn's httptools protocol with those three bounds; a connection past one is answered
 431 or 408 (JSON, as every digitlab error) and closed. uvicorn's own `limit_concurrency`
 caps the connections a process holds (503 past it). See
-docs/decisions/0001-bounded-http-protocol.md for why this is a subclass.
+docs/decisions/0003-bounded-http-protocol.md for why this is a subclass.
 
 Server is uvicorn's Server that, as its shutdown begins, answers the requests not yet
 being read with a 503 (serve/batcher.py): the rest finish within the graceful shutdown
@@ -27,6 +27,7 @@ from digitlab.serve.batcher import DEADLINE_S, close_all
 from digitlab.serve.logs import LOG_CONFIG
 
 MAX_HEAD_BYTES = 64 * 1024  # request line and headers; a browser's are a few KiB
+MAX_HEADERS = 100  # header lines in one request (Apache's LimitRequestFields); browsers send ~20
 HEAD_S = 10.0  # from the connection (or the previous answer) to the end of the head
 BODY_S = 10.0  # from the end of the head to the end of the body
 MAX_CONNECTIONS = 512  # per process; within the usual 1,024 open files
@@ -57,6 +58,8 @@ def _answer(status: int, phrase: str, error: str) -> bytes:
 
 TOO_LARGE = _answer(431, "Request Header Fields Too Large",
                     f"the request head is larger than {MAX_HEAD_BYTES:,} bytes")
+TOO_MANY = _answer(431, "Request Header Fields Too Large",
+                   f"the request has more than {MAX_HEADERS} header lines")
 HEAD_LATE = _answer(408, "Request Timeout",
                     f"the request head did not arrive within {HEAD_S:g} s")
 BODY_LATE = _answer(408, "Request Timeout",
@@ -66,10 +69,11 @@ BODY_LATE = _answer(408, "Request Timeout",
 if HttpToolsProtocol is not None:
 
     class BoundedHttp(HttpToolsProtocol):  # type: ignore[misc, valid-type]
-        """uvicorn's httptools protocol; a request's head is bounded in size (431) and in
-        time (408), and so is the time its body takes (408). One timer per connection,
-        moved at each stage: the head is awaited from the connection or the previous
-        answer on, the body from the end of the head."""
+        """uvicorn's httptools protocol; a request's head is bounded in size and in header
+        lines (431) and in time (408), and so is the time its body takes (408). One timer
+        per connection, moved at each stage: the head is awaited from the connection or
+        the previous answer on, the body from the end of the head. A request refused while
+        its head came is never run."""
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -88,16 +92,29 @@ if HttpToolsProtocol is not None:
                 if self.head_bytes > MAX_HEAD_BYTES:
                     self._refuse(TOO_LARGE)
 
+        def on_header(self, name: bytes, value: bytes) -> None:
+            if len(self.headers) >= MAX_HEADERS:
+                self._refuse(TOO_MANY)
+                return
+            super().on_header(name, value)
+
         def on_headers_complete(self) -> None:
+            if self.transport.is_closing():  # refused while its head came: never run it
+                return
             self.in_head = False
             self.head_bytes = 0
             self.late.cancel()
             self.late = self.loop.call_later(BODY_S, self._too_late, BODY_LATE)
             super().on_headers_complete()
 
+        def on_body(self, body: bytes) -> None:
+            if not self.transport.is_closing():
+                super().on_body(body)
+
         def on_message_complete(self) -> None:
             self.late.cancel()
-            super().on_message_complete()
+            if not self.transport.is_closing():
+                super().on_message_complete()
 
         def on_response_complete(self) -> None:
             if not self.pipeline:  # else the next request's head has already come
