@@ -134,3 +134,28 @@ def test_check_mode_names_a_stale_page(gen_docs: ModuleType, tmp_path: Path,
     monkeypatch.setattr(sys, "argv", ["gen_docs.py"])
     assert gen_docs.main() == 0
     assert page.read_text() == "new\n"
+
+
+def test_the_security_page_states_the_limits_the_code_has() -> None:
+    """Each limit docs/security.md names is the one in force: change a limit and this
+    fails until the page says so."""
+    from digitlab.serve import batcher, models, server
+    from digitlab.serve.app import DEFAULT_MAX_BYTES
+    from digitlab.vision import decode
+
+    page = (DOCS / "security.md").read_text()
+    stated = [
+        f"`--max-bytes`, {DEFAULT_MAX_BYTES // 2**20} MiB by default "
+        f"(at most {decode.MAX_BYTES // 2**20} MiB)",
+        f"| {models.MAX_PIXELS:,} (from",
+        f"| {decode.MAX_DECODE_BYTES // 2**20} MiB (from the header",
+        f"| {server.MAX_HEAD_BYTES // 1024} KiB | 431",
+        f"| {server.MAX_HEADERS} | 431",
+        f"| {server.HEAD_S:g} s | 408",
+        f"| {server.BODY_S:g} s after its head | 408",
+        f"| {batcher.DEADLINE_S:g} s | 503",
+        f"| {batcher.MAX_WAITING} quick ones (drawings), {batcher.MAX_SLOW} slow ones",
+        f"| {server.MAX_CONNECTIONS} | 503",
+        f"at most {decode.MAX_BYTES // 2**20} MiB from standard input",
+    ]
+    assert [s for s in stated if s not in page] == []
