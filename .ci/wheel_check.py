@@ -6,9 +6,12 @@
 2. Core install (`pip install digitlab-*.whl`): no PyTorch is downloaded or installed,
    `digitlab predict` reads real MNIST test digits, drawn as photos, with the same answers
    as this full install, and a command whose extra is missing names it.
-3. `digitlab-*.whl[serve]`: `digitlab serve` on 127.0.0.1 answers a drawn digit.
+3. The core install again with every core dependency at its declared lower bound: the
+   same digits read (the bounds in pyproject.toml are what is tested).
+4. `digitlab-*.whl[serve]`: `digitlab serve` on 127.0.0.1 answers a drawn digit.
 
-Packages come from the registry at the versions of constraints.txt. One venv at a time,
+Packages come from the registry at the versions of constraints.txt (3: at the lower
+bounds). One venv at a time,
 under the system's temporary directory, removed when done. Run it with the full install's
 Python (.venv): it writes the test images and gives the reference answers.
 """
@@ -79,18 +82,36 @@ def write_digits(folder: Path) -> tuple[list[Path], list[int]]:
     return paths, [int(v) for v in labels]
 
 
+def lower_bounds(wheel: Path) -> list[str]:
+    """name==version for each core dependency's lower bound (name>=version) in the wheel."""
+    name = next(n for n in zipfile.ZipFile(wheel).namelist()
+                if n.endswith(".dist-info/METADATA"))
+    metadata = zipfile.ZipFile(wheel).read(name).decode()
+    pins = []
+    for line in metadata.splitlines():
+        found = re.fullmatch(r"Requires-Dist: ([A-Za-z0-9_.-]+)>=([^,;\s]+)(;.*)?", line)
+        if found and "extra ==" not in (found.group(3) or ""):
+            pins.append(f"{found.group(1)}=={found.group(2)}")
+    if not pins:
+        fail(f"no lower bounds in {wheel.name}'s metadata")
+    return pins
+
+
 @contextmanager
-def clean_venv(folder: Path, wheel: Path, extra: str) -> Iterator[Path]:
-    """A venv with the wheel (and extra) installed at the constraints' versions; PyTorch may
-    not be among what it pulls in. Yields its bin directory; removed afterwards."""
+def clean_venv(folder: Path, wheel: Path, extra: str, pins: list[str] | None = None
+               ) -> Iterator[Path]:
+    """A venv with the wheel (and extra) installed at the constraints' versions, or at pins;
+    PyTorch may not be among what it pulls in. Yields its bin directory; removed after."""
     venv.create(folder, with_pip=True, clear=True)
-    no_torch = folder.parent / "no-torch.txt"
-    no_torch.write_text("torch<0\n")  # any requirement of torch now fails the install
+    constraints = folder.parent / "constraints.txt"
+    # torch<0: any requirement of torch fails the install
+    constraints.write_text("\n".join(["torch<0", *(pins or [])]) + "\n")
+    pinned = [] if pins else ["-c", str(ROOT / "constraints.txt")]
     bin_dir = folder / "bin"
     try:
-        subprocess.run([str(bin_dir / "python"), "-m", "pip", "install", "--quiet",
-                        "-c", str(ROOT / "constraints.txt"), "-c", str(no_torch),
-                        f"{wheel}{extra}"], check=True, timeout=INSTALL_S, env=CLEAN_ENV)
+        subprocess.run([str(bin_dir / "python"), "-m", "pip", "install", "--quiet", *pinned,
+                        "-c", str(constraints), f"{wheel}{extra}"],
+                       check=True, timeout=INSTALL_S, env=CLEAN_ENV)
         yield bin_dir
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -122,9 +143,7 @@ def check_core(bin_dir: Path, images: list[Path], labels: list[int],
     answers = predict([str(bin_dir / "digitlab")], images, env=CLEAN_ENV)
     if answers != reference:
         fail(f"the core install answers differently:\n{answers}\nagainst\n{reference}")
-    for core, torch in zip(answers, torch_answers, strict=True):
-        if core["digit"] != torch["digit"] or abs(core["confidence"] - torch["confidence"]) > 1e-4:
-            fail(f"onnxruntime and PyTorch disagree on {core['path']}: {core} against {torch}")
+    agree(answers, torch_answers, "onnxruntime and PyTorch")
     right = sum(a["digit"] == label for a, label in zip(answers, labels, strict=True))
     if right < 0.9 * len(labels):
         fail(f"only {right} of {len(labels)} MNIST test digits read right")
@@ -135,6 +154,19 @@ def check_core(bin_dir: Path, images: list[Path], labels: list[int],
     want = "Error: `digitlab train` needs PyTorch: pip install 'digitlab[train]'\n"
     if (train.returncode, train.stderr) != (1, want):
         fail(f"digitlab train without PyTorch: exit {train.returncode}, {train.stderr!r}")
+
+
+def agree(answers: list[dict], others: list[dict], who: str) -> None:
+    for one, other in zip(answers, others, strict=True):
+        if one["digit"] != other["digit"] or abs(one["confidence"] - other["confidence"]) > 1e-4:
+            fail(f"{who} disagree on {one['path']}: {one} against {other}")
+
+
+def check_lower_bounds(bin_dir: Path, pins: list[str], images: list[Path],
+                       reference: list[dict]) -> None:
+    agree(predict([str(bin_dir / "digitlab")], images, env=CLEAN_ENV), reference,
+          "the lower bounds and constraints.txt")
+    print(f"lower bounds ({', '.join(pins)}): the same digits read")
 
 
 def post(url: str, body: bytes, content_type: str) -> dict:
@@ -200,6 +232,9 @@ def main() -> None:
         with clean_venv(work / "venv", wheel, "") as bin_dir:
             check_core(bin_dir, images, labels, reference, torch_answers)
             print(f"core install: venv of {megabytes(work / 'venv'):.0f} MiB")
+        pins = lower_bounds(wheel)
+        with clean_venv(work / "venv", wheel, "", pins) as bin_dir:
+            check_lower_bounds(bin_dir, pins, images, reference)
         with clean_venv(work / "venv", wheel, "[serve]") as bin_dir:
             check_serve(bin_dir, images[0], labels[0])
             print(f"serve install: venv of {megabytes(work / 'venv'):.0f} MiB")
