@@ -12,7 +12,7 @@ PINNED := PIP_CONSTRAINT=$(CURDIR)/constraints.txt
 # Everything (every extra, the test and lint tools), at the versions CI runs: constraints.txt.
 $(STAMP): pyproject.toml setup.py constraints.txt src/digitlab/vision/_flat.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PINNED) $(PY) -m pip install --quiet --upgrade pip
+	$(PINNED) $(PY) -m pip install --quiet --upgrade pip setuptools
 	$(PINNED) $(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
