@@ -49,7 +49,7 @@ clean-venv:
 # The sdist and a wheel (with the compiled extension) in dist/.
 dist: $(STAMP)
 	rm -rf dist
-	$(PINNED) $(PY) -m build --outdir dist .
+	$(PINNED) $(PY) -m build --quiet --outdir dist .
 
 # The wheel installed alone into clean venvs: the core install reads digits without
 # PyTorch, and [serve] serves them.
