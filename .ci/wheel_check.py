@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import venv
@@ -33,6 +35,7 @@ import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image
@@ -175,17 +178,29 @@ def post(url: str, body: bytes, content_type: str) -> dict:
         return json.loads(response.read())
 
 
+def drain(stream: IO[str] | None, into: queue.Queue[str | None]) -> None:
+    for line in stream or []:
+        into.put(line)
+    into.put(None)
+
+
 def check_serve(bin_dir: Path, image: Path, label: int) -> None:
     env = {**CLEAN_ENV, "PYTHONUNBUFFERED": "1"}
     server = subprocess.Popen([str(bin_dir / "digitlab"), "serve", "--port", "0",
                                "--no-access-log"], stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, env=env)
     try:
+        # A thread reads the output to its end: a silent server cannot block this check, nor
+        # a full pipe the server.
+        lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=drain, args=(server.stdout, lines), daemon=True).start()
         url, deadline, seen = None, time.monotonic() + START_S, []
-        assert server.stdout is not None
-        while url is None and time.monotonic() < deadline:
-            line = server.stdout.readline()
-            if not line:
+        while url is None and (left := deadline - time.monotonic()) > 0:
+            try:
+                line = lines.get(timeout=left)
+            except queue.Empty:
+                break
+            if line is None:  # the server ended
                 break
             seen.append(line)
             found = re.search(r"digitlab serve: (http://127\.0\.0\.1:\d+/)", line)
@@ -213,6 +228,7 @@ def check_serve(bin_dir: Path, image: Path, label: int) -> None:
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+            fail("digitlab serve was still running 60 s after Ctrl+C")
 
 
 def main() -> None:
