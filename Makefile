@@ -13,7 +13,7 @@ PINNED := PIP_CONSTRAINT=$(CURDIR)/constraints.txt
 # Everything (every extra, the test and lint tools), at the versions CI runs: constraints.txt.
 $(STAMP): pyproject.toml setup.py constraints.txt src/digitlab/vision/_flat.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PINNED) $(PY) -m pip install --quiet --upgrade pip
+	$(PINNED) $(PY) -m pip install --quiet --upgrade pip setuptools
 	$(PINNED) $(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
@@ -62,7 +62,7 @@ clean-venv:
 # The sdist and a wheel (with the compiled extension) in dist/.
 dist: $(STAMP)
 	rm -rf dist
-	$(PINNED) $(PY) -m build --outdir dist .
+	$(PINNED) $(PY) -m build --quiet --outdir dist .
 
 # The wheel installed alone into clean venvs: the core install reads digits without
 # PyTorch, and [serve] serves them.

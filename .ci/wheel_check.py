@@ -6,9 +6,12 @@
 2. Core install (`pip install digitlab-*.whl`): no PyTorch is downloaded or installed,
    `digitlab predict` reads real MNIST test digits, drawn as photos, with the same answers
    as this full install, and a command whose extra is missing names it.
-3. `digitlab-*.whl[serve]`: `digitlab serve` on 127.0.0.1 answers a drawn digit.
+3. The core install again with every core dependency at its declared lower bound: the
+   same digits read (the bounds in pyproject.toml are what is tested).
+4. `digitlab-*.whl[serve]`: `digitlab serve` on 127.0.0.1 answers a drawn digit.
 
-Packages come from the registry at the versions of constraints.txt. One venv at a time,
+Packages come from the registry at the versions of constraints.txt (3: at the lower
+bounds). One venv at a time,
 under the system's temporary directory, removed when done. Run it with the full install's
 Python (.venv): it writes the test images and gives the reference answers.
 """
@@ -17,12 +20,14 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import venv
@@ -30,6 +35,7 @@ import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image
@@ -79,18 +85,36 @@ def write_digits(folder: Path) -> tuple[list[Path], list[int]]:
     return paths, [int(v) for v in labels]
 
 
+def lower_bounds(wheel: Path) -> list[str]:
+    """name==version for each core dependency's lower bound (name>=version) in the wheel."""
+    name = next(n for n in zipfile.ZipFile(wheel).namelist()
+                if n.endswith(".dist-info/METADATA"))
+    metadata = zipfile.ZipFile(wheel).read(name).decode()
+    pins = []
+    for line in metadata.splitlines():
+        found = re.fullmatch(r"Requires-Dist: ([A-Za-z0-9_.-]+)>=([^,;\s]+)(;.*)?", line)
+        if found and "extra ==" not in (found.group(3) or ""):
+            pins.append(f"{found.group(1)}=={found.group(2)}")
+    if not pins:
+        fail(f"no lower bounds in {wheel.name}'s metadata")
+    return pins
+
+
 @contextmanager
-def clean_venv(folder: Path, wheel: Path, extra: str) -> Iterator[Path]:
-    """A venv with the wheel (and extra) installed at the constraints' versions; PyTorch may
-    not be among what it pulls in. Yields its bin directory; removed afterwards."""
+def clean_venv(folder: Path, wheel: Path, extra: str, pins: list[str] | None = None
+               ) -> Iterator[Path]:
+    """A venv with the wheel (and extra) installed at the constraints' versions, or at pins;
+    PyTorch may not be among what it pulls in. Yields its bin directory; removed after."""
     venv.create(folder, with_pip=True, clear=True)
-    no_torch = folder.parent / "no-torch.txt"
-    no_torch.write_text("torch<0\n")  # any requirement of torch now fails the install
+    constraints = folder.parent / "constraints.txt"
+    # torch<0: any requirement of torch fails the install
+    constraints.write_text("\n".join(["torch<0", *(pins or [])]) + "\n")
+    pinned = [] if pins else ["-c", str(ROOT / "constraints.txt")]
     bin_dir = folder / "bin"
     try:
-        subprocess.run([str(bin_dir / "python"), "-m", "pip", "install", "--quiet",
-                        "-c", str(ROOT / "constraints.txt"), "-c", str(no_torch),
-                        f"{wheel}{extra}"], check=True, timeout=INSTALL_S, env=CLEAN_ENV)
+        subprocess.run([str(bin_dir / "python"), "-m", "pip", "install", "--quiet", *pinned,
+                        "-c", str(constraints), f"{wheel}{extra}"],
+                       check=True, timeout=INSTALL_S, env=CLEAN_ENV)
         yield bin_dir
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -122,9 +146,7 @@ def check_core(bin_dir: Path, images: list[Path], labels: list[int],
     answers = predict([str(bin_dir / "digitlab")], images, env=CLEAN_ENV)
     if answers != reference:
         fail(f"the core install answers differently:\n{answers}\nagainst\n{reference}")
-    for core, torch in zip(answers, torch_answers, strict=True):
-        if core["digit"] != torch["digit"] or abs(core["confidence"] - torch["confidence"]) > 1e-4:
-            fail(f"onnxruntime and PyTorch disagree on {core['path']}: {core} against {torch}")
+    agree(answers, torch_answers, "onnxruntime and PyTorch")
     right = sum(a["digit"] == label for a, label in zip(answers, labels, strict=True))
     if right < 0.9 * len(labels):
         fail(f"only {right} of {len(labels)} MNIST test digits read right")
@@ -137,10 +159,29 @@ def check_core(bin_dir: Path, images: list[Path], labels: list[int],
         fail(f"digitlab train without PyTorch: exit {train.returncode}, {train.stderr!r}")
 
 
+def agree(answers: list[dict], others: list[dict], who: str) -> None:
+    for one, other in zip(answers, others, strict=True):
+        if one["digit"] != other["digit"] or abs(one["confidence"] - other["confidence"]) > 1e-4:
+            fail(f"{who} disagree on {one['path']}: {one} against {other}")
+
+
+def check_lower_bounds(bin_dir: Path, pins: list[str], images: list[Path],
+                       reference: list[dict]) -> None:
+    agree(predict([str(bin_dir / "digitlab")], images, env=CLEAN_ENV), reference,
+          "the lower bounds and constraints.txt")
+    print(f"lower bounds ({', '.join(pins)}): the same digits read")
+
+
 def post(url: str, body: bytes, content_type: str) -> dict:
     request = urllib.request.Request(url, data=body, headers={"Content-Type": content_type})
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
+
+
+def drain(stream: IO[str] | None, into: queue.Queue[str | None]) -> None:
+    for line in stream or []:
+        into.put(line)
+    into.put(None)
 
 
 def check_serve(bin_dir: Path, image: Path, label: int) -> None:
@@ -149,11 +190,17 @@ def check_serve(bin_dir: Path, image: Path, label: int) -> None:
                                "--no-access-log"], stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, env=env)
     try:
+        # A thread reads the output to its end: a silent server cannot block this check, nor
+        # a full pipe the server.
+        lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=drain, args=(server.stdout, lines), daemon=True).start()
         url, deadline, seen = None, time.monotonic() + START_S, []
-        assert server.stdout is not None
-        while url is None and time.monotonic() < deadline:
-            line = server.stdout.readline()
-            if not line:
+        while url is None and (left := deadline - time.monotonic()) > 0:
+            try:
+                line = lines.get(timeout=left)
+            except queue.Empty:
+                break
+            if line is None:  # the server ended
                 break
             seen.append(line)
             found = re.search(r"digitlab serve: (http://127\.0\.0\.1:\d+/)", line)
@@ -181,6 +228,7 @@ def check_serve(bin_dir: Path, image: Path, label: int) -> None:
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+            fail("digitlab serve was still running 60 s after Ctrl+C")
 
 
 def main() -> None:
@@ -200,6 +248,9 @@ def main() -> None:
         with clean_venv(work / "venv", wheel, "") as bin_dir:
             check_core(bin_dir, images, labels, reference, torch_answers)
             print(f"core install: venv of {megabytes(work / 'venv'):.0f} MiB")
+        pins = lower_bounds(wheel)
+        with clean_venv(work / "venv", wheel, "", pins) as bin_dir:
+            check_lower_bounds(bin_dir, pins, images, reference)
         with clean_venv(work / "venv", wheel, "[serve]") as bin_dir:
             check_serve(bin_dir, images[0], labels[0])
             print(f"serve install: venv of {megabytes(work / 'venv'):.0f} MiB")

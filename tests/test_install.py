@@ -167,3 +167,26 @@ def test_the_wheel_metadata(wheel):
     assert core == ["deflate", "numpy", "onnxruntime", "pillow", "rich", "scipy", "typer"]
     assert [r for r in requires if r.startswith("torch")] == [
         'torch<2.15,>=2.10; extra == "train"']
+
+
+def test_constraints_pin_every_dependency_within_its_bounds():
+    """CI installs constraints.txt's versions: each dependency of every extra is pinned
+    there, at a version its bounds in pyproject.toml allow."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[name.lower().replace("_", "-")] = version
+    requirements = [Requirement(r) for r in project["dependencies"]]
+    for extra in project["optional-dependencies"].values():
+        requirements += [Requirement(r) for r in extra]
+    for req in requirements:
+        if req.name == "digitlab":
+            continue
+        name = req.name.lower().replace("_", "-")
+        assert name in pins, f"{req.name} is not pinned in constraints.txt"
+        assert req.specifier.contains(pins[name], prereleases=True), (req, pins[name])
