@@ -42,7 +42,7 @@ bench: $(STAMP)
 
 # Style, types, and the layers and no-cycles contracts of pyproject.toml's [tool.importlinter].
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks scripts
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 

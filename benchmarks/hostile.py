@@ -291,7 +291,7 @@ def machine() -> dict[str, object]:
             "python": platform.python_version(), "torch": version("torch"),
             "pillow": version("pillow"), "onnxruntime": version("onnxruntime"),
             "commit": commit,
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
 
 
 def one_input(server: Server, body: bytes, content_type: str, copies: int, timeout: float,

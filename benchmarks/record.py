@@ -65,7 +65,7 @@ def git_commit() -> str | None:
 def conditions(**extra: Any) -> dict[str, Any]:
     """The machine and software a result was measured on."""
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores",
         "cpu": cpu_model(),
         "vector": vector_extensions(),

@@ -206,7 +206,8 @@ def test_a_pipelined_request_is_not_cut_off_as_a_late_head(recognizer, monkeypat
     monkeypatch.setattr(app_module, "_prepare", slow)
     monkeypatch.setattr(app_module, "_prepare_quickly", lambda data: None)
     body = drawing()
-    one = request(f"POST /api/predict HTTP/1.1\nHost: 127.0.0.1\nContent-Length: {len(body)}\n\n", body)
+    one = request(f"POST /api/predict HTTP/1.1\nHost: 127.0.0.1\n"
+                  f"Content-Length: {len(body)}\n\n", body)
     last = request(f"POST /api/predict HTTP/1.1\nHost: 127.0.0.1\nContent-Length: {len(body)}\n"
                    "Connection: close\n\n", body)
     with serving(app_module.create_app(recognizer)) as address, \

@@ -93,9 +93,10 @@ def gunzip_idx(data: bytes, *, name: str, limit: int = MAX_IDX_BYTES) -> bytes:
         while True:
             out += stream.decompress(pending, cap + 1 - len(out))
             if cap == HEADER_MAX and (len(out) >= HEADER_MAX or stream.eof):
-                declared = _declared_size(bytes(out))
-                if declared is None:  # not IDX: the header alone shows what is wrong
+                size = _declared_size(bytes(out))
+                if size is None:  # not IDX: the header alone shows what is wrong
                     return bytes(out[:HEADER_MAX])
+                declared = size
                 if declared > limit:
                     raise DataError(f"{name}: declares {declared:,} bytes of data, more than "
                                     f"the {limit:,} an IDX file may hold here")

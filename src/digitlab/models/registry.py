@@ -31,18 +31,11 @@ def register_model(name: str, description: str = "") -> Callable:
     return wrap
 
 
-def _load_families() -> None:
-    # Importing a family module registers its models.
-    from digitlab.models import cnn, mlp  # noqa: F401
-
-
 def list_models() -> list[str]:
-    _load_families()
     return sorted(_REGISTRY)
 
 
 def describe(name: str) -> str:
-    _load_families()
     return _DESCRIPTIONS.get(name, "")
 
 
@@ -62,7 +55,6 @@ def model_args(name: str, **kwargs: Any) -> dict[str, Any]:
 
 
 def _factory(name: str) -> Callable[..., nn.Module]:
-    _load_families()
     try:
         return _REGISTRY[name]
     except KeyError:

@@ -37,14 +37,16 @@ GRACE_S = BODY_S + DEADLINE_S + 2.0
 
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    HTTPTOOLS = True
 except ImportError:  # no httptools: uvicorn's h11, which bounds only the head's size
-    HttpToolsProtocol = None
+    HTTPTOOLS = False
 
 
 def server_settings(log_level: str, access_log: bool) -> dict[str, Any]:
     """uvicorn.Config's settings for every process that serves, alone or as a worker:
     digitlab's logging (serve/logs.py), the connection limits and the shutdown time."""
-    protocol: Any = ("h11" if HttpToolsProtocol is None else BoundedHttp)
+    protocol: Any = BoundedHttp if HTTPTOOLS else "h11"
     return dict(log_level=log_level, access_log=access_log, log_config=LOG_CONFIG,
                 http=protocol, h11_max_incomplete_event_size=MAX_HEAD_BYTES,
                 limit_concurrency=MAX_CONNECTIONS, timeout_graceful_shutdown=GRACE_S)
@@ -66,7 +68,7 @@ BODY_LATE = _answer(408, "Request Timeout",
                     f"the request body did not arrive within {BODY_S:g} s")
 
 
-if HttpToolsProtocol is not None:
+if HTTPTOOLS:
 
     class BoundedHttp(HttpToolsProtocol):  # type: ignore[misc, valid-type]
         """uvicorn's httptools protocol; a request's head is bounded in size and in header
