@@ -113,10 +113,10 @@ def test_train_and_evaluate_through_the_cli(tmp_path, mnist_root):
     ("args", "fragments"),
     [
         (["train", "--model", "resnet"], ["unknown model 'resnet'", "mlp"]),
-        (["train", "--optimizer", "rmsprop"], ["--optimizer must be one of"]),
+        (["train", "--optimizer", "rmsprop"], ["'rmsprop' is not one of"]),
         (["train", "--hidden", "12,x"], ["--hidden takes sizes like"]),
         (["train", "--activation", "swish"], ["unknown activation 'swish'"]),
-        (["train", "--preset", "nope"], ["unknown preset 'nope'"]),
+        (["train", "--preset", "nope"], ["'nope' is not one of"]),
         (["train", "--config", "/nonexistent.toml"], ["config file not found"]),
         (["train", "--device", "cuda"], ["no CUDA device is available"]),
         (["evaluate", "/nonexistent-run"], ["no such run directory"]),
@@ -173,3 +173,26 @@ def test_serve_takes_its_run_host_and_port_from_the_environment(tmp_path):
     result = runner.invoke(app, ["serve", "--port", "0"],
                            env={"DIGITLAB_SERVE_HOST": "not a host name"})
     assert result.exit_code == 1 and "not a host name" in result.output
+
+
+def test_presets_are_listed_and_printed_as_files():
+    result = runner.invoke(app, ["presets"])
+    assert result.exit_code == 0
+    names = [line.split()[0] for line in result.output.splitlines()]
+    assert names == ["best", "default", "fast", "robust", "tutorial"]
+    fast = runner.invoke(app, ["presets", "fast"])
+    assert fast.exit_code == 0 and 'preset = "fast"' in fast.output
+
+
+@pytest.mark.parametrize("args,listed", [
+    (["train", "-h"], "<adam|adamw|sgd>"), (["train", "--help"], "<none|onecycle|cosine|step>"),
+    (["train", "-h"], "<none|auto|bf16|fp16>"), (["serve", "-h"], "<torch|onnxruntime>"),
+    (["sweep", "-h"], "tutorial"), (["data", "-h"], "fetch")])
+def test_help_lists_the_choices(args, listed):
+    result = runner.invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and listed in result.output
+
+
+def test_a_choice_outside_the_list_is_refused_before_any_work():
+    result = runner.invoke(app, ["train", "--optimizer", "adm"])
+    assert result.exit_code == 2 and "'adm' is not one of" in result.output

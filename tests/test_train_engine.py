@@ -223,12 +223,14 @@ def test_cli_train_flags_land_in_the_run_config(tmp_path, mnist_root):
     for args, message in [
         (["--augment", "flip=1"], "--augment takes name=value pairs"),
         (["--ema", "1.5"], "--ema must be a decay in (0, 1)"),
-        (["--amp", "fp8"], "--amp must be one of"),
         (["--resume", str(out), "--out", str(tmp_path / "x")], "drop --out"),
         (["--resume", str(tmp_path / "nowhere")], "no such run directory"),
     ]:
         bad = runner.invoke(app, ["train", *args, "--root", str(mnist_root)])
         assert bad.exit_code == 1 and message in bad.output, (args, bad.output)
+    # A choice the option does not list is a usage error (exit 2), before any work.
+    bad = runner.invoke(app, ["train", "--amp", "fp8", "--root", str(mnist_root)])
+    assert bad.exit_code == 2 and "'fp8' is not one of" in bad.output
 
 
 def test_evaluate_several_runs_reports_members_and_ensemble(tmp_path, mnist_root,

@@ -308,7 +308,7 @@ class Recognizer:
         else on PyTorch; backend="torch", or another device, takes PyTorch.
         threads: onnxruntime's threads per call (0: its default, one per core); PyTorch's
         are process-wide (torch.set_num_threads)."""
-        from digitlab.backends import BACKENDS
+        from digitlab.choices import BACKENDS
 
         if backend is not None and backend not in BACKENDS:
             raise DigitlabError(f"--backend must be one of {', '.join(BACKENDS)}; "

@@ -15,7 +15,6 @@ import numpy as np
 
 from digitlab.errors import DigitlabError
 
-BACKENDS = ("torch", "onnxruntime")
 # Every key digitlab writes into an ONNX file's metadata_props starts with this.
 PREFIX = "digitlab."
 # Keys whose values are JSON (lists, tables, numbers); the rest are plain strings.

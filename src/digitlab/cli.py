@@ -10,11 +10,12 @@ import os
 import sys
 import threading
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import typer
 from typer.core import TyperGroup
 
+from digitlab import choices
 from digitlab.errors import DigitlabError
 
 # What each extra brings, by the top-level module a command imports: `pip install digitlab`
@@ -83,9 +84,23 @@ class _Group(TyperGroup):
             raise typer.Exit(130) from None
 
 
+# The choices --help lists and the parser checks, from the one place each is defined (to a
+# type checker, which cannot read a Literal built at run time, they are text).
+if TYPE_CHECKING:
+    Preset = Optimizer = Schedule = Amp = Backend = str
+else:
+    Preset = Literal[choices.PRESETS]
+    Optimizer = Literal[choices.OPTIMIZERS]
+    Schedule = Literal[choices.SCHEDULES]
+    Amp = Literal[choices.AMP_MODES]
+    Backend = Literal[choices.BACKENDS]
+HELP = {"help_option_names": ["-h", "--help"]}
+
 app = typer.Typer(cls=_Group, no_args_is_help=True, pretty_exceptions_enable=False,
-                  add_completion=False, help="Handwritten digit recognition with PyTorch.")
-data_app = typer.Typer(cls=_Group, no_args_is_help=True, help="Fetch, inspect and show datasets.")
+                  add_completion=False, context_settings=HELP,
+                  help="Handwritten digit recognition with PyTorch.")
+data_app = typer.Typer(cls=_Group, no_args_is_help=True, context_settings=HELP,
+                       help="Fetch, inspect and show datasets.")
 app.add_typer(data_app, name="data")
 
 RootOpt = typer.Option(None, "--root", help="Data directory (default: $DIGITLAB_DATA, else "
@@ -193,6 +208,22 @@ def models_cmd() -> None:
         typer.echo(f"{name:<12} {params:>10,} parameters  {describe(name)}")
 
 
+@app.command("presets")
+def presets_cmd(
+    name: Preset | None = typer.Argument(None, help="Print this preset's settings file."),
+) -> None:
+    """List the training presets; with a name, print its TOML file (a start for --config)."""
+    files = choices.preset_files()
+    if name is not None:
+        typer.echo(files[name], nl=False)
+        return
+    for preset, text in files.items():
+        # Each file's own description: its first comment paragraph, up to its first colon.
+        about = " ".join(line.lstrip("# ") for line in text.splitlines()[4:]
+                         if line.startswith("#"))
+        typer.echo(f"{preset:<10} {about.split(': ')[0].strip()}")
+
+
 def _hidden(value: str | None) -> list[int] | None:
     if value is None:
         return None
@@ -207,17 +238,18 @@ def _hidden(value: str | None) -> list[int] | None:
 
 @app.command("train")
 def train_cmd(
-    preset: str | None = typer.Option(None, help="tutorial, default, ... (see README)."),
+    preset: Preset | None = typer.Option(None, help="Named settings to start from (their "
+                                         "files: `digitlab presets`)."),
     config: Path | None = typer.Option(None, "--config", help="TOML file of settings."),
     model: str | None = typer.Option(None, help="Registered model name (digitlab models)."),
     hidden: str | None = typer.Option(None, help="MLP hidden sizes, e.g. 128,256,128,64."),
     activation: str | None = typer.Option(None, help="sigmoid, relu, tanh, gelu or silu."),
     dropout: float | None = typer.Option(None, help="MLP dropout probability."),
-    optimizer: str | None = typer.Option(None, help="adam, adamw or sgd."),
+    optimizer: Optimizer | None = typer.Option(None, help="The optimizer."),
     lr: float | None = typer.Option(None, help="Learning rate (peak, with a schedule)."),
     momentum: float | None = typer.Option(None, help="SGD momentum."),
     weight_decay: float | None = typer.Option(None, help="Weight decay."),
-    schedule: str | None = typer.Option(None, help="none, onecycle, cosine or step."),
+    schedule: Schedule | None = typer.Option(None, help="The learning-rate schedule."),
     epochs: int | None = typer.Option(None, help="Number of epochs."),
     batch_size: int | None = typer.Option(None, help="Training batch size."),
     shuffle: bool | None = typer.Option(None, "--shuffle/--no-shuffle",
@@ -235,7 +267,8 @@ def train_cmd(
     ema: float | None = typer.Option(None, "--ema", metavar="DECAY",
                                      help="Keep, evaluate and save a moving average of the "
                                      "weights with this decay, e.g. 0.999 (0: off)."),
-    amp: str | None = typer.Option(None, help="Mixed precision: none, auto, bf16 or fp16."),
+    amp: Amp | None = typer.Option(None, help="Mixed precision (auto: bf16 or fp16 on CUDA, "
+                                   "none on a CPU)."),
     compile_model: bool | None = typer.Option(None, "--compile/--no-compile",
                                               help="torch.compile the model for training."),
     checkpoint_every: int | None = typer.Option(None, "--checkpoint-every", metavar="N",
@@ -361,7 +394,8 @@ def predict_cmd(
     show_input: Path | None = typer.Option(None, "--show-input", help="Save the 28x28 image "
                                            "the model saw for each input in this directory."),
     device: str = typer.Option("cpu", help="auto, cpu, cuda or mps."),
-    backend: str | None = typer.Option(None, help="torch, or onnxruntime for a file made by "
+    backend: Backend | None = typer.Option(None, help="torch, or onnxruntime for a file made "
+                                           "by "
                                        "`digitlab export` (default: by the --run file; "
                                        "the shipped model runs on onnxruntime where "
                                        "installed)."),
@@ -383,7 +417,7 @@ def serve_cmd(
                                     help="Run directory, weights file or "
                                     "exported .onnx (default: the model shipped with "
                                     "digitlab)."),
-    backend: str | None = typer.Option(None, help="torch, or onnxruntime (default: "
+    backend: Backend | None = typer.Option(None, help="torch, or onnxruntime (default: "
                                        "onnxruntime where installed: the shipped model's "
                                        "ONNX file, or a run's model exported to it in memory "
                                        "at start-up; else torch)."),
@@ -450,7 +484,8 @@ def sweep_cmd(
                                        help="Optuna storage URL (default: "
                                        "sqlite:///<dir>/study.db; postgresql://... to share "
                                        "a study between machines)."),
-    preset: str | None = typer.Option(None, help="Preset the trials start from (default: the "
+    preset: Preset | None = typer.Option(None, help="Preset the trials start from (default: "
+                                         "the "
                                       "space file's)."),
     directory: Path | None = typer.Option(None, "--dir", help="Study directory: trial runs, "
                                           "table, best config, plots (default sweeps/<study>)."),

@@ -8,16 +8,12 @@ from __future__ import annotations
 import dataclasses
 import tomllib
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from digitlab.choices import AMP_MODES, OPTIMIZERS, SCHEDULES, preset_files
 from digitlab.data.augment import AugmentSpec
 from digitlab.errors import DigitlabError
-
-OPTIMIZERS = ("adam", "adamw", "sgd")
-AMP_MODES = ("none", "auto", "bf16", "fp16")
-SCHEDULES = ("none", "onecycle", "cosine", "step")
 
 
 @dataclass
@@ -112,13 +108,11 @@ class TrainConfig:
 def _load_presets() -> dict[str, dict[str, Any]]:
     """The named presets: TOML files shipped in the package (assets/presets), which users
     can read and copy as a start for their own --config file."""
-    folder = resources.files("digitlab") / "assets" / "presets"
     presets = {}
-    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
-        if entry.name.endswith(".toml"):
-            values = tomllib.loads(entry.read_text(encoding="utf-8"))
-            values.pop("preset", None)
-            presets[entry.name.removesuffix(".toml")] = values
+    for name, text in preset_files().items():
+        values = tomllib.loads(text)
+        values.pop("preset", None)
+        presets[name] = values
     return presets
 
 

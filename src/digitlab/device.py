@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from digitlab.choices import DEVICES
 from digitlab.errors import DigitlabError
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 def auto_device() -> str:

@@ -13,9 +13,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from digitlab.choices import AMP_MODES
 from digitlab.errors import DigitlabError
 
-MODES = ("none", "auto", "bf16", "fp16")
+MODES = AMP_MODES
 
 
 class _Autocast(nn.Module):

@@ -372,7 +372,10 @@ def _fit(cfg: TrainConfig, *, out: Path | None, force: bool, root: Path | None,
          console: Console, on_epoch: Callable[[dict[str, Any]], None] | None,
          tensorboard: Path | None, preloaded: Data | None, resume_from: dict[str, Any] | None,
          device: torch.device, info: Dist) -> FitResult:
-    model_args(cfg.model, **cfg.model_args)  # refuse bad model options before any work
+    # Refuse bad model options before any work (fetching data, say): built on the meta
+    # device, the model allocates nothing.
+    with torch.device("meta"):
+        create_model(cfg.model, **cfg.model_args)
     seed_everything(cfg.seed)
     train, test, val = preloaded or load_data(cfg, root, device, console)
     if cfg.tutorial_log:
