@@ -10,7 +10,7 @@ import os
 import sys
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NoReturn
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeAlias
 
 import typer
 from typer.core import TyperGroup
@@ -87,7 +87,11 @@ class _Group(TyperGroup):
 # The choices --help lists and the parser checks, from the one place each is defined (to a
 # type checker, which cannot read a Literal built at run time, they are text).
 if TYPE_CHECKING:
-    Preset = Optimizer = Schedule = Amp = Backend = str
+    Preset: TypeAlias = str
+    Optimizer: TypeAlias = str
+    Schedule: TypeAlias = str
+    Amp: TypeAlias = str
+    Backend: TypeAlias = str
 else:
     Preset = Literal[choices.PRESETS]
     Optimizer = Literal[choices.OPTIMIZERS]
