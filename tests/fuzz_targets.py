@@ -263,14 +263,28 @@ def check_decode(data: bytes) -> str:
 ODD = "odd argument"
 
 
-def refused(call: Callable[[], object]) -> None:
+def refused(what: str, call: Callable[[], object]) -> None:
     """An odd argument must be refused with TypeError/ValueError, or declined (False/None)."""
     try:
         result = call()
     except (TypeError, ValueError, BufferError):
         return
     if result not in (False, None):
-        raise Finding(f"{ODD} accepted: returned {result!r}")
+        raise Finding(f"{ODD} accepted by {what}: returned {result!r}")
+
+
+def strided(a: np.ndarray) -> list[np.ndarray]:
+    """`a`'s values in a view that is not C-contiguous; none where every such view of that
+    shape still is (NumPy ignores the strides of sides of length 1)."""
+    view = np.repeat(a, 2, axis=-1)[..., ::2]
+    return [] if view.flags.c_contiguous else [view]
+
+
+def describe(a: object) -> str:
+    if isinstance(a, np.ndarray):
+        return f"{a.dtype}{list(a.shape)}{'' if a.flags.c_contiguous else ' strided'}" \
+               f"{'' if a.flags.writeable else ' read-only'}"
+    return type(a).__name__
 
 
 def check_unfilter(rng: np.random.Generator) -> None:
@@ -291,13 +305,14 @@ def check_unfilter(rng: np.random.Generator) -> None:
     ok = flat.unfilter(bytes(raw), out)
     if ok != (not bad) or (ok and not np.array_equal(out, image)):
         raise Finding(f"unfilter {h}x{w} filters {sorted(set(filters))} bad={bad}: {ok}")
-    odd = [np.empty((h, w), np.uint16), np.empty((h, w, 1), np.uint8),
-           np.empty((h, 2 * w), np.uint8)[:, ::2], np.empty(h * w, np.uint8)]
     readonly = np.empty((h, w), np.uint8)
     readonly.flags.writeable = False
-    for arg in odd + [readonly, [[0] * w] * h]:
-        refused(lambda arg=arg: flat.unfilter(bytes(raw), arg))
-    refused(lambda: flat.unfilter("text", out))
+    odd = [np.empty((h, w), np.uint16), np.empty((h, w, 1), np.uint8), np.empty(h * w, np.uint8),
+           *strided(out), readonly, [[0] * w] * h]
+    for arg in odd:
+        refused(f"unfilter(raw, {describe(arg)})",
+                lambda arg=arg: flat.unfilter(bytes(raw), arg))
+    refused("unfilter(str, out)", lambda: flat.unfilter("text", out))
 
 
 def check_edt(rng: np.random.Generator) -> None:
@@ -317,7 +332,7 @@ def check_edt(rng: np.random.Generator) -> None:
     elif (np.asarray(mask) == 0).any() and max(h, w) <= 8192:
         raise Finding(f"edt declined a {h}x{w} mask that has a zero")
     for arg in (np.empty((h, w), np.float32), np.empty((h, w + 1)), np.empty((h, w), np.int64)):
-        refused(lambda arg=arg: flat.edt(mask, arg))
+        refused(f"edt(mask, {describe(arg)})", lambda arg=arg: flat.edt(mask, arg))
 
 
 def check_resize(rng: np.random.Generator) -> None:
@@ -335,9 +350,9 @@ def check_resize(rng: np.random.Generator) -> None:
     if not np.allclose(dst, want, atol=1e-4, rtol=0):
         raise Finding(f"resize {sh}x{sw} -> {dh}x{dw} differs from Pillow by "
                       f"{np.abs(dst - want).max()}")
-    for a, b in ((src.astype(np.float64), dst), (src, dst.astype(np.uint8)),
-                 (src[:, ::2] if sw > 1 else src[None], dst)):
-        refused(lambda a=a, b=b: flat.resize(a, b))
+    for a, b in ((src.astype(np.float64), dst), (src, dst.astype(np.uint8)), (src[None], dst),
+                 *((v, dst) for v in strided(src))):
+        refused(f"resize({describe(a)}, {describe(b)})", lambda a=a, b=b: flat.resize(a, b))
 
 
 def check_to_mnist(rng: np.random.Generator) -> None:
@@ -370,7 +385,7 @@ def check_to_mnist(rng: np.random.Generator) -> None:
             raise Finding(f"to_mnist {h}x{w} kind {kind} differs from the Python steps")
     for a, b in ((grey.astype(np.float64), out), (grey, np.zeros((27, 28), np.uint8)),
                  (grey, np.zeros((28, 28), np.float32)), (grey[None], out)):
-        refused(lambda a=a, b=b: flat.to_mnist(a, b))
+        refused(f"to_mnist({describe(a)}, {describe(b)})", lambda a=a, b=b: flat.to_mnist(a, b))
 
 
 # --- the driver ------------------------------------------------------------------------------

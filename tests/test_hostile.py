@@ -144,23 +144,29 @@ def request_bytes(server: Server, body: bytes, content_type: str,
 
 
 @pytest.mark.slow
-def test_abandoned_requests_do_not_hold_up_the_next_one(server):
-    """Six costly requests whose clients hang up at once, then a photo: answered at once,
-    and the abandoned work is skipped."""
-    request = request_bytes(server, *inputs.costly("gif_big_screen"))
+def test_abandoned_requests_are_skipped(server):
+    """Six slow uploads (many-stroke numbers: slow on any code, the work is real) whose
+    clients hang up at once, then a photo. Of the six, no more are worked on than the
+    readers had taken before their clients left (two), and only those delay the photo."""
+    slow = request_bytes(server, inputs.many_strokes(), "image/png", "/api/predict?number=true")
+    settle(server)
+    with Cost(server) as one:
+        status, _, _ = post(server, inputs.many_strokes(), "image/png",
+                            "/api/predict?number=true", timeout=TIMEOUT_S)
+    assert status == 200
     settle(server)
     with Cost(server) as cost:
         for _ in range(6):
             with socket.create_connection((server.host, server.port), timeout=10) as s:
-                s.sendall(request)
+                s.sendall(slow)
         time.sleep(0.2)  # the server has read them
         t0 = time.monotonic()
         status, headers, body = post(server, inputs.photo(), "image/jpeg", timeout=TIMEOUT_S)
         photo_s = time.monotonic() - t0
         settle(server)
     assert status == 200 and json_answer(status, headers, body)["digit"] == 4
-    assert photo_s < 2.0, photo_s
-    assert cost.cpu_s <= 1.0, cost.figures()  # the six were skipped, not decoded
+    assert photo_s < 2.0 + 2 * one.wall_s, (photo_s, one.figures())
+    assert cost.cpu_s <= 2.5 * one.cpu_s, (one.figures(), cost.figures())
     no_traceback(server)
 
 

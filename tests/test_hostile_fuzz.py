@@ -3,15 +3,20 @@ oracle, and each oracle catches a bug planted in the code it watches."""
 
 from __future__ import annotations
 
+import io
+import struct
 import types
 import warnings
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import fuzz_targets
 from conftest import require_native
+from digitlab.errors import ImageError
 from digitlab.vision import png
+from digitlab.vision.decode import decode_image
 
 
 def fuzz(targets: list[str], iterations: int, tmp_path, seed: int = 3) -> tuple[int, str]:
@@ -100,3 +105,20 @@ def test_a_wrong_native_answer_is_found(tmp_path, monkeypatch, entry):
     monkeypatch.setattr(fuzz_targets, "flat", fake)
     found, report = fuzz(["native"], 200, tmp_path)
     assert found > 0, report
+
+
+# A 65x33 grey PNG found by the fuzz (seed 0): every CRC right, its IDAT a zlib stream that
+# libdeflate inflates to the expected length and zlib calls corrupt.
+DEFLATE_ONLY = bytes.fromhex("780163f8402960a0d4800fa3264082703c1c46c30139338da687d1f4309a1e9043"
+                             "60343d2087c6f0281f0054c6db5a")
+
+
+def test_a_stream_only_libdeflate_inflates_is_refused_as_pillow_refuses_it():
+    data = (png.SIGNATURE
+            + fuzz_targets._chunk(b"IHDR", struct.pack(">IIBBBBB", 65, 33, 8, 0, 0, 0, 0))
+            + fuzz_targets._chunk(b"IDAT", DEFLATE_ONLY) + fuzz_targets._chunk(b"IEND", b""))
+    with pytest.raises(OSError), Image.open(io.BytesIO(data)) as image:
+        image.load()
+    assert png.read_grey(data, max_pixels=10**6) is None
+    with pytest.raises(ImageError):
+        decode_image(data)
