@@ -50,17 +50,30 @@ def image(tmp_path_factory) -> Path:
     return path
 
 
+# `python -m digitlab ARGS` that reports its own peak RSS (VmHWM) as it exits: the child's
+# rusage from wait4 would count the memory of the pytest process it was forked from.
+PEAK = ("import atexit, runpy, sys\n"
+        "def peak():\n"
+        "    for line in open('/proc/self/status'):\n"
+        "        if line.startswith('VmHWM:'):\n"
+        "            print('PEAK-KIB', line.split()[1], file=sys.__stderr__, flush=True)\n"
+        "atexit.register(peak)\n"
+        "sys.argv = ['digitlab', *sys.argv[1:]]\n"
+        "runpy.run_module('digitlab', run_name='__main__')\n")
+
+
 def _predict(run: Path, image: Path) -> tuple[int, list[str], int]:
     """`digitlab predict --run RUN IMAGE` in its own process: exit code, output lines and
     the process's peak RSS in MiB."""
     env = {**os.environ, "PYTHONPATH": SRC}
-    proc = subprocess.Popen([sys.executable, "-m", "digitlab", "predict", "--run", str(run),
-                             str(image)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=env)
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, out.strip().splitlines(), usage.ru_maxrss // 1024
+    proc = subprocess.run([sys.executable, "-c", PEAK, "predict", "--run", str(run),
+                           str(image)], capture_output=True, text=True, env=env, timeout=300)
+    peaks = [int(line.split()[1]) for line in proc.stderr.splitlines()
+             if line.startswith("PEAK-KIB ")]
+    assert len(peaks) == 1, proc.stderr
+    lines = [line for line in (proc.stdout + proc.stderr).strip().splitlines()
+             if not line.startswith("PEAK-KIB ")]
+    return proc.returncode, lines, peaks[0] // 1024
 
 
 CRAFTED = {

@@ -53,8 +53,12 @@ class AccessFormatter(UvicornAccessFormatter):
     status phrase worked out once. Lines for a terminal (colours: a person reading along,
     whose terminal costs more than the line) are uvicorn's own to write."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, fmt: str | None = None, datefmt: str | None = None,
+                 style: Any = "%", use_colors: bool | None = None) -> None:
+        super().__init__(fmt, datefmt, style, use_colors)
+        # The %-format the line is built with (logging.Formatter's own when none is given);
+        # None for another style, which uvicorn's formatter then writes.
+        self.line = (fmt or "%(message)s") if style == "%" else None
         self._statuses: dict[int, str] = {}
 
     def get_status_code(self, status_code: int) -> str:
@@ -64,15 +68,14 @@ class AccessFormatter(UvicornAccessFormatter):
         return found
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
-        if (self.use_colors or type(self._style) is not logging.PercentStyle
-                or len(record.args or ()) != 5):
+        if self.use_colors or self.line is None or len(record.args or ()) != 5:
             return super().formatMessage(record)  # colours, or a format or call not uvicorn's
         client_addr, method, full_path, http_version, status_code = record.args  # type: ignore[misc]
         fields = dict(record.__dict__, client_addr=client_addr,
                       request_line=f"{method} {full_path} HTTP/{http_version}",
                       status_code=self.get_status_code(int(status_code)),  # type: ignore[arg-type]
                       levelprefix=record.levelname + ":" + " " * (8 - len(record.levelname)))
-        return self._style._fmt % fields  # type: ignore[operator]
+        return self.line % fields
 
 
 def write_held_lines() -> None:
