@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import hostile_inputs as inputs  # noqa: E402
+import record  # noqa: E402
 from serve_load import cpu_seconds  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -339,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=600,
                         help="Stop sending new inputs after this long.")
     parser.add_argument("--json", type=Path, help="Write the figures here.")
+    parser.add_argument("--result", type=Path, metavar="FILE", help="Also write the benchmark "
+                        "result here (benchmarks/results/hostile.json for the docs).")
     args = parser.parse_args(argv)
     names = [n for n in args.inputs.split(",") if n]
     unknown = [n for n in [*names, args.together] if n and n not in inputs.COSTLY]
@@ -370,7 +373,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps({"machine": machine(), "server": args.url or "started",
                                          "inputs": results}, indent=2) + "\n")
+    record.write(args.result, benchmark="hostile", figures={"inputs": results},
+                 tables=[result_table(results)])
     return 0
+
+
+def result_table(results: dict[str, dict]) -> dict:
+    """The benchmarks page's table: what each input cost the server, and the drawings' p99
+    meanwhile."""
+    rows = [[key, f"{r['bytes']:,}", ", ".join(map(str, sorted(set(r["statuses"])))),
+             f"{r['cpu_s']:.2f} s", f"{r['wall_s']:.2f} s", f"+{r['rss_peak_growth_mb']:.0f} MB",
+             f"{r['rss_before_mb']:.0f} -> {r['rss_after_mb']:.0f} MB",
+             "-" if r["drawing_p99_ms"] is None else f"{r['drawing_p99_ms']:.1f} ms"]
+            for key, r in results.items()]
+    return record.table("Hostile uploads: what each costs the server (benchmarks/hostile.py)",
+                        ["input", "bytes", "answer", "server CPU", "wall", "peak RSS growth",
+                         "RSS before -> after", "drawings' p99 meanwhile"], rows)
 
 
 def report(key: str, r: dict) -> None:

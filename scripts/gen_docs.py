@@ -209,7 +209,8 @@ def http_page() -> str:
 
 # The order of the page's sections; results not named here follow, by name.
 ORDER = ["time_to_accuracy_fast_cpu", "time_to_accuracy_fast_cuda", "tutorial_speed",
-         "best_ensemble_cuda", "realworld", "inference", "preprocess_speed", "serve_target"]
+         "best_ensemble_cuda", "realworld", "inference", "preprocess_speed", "serve_target",
+         "hostile"]
 
 
 def _conditions(c: dict[str, Any]) -> str:
@@ -390,9 +391,18 @@ def _preprocess_row(r: dict[str, Any]) -> list[str]:
     return ["Preprocessing one drawn digit", f"{ms:.2f} ms"]
 
 
+def _hostile_row(r: dict[str, Any]) -> list[str]:
+    inputs = r["figures"]["inputs"]
+    cpu = max(x["cpu_s"] for x in inputs.values())
+    growth = max(x["rss_peak_growth_mb"] for x in inputs.values())
+    return [f"{len(inputs)} hostile uploads (tiny files claiming huge canvases)",
+            f"at most {cpu:.2f} s of server CPU and +{growth:.0f} MB each"]
+
+
 README_ROWS = [("time_to_accuracy_fast_cpu", _fast_row), ("time_to_accuracy_fast_cuda", _fast_row),
                ("best_ensemble_cuda", _best_row), ("tutorial_speed", _tutorial_row),
-               ("inference", _inference_row), ("preprocess_speed", _preprocess_row)]
+               ("inference", _inference_row), ("preprocess_speed", _preprocess_row),
+               ("hostile", _hostile_row)]
 
 
 def readme_results(results: Path = RESULTS) -> str:
