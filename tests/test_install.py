@@ -164,7 +164,7 @@ def test_the_wheel_metadata(wheel):
         "train", "export", "serve", "sweep", "report", "tensorboard", "all", "docs", "dev"}
     requires = meta.get_all("Requires-Dist")
     core = sorted(r.split(">")[0].split(";")[0].strip() for r in requires if "extra ==" not in r)
-    assert core == ["numpy", "onnxruntime", "pillow", "rich", "scipy", "typer"]
+    assert core == ["deflate", "numpy", "onnxruntime", "pillow", "rich", "scipy", "typer"]
     assert [r for r in requires if r.startswith("torch")] == [
         'torch<2.15,>=2.10; extra == "train"']
 
