@@ -27,7 +27,6 @@ from typing import Annotated
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from fastapi import FastAPI, Query
 from fastapi.exceptions import RequestValidationError
 from PIL import Image, ImageDraw
@@ -40,27 +39,16 @@ from digitlab.serve.app import _prepare, _prepare_quickly, create_app, predict_p
 from digitlab.serve.batcher import MAX_BATCH
 from digitlab.serve.models import PredictParams
 from digitlab.vision import native
+from serving import in_thread
 
 LIMIT = 256 * 1024  # the test server's --max-bytes; small so 413s are cheap to provoke
 
 
 @contextmanager
 def running(app) -> Iterator[str]:
-    """A real uvicorn serving `app` on a free port of 127.0.0.1, in a thread."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        assert thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+    """A real uvicorn serving `app` on a free port of 127.0.0.1, in a thread: its URL."""
+    with in_thread(app, plain=True) as (host, port):
+        yield f"http://{host}:{port}"
 
 
 @pytest.fixture(scope="module")
@@ -473,9 +461,9 @@ def slow_pictures(mnist_digit: np.ndarray) -> list[bytes]:
 @pytest.mark.slow
 def test_pictures_read_the_slow_way_do_not_hold_up_the_drawings_taken_with_them(
         recognizer, digits, mnist_test_split):
-    """Queued together, the page's drawings are read together in one model call, and the
-    pictures only the Python steps read (tens of times slower) in a call of their own, by
-    the slow lane; every answer is the one each would get alone."""
+    """Queued together, the page's drawings are read together in one model call, and each
+    picture only the Python steps read (tens of times slower) in a call of its own, by the
+    slow lane; every answer is the one each would get alone."""
     require_native()  # without it there is no quick way: all are read together
     slow = slow_pictures(mnist_test_split.images[7])
     for data in slow:
@@ -487,8 +475,8 @@ def test_pictures_read_the_slow_way_do_not_hold_up_the_drawings_taken_with_them(
     bodies = [digits[1][1], slow[0], digits[2][1], slow[1], digits[3][1]]
     sizes, answers = behind_a_held_model_call(recognizer, digits[0][1], bodies)
     # the held first request, then the three drawings and (the slow lane, in parallel) the
-    # JPEG and the off-edge drawing
-    assert sizes[0] == 1 and sorted(sizes[1:]) == [2, 3]
+    # JPEG and the off-edge drawing, each on its own
+    assert sizes[0] == 1 and sorted(sizes[1:]) == [1, 1, 3]
     assert_answered_as_alone(recognizer, bodies, answers[1:])
 
 

@@ -5,51 +5,21 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
-import numpy as np
 import pytest
-import uvicorn
 
 from digitlab.api import Recognizer
 from digitlab.serve import app as app_module
 from digitlab.serve import server as limits
 from digitlab.serve.app import create_app
-from digitlab.vision.png import write_grey
-
-
-def drawing() -> bytes:
-    """A drawn 1 on white paper, as the page sends it."""
-    pixels = np.full((140, 140), 255, np.uint8)
-    pixels[30:110, 66:74] = 17
-    return write_grey(pixels)
+from serving import drawing, in_thread
 
 
 @pytest.fixture(scope="module")
 def recognizer() -> Recognizer:
     return Recognizer.load()
 
-
-@contextmanager
-def serving(app) -> Iterator[tuple[str, int]]:
-    """digitlab's Server with its settings, serving `app` on a free port, in a thread."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = limits.Server(uvicorn.Config(app, **limits.server_settings("warning", False)))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        assert thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield sock.getsockname()
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
 
 
 def request(head: str, body: bytes = b"") -> bytes:
@@ -92,7 +62,7 @@ def test_a_bounded_slowloris_is_cut_off_and_others_are_served(recognizer, monkey
     answered at once."""
     monkeypatch.setattr(limits, "HEAD_S", 1.5)
     monkeypatch.setattr(limits, "BODY_S", 1.5)
-    with serving(create_app(recognizer)) as address:
+    with in_thread(create_app(recognizer)) as address:
         dripping = [socket.create_connection(address) for _ in range(3)]
         stalled = [socket.create_connection(address) for _ in range(3)]
         silent = socket.create_connection(address)
@@ -120,7 +90,7 @@ def test_a_bounded_slowloris_is_cut_off_and_others_are_served(recognizer, monkey
 
 
 def test_a_head_larger_than_the_limit_is_431(recognizer):
-    with serving(create_app(recognizer)) as address:
+    with in_thread(create_app(recognizer)) as address:
         with socket.create_connection(address, timeout=10) as s:
             # Just past the limit and no more: a server closing with data unread resets
             # the connection, which would drop its answer on our side.
@@ -132,7 +102,7 @@ def test_a_head_larger_than_the_limit_is_431(recognizer):
 
 
 def test_a_head_within_the_limit_is_served(recognizer):
-    with serving(create_app(recognizer)) as address, \
+    with in_thread(create_app(recognizer)) as address, \
             socket.create_connection(address, timeout=10) as s:
         big = "y" * (limits.MAX_HEAD_BYTES // 2)
         s.sendall(request(f"GET /healthz HTTP/1.1\nHost: 127.0.0.1\nX-Big: {big}\n"
@@ -145,7 +115,7 @@ def test_header_lines_past_the_limit_are_431(recognizer, lines):
     """A head within the size limit but with too many header lines is refused with its
     JSON 431 (the drawing it carried is not answered); one line fewer is served."""
     body = drawing()
-    with serving(create_app(recognizer)) as address, \
+    with in_thread(create_app(recognizer)) as address, \
             socket.create_connection(address, timeout=10) as s:
         extra = "".join(f"X-{i}: 1\n" for i in range(lines - 3))
         s.sendall(request(f"POST /api/predict HTTP/1.1\nHost: 127.0.0.1\n{extra}"
@@ -163,7 +133,7 @@ def test_keep_alive_requests_each_get_their_own_time(recognizer, monkeypatch):
     monkeypatch.setattr(limits, "HEAD_S", 1.0)
     monkeypatch.setattr(limits, "BODY_S", 1.0)
     body = drawing()
-    with serving(create_app(recognizer)) as address, \
+    with in_thread(create_app(recognizer)) as address, \
             socket.create_connection(address, timeout=10) as s:
         for _ in range(3):
             s.sendall(request(f"POST /api/predict HTTP/1.1\nHost: 127.0.0.1\n"
@@ -177,7 +147,7 @@ def test_keep_alive_requests_each_get_their_own_time(recognizer, monkeypatch):
 
 def test_connections_past_the_cap_are_503(recognizer, monkeypatch):
     monkeypatch.setattr(limits, "MAX_CONNECTIONS", 4)
-    with serving(create_app(recognizer)) as address:
+    with in_thread(create_app(recognizer)) as address:
         held = [socket.create_connection(address) for _ in range(4)]
         try:
             time.sleep(0.2)
@@ -210,7 +180,7 @@ def test_a_pipelined_request_is_not_cut_off_as_a_late_head(recognizer, monkeypat
                   f"Content-Length: {len(body)}\n\n", body)
     last = request(f"POST /api/predict HTTP/1.1\nHost: 127.0.0.1\nContent-Length: {len(body)}\n"
                    "Connection: close\n\n", body)
-    with serving(app_module.create_app(recognizer)) as address, \
+    with in_thread(app_module.create_app(recognizer)) as address, \
             socket.create_connection(address, timeout=30) as s:
         s.sendall(one + one + last)
         data = closed_within(s, 30)

@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,21 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import uvicorn
 
 from digitlab.api import Recognizer
 from digitlab.serve import app as app_module
-from digitlab.serve import server as limits
-from digitlab.vision.png import write_grey
+from serving import drawing, in_thread
 
 GIF = b"GIF89a" + b"\x00" * 40  # only its first bytes matter: the test's _prepare looks there
-
-
-def drawing() -> bytes:
-    """A drawn 1 on white paper, as the page sends it."""
-    pixels = np.full((140, 140), 255, np.uint8)
-    pixels[30:110, 66:74] = 17
-    return write_grey(pixels)
 
 
 @pytest.fixture(scope="module")
@@ -61,20 +51,8 @@ def slow_server(recognizer: Recognizer, monkeypatch, slow_s: float) -> Iterator[
 
     monkeypatch.setattr(app_module, "_prepare", prepare)
     app = app_module.create_app(recognizer, concurrency=2)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = limits.Server(uvicorn.Config(app, **limits.server_settings("warning", False)))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        assert thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield sock.getsockname(), prepared
-    finally:
-        server.should_exit = True
-        thread.join(60)
-        sock.close()
+    with in_thread(app, join_s=60) as address:
+        yield address, prepared
 
 
 def post_bytes(body: bytes) -> bytes:

@@ -4,10 +4,11 @@ The event loop only hands each request's image to a queue and waits. Reader thre
 every request waiting at that moment (up to max_batch), decode and preprocess each, read
 the digits of all of them in one model call, turn each into its answer, and hand the lot
 back to the event loop at once. What is much slower than a drawn digit goes to readers of
-its own, the slow lane: a whole-number request (a hundred times slower) on its own, and the
-single digits the quick way declines (a photo's lighting analysis, a JPEG's decoding: tens
-of times slower) together, even a lone one; so no drawn digit waits for them, neither those
-taken with them nor those queued after. The slow lane's threads bound how many images are
+its own, the slow lane: each whole-number request (a hundred times slower) and each single
+digit the quick way declines (a photo's lighting analysis, a JPEG's decoding: tens of times
+slower) on its own, even a lone one; so no drawn digit waits for them, neither those taken
+with them nor those queued after, and no slow image waits for another while a slow-lane
+thread is free. The slow lane's threads bound how many images are
 decoded at once. Under load a thread hop, a wake-up of the event loop and a model call are
 each paid once per batch instead of once or twice per request.
 
@@ -135,10 +136,10 @@ class DigitReader:
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._threads = [threading.Thread(target=self._serve, name=f"digitlab-reader-{k}",
                                           daemon=True) for k in range(threads)]
-        # Groups of jobs for the slow lane: whole numbers one by one, the singles the quick
-        # way declined together. As many threads as the quick lane's, so that pictures
-        # that are all slow (a batch of photos) are read as many at once as before; each
-        # reads one image at a time, which bounds the memory decoding takes.
+        # Jobs for the slow lane, one by one (as one-job groups). As many threads as the
+        # quick lane's, so that pictures that are all slow (a batch of photos) are read as
+        # many at once as before; each reads one image at a time, which bounds the memory
+        # decoding takes.
         self._slow: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
         self._slow_lane = [threading.Thread(target=self._serve_slow, daemon=True,
                                             name=f"digitlab-reader-slow-{k}")
@@ -223,8 +224,8 @@ class DigitReader:
                 batch.append(more)
             # Single digits read the quick way are read together and answered at once. The
             # slow lane gets the rest, first so that it starts at once: each whole number
-            # (many candidate cuts: the slowest kind) on its own, and the singles the quick
-            # way declined (a photo's lighting, a JPEG's decoding) together.
+            # (many candidate cuts: the slowest kind) and each single the quick way declined
+            # (a photo's lighting, a JPEG's decoding).
             batch = [j for j in batch if not j.skip()]
             singles = [j for j in batch if not j.number]
             if self._quick is None:
@@ -233,7 +234,7 @@ class DigitReader:
                 slow = self._prepare_quickly(singles)
                 here = [j for j in singles if j.prepared is not None]
             refused: list[_Job] = []
-            for group in ([slow] if slow else []) + [[j] for j in batch if j.number]:
+            for group in [[j] for j in slow] + [[j] for j in batch if j.number]:
                 taken = self._to_slow_lane(group)
                 refused += group[len(taken):]
                 if taken:
