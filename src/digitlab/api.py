@@ -36,10 +36,9 @@ if TYPE_CHECKING:
 
     from digitlab.vision.preprocess import Preprocessed
 
-# Below this probability an answer is flagged low_confidence. On MNIST's test set the
-# default model (trained with label smoothing, so a sure answer scores ~0.96, not 1.0)
-# flags 113 of 10,000 digits at 0.6, and those hold 39 of its 56 mistakes: most mistakes
-# are caught while good answers are rarely flagged.
+# Below this probability an answer is flagged low_confidence. The shipped model is trained
+# with label smoothing, so a sure answer scores a little under 1; at 0.6 most of its
+# mistakes on MNIST's test set are flagged while good answers rarely are.
 LOW_CONFIDENCE = 0.6
 BATCH_SIZE = 256  # images per model call in predict_many
 
@@ -119,17 +118,17 @@ def _round(p: float) -> float:
 
 
 def png_bytes(image: np.ndarray, *, level: int = 1) -> bytes:
-    """A grey uint8 image as a PNG file (vision/png.py: 4-6x quicker than Pillow for a
-    28x28 input), compressed at zlib `level`."""
+    """A grey uint8 image as a PNG file (vision/png.py, quicker than Pillow for a 28x28
+    input), compressed at zlib `level`."""
     from digitlab.vision.png import write_grey
 
     return write_grey(image, level=level)
 
 
 def png_base64(image: np.ndarray) -> str:
-    """The PNG of a model input for a JSON answer, its rows stored uncompressed: ~850
-    bytes instead of ~250 for a 28x28 input, and 2 us instead of 20 (zlib's set-up alone
-    costs more than the few bytes saved are worth; serve answers one per drawn digit)."""
+    """The PNG of a model input for a JSON answer, its rows stored uncompressed: a few
+    hundred bytes more for a 28x28 input, but zlib's set-up alone costs more than those
+    bytes are worth, and serve answers one per drawn digit."""
     return base64.b64encode(png_bytes(image, level=0)).decode("ascii")
 
 
@@ -138,8 +137,8 @@ def png_base64(image: np.ndarray) -> str:
 
 def inference_layout(model: torch.nn.Module) -> torch.memory_format:
     """The memory layout a model's inputs and weights are given for inference. Convolutions
-    read NHWC (channels_last) 2.5-3x faster than NCHW on a CPU once a batch holds a few
-    images (oneDNN skips a layout reorder per call), as in training."""
+    read NHWC (channels_last) faster than NCHW on a CPU once a batch holds a few images
+    (oneDNN skips a layout reorder per call), as in training."""
     import torch
 
     return (torch.channels_last if any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
@@ -463,9 +462,9 @@ class Recognizer:
     @staticmethod
     def prepare_quickly(grey: np.ndarray) -> Prepared | None:
         """prepare_decoded of a single digit where the compiled preprocessing takes the
-        picture (a drawing on flat paper: ~0.15 ms), else None: a photo, a drawing with
-        ink along its border, a picture over 1,600 px, or no compiled part here
-        (the Python steps then take a few to tens of ms). A server reads those in its
+        picture (a drawing on flat paper), else None: a photo, a drawing with ink along
+        its border, a picture over 1,600 px, or no compiled part here (the Python steps
+        then take tens of times longer). A server reads those in its
         slow lane, so that they hold up no quick one."""
         return _one_digit(grey, None, quick=True)
 

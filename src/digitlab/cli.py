@@ -530,7 +530,7 @@ def _exit(code: Any) -> NoReturn:
     """Exit as Python would, minus the native libraries' destructors once torch is loaded.
 
     Unloading a CUDA build of torch runs the CUDA libraries' static destructors, which page
-    in 75-125 MB of those libraries that the process had never touched (even on a machine
+    in tens of megabytes of those libraries that the process had never touched (even on a machine
     without a GPU): the peak resident memory of a whole CPU training run was reached on the
     way out. So, with no thread left to wait for, run the atexit handlers, flush, and end
     the process here."""

@@ -52,12 +52,11 @@ class Weights:
 # Both chosen by grid search on the 1,500 photo-like strips of benchmarks/realworld.py
 # --seed 1, 2 and 3 (the benchmark reports seed 0), each in the middle of a broad plateau.
 # For a model trained on digits only, which reads two touching digits as one with
-# confidence: joins must win by a margin and the width prior does the rejecting (the
-# previous default model: 91.9% of those strips exactly).
+# confidence: joins must win by a margin and the width prior does the rejecting.
 PLAIN = Weights(merge_margin=0.25, split_margin=0.0, aspect_weight=0.5, cut_cost=0.5)
 # For a model shown fused pairs as non-digits (config `outliers`, data/outliers.py): it is
 # unsure of them itself, so a join competes evenly and a cut must win by half a nat (with
-# PLAIN it cuts too often). The shipped model: 95.9% of those strips, 94.7% with PLAIN.
+# PLAIN it cuts too often); the shipped model reads more of those strips with these.
 REJECTING = Weights(merge_margin=0.0, split_margin=0.5, aspect_weight=0.25, cut_cost=0.5)
 
 

@@ -92,7 +92,7 @@ class OutlierMix:
     def __init__(self, images: torch.Tensor, share: float, seed: int,
                  normalise: Callable[[torch.Tensor], torch.Tensor], pool: int = POOL) -> None:
         # A tenth of the training set at most: a 512-image smoke test makes 64, not 6,000
-        # (each costs a to_mnist call, ~7 ms on a CPU core).
+        # (each costs a to_mnist call, milliseconds on a CPU core).
         pool = min(pool, max(64, len(images) // 10))
         made = fused_pairs(images.cpu().numpy(), pool, np.random.default_rng([seed, 404]))
         self.pool = torch.from_numpy(made).to(images.device)

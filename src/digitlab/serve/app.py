@@ -144,11 +144,10 @@ def _without_telemetry() -> dict[str, Any]:
 
 
 def _freeze_start_up_objects() -> None:
-    """What start-up made (modules, the model and its session: ~80,000 objects) lives as long
-    as the server, so after one collection it is kept out of the garbage collector's sight.
-    Otherwise a full collection walks all of it every few thousand requests: 20-25 ms of CPU
-    that held up every request of a worker, in both workers at once (serve_load --workers 2:
-    one such pause per 2,000-4,000 requests per worker, none in 6,000 once frozen)."""
+    """What start-up made (modules, the model and its session) lives as long as the server,
+    so after one collection it is kept out of the garbage collector's sight. Otherwise a
+    full collection walks all of it every few thousand requests, and every request of that
+    worker waits for it."""
     gc.collect()
     gc.freeze()
 
@@ -157,8 +156,7 @@ def _warm_up(recognizer: Recognizer) -> None:
     """One throw-away reading of each kind of picture, the way requests are read, so that no
     early request pays for lazy set-up: a 28x28 MNIST-style digit, a drawing on flat paper
     as the page sends it (the compiled path), and a picture whose paper darkens across it
-    (the photo path, whose first call took 12.7 ms against 5.6 ms for the next; in the
-    load benchmark that first call fell among the measured requests)."""
+    (the photo path, whose first call costs about twice the next)."""
     stroke = np.zeros((28, 28), np.uint8)
     stroke[6:22, 13:15] = 255
     drawing = np.full((140, 140), 255, np.uint8)
@@ -256,9 +254,9 @@ def _prepare(data: bytes, number: bool) -> Prepared:
 
 def _prepare_quickly(data: bytes) -> Prepared | None:
     """A single digit's Prepared where the quick way reads it (the page's plain PNG of a
-    drawing on flat paper, the compiled preprocessing: ~0.2 ms), else None (_prepare then
-    reads it after the quick ones: a photo's lighting analysis or a JPEG's decoding takes
-    a few to tens of ms, which the others in its batch should not wait for)."""
+    drawing on flat paper, the compiled preprocessing), else None (the slow lane then reads
+    it with _prepare: a photo's lighting analysis or a JPEG's decoding takes tens of times
+    longer, which the others in its batch should not wait for)."""
     pixels = plain_pixels(data, max_pixels=MAX_PIXELS)
     return None if pixels is None else Recognizer.prepare_quickly(pixels)
 

@@ -130,15 +130,14 @@ def _load(settings: Settings) -> Recognizer:
 
     Without --backend a PyTorch model is served by onnxruntime where it is installed,
     exported in memory and checked against PyTorch first: the small batches a server
-    makes cost a third to a half as much there (serve_load --workers 2, alternated with
-    --backend torch: 329.0-331.0 against 126.9-296.6 requests/s). Where that cannot be
-    done, PyTorch serves it, as --backend torch asks.
+    makes cost far less there (benchmarks/inference.py). Where that cannot be done,
+    PyTorch serves it, as --backend torch asks.
     """
     from digitlab.api import Recognizer
 
     # One thread per model call, as PyTorch gets in _tune_torch: concurrent requests keep
     # the cores busy, and onnxruntime's default pool spins its idle threads, which took
-    # the CPU the other requests' preprocessing needed (232 against 366 requests/s).
+    # the CPU the other requests' preprocessing needed.
     recognizer = Recognizer.load(settings.run, backend=settings.backend, threads=1)
     if recognizer.info()["backend"] != "torch":
         return recognizer

@@ -119,7 +119,7 @@ def write_grey(image: np.ndarray, *, level: int = 1) -> bytes:
     rows = np.zeros((height, width + 1), np.uint8)  # filter type 0 on every row
     rows[:, 1:] = pixels
     raw = rows.tobytes()
-    # level 1: 40% quicker than the default 6 on a 28x28 digit, for 4% more bytes
+    # level 1: much quicker than the default 6 on a 28x28 digit, for a few more bytes
     compressed = _stored(raw) if level == 0 else zlib.compress(raw, level)
     return b"".join([SIGNATURE, _header(width, height), _chunk(b"IDAT", compressed), _IEND])
 
