@@ -151,3 +151,14 @@ def test_digitlab_serve_answers_its_allowed_host_names(mnist_test_split, workers
                           headers={"Host": "digits.example", "Connection": "close"}
                           ).status_code == 200
         problem(c.post("/api/predict", content=digit, headers={"Host": "other.example"}), 421)
+
+
+@pytest.mark.parametrize("origin", ["https://a.example\n", "https://a.example:99999",
+                                    "https://a.example/path", "ftp://a.example"])
+def test_a_cors_origin_is_a_whole_origin(origin):
+    from digitlab.errors import DigitlabError
+    from digitlab.serve.origin import check_origin
+
+    with pytest.raises(DigitlabError, match="--cors takes"):
+        check_origin(origin)
+    assert check_origin("http://[::1]:8000") == "http://[::1]:8000"

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from digitlab.api import DEFAULT_CARD, DEFAULT_ONNX, DEFAULT_WEIGHTS
-from digitlab.data.idx import atomic_write
 from digitlab.engine.rundir import CONFIG, WEIGHTS, read_json, read_weights
+from digitlab.files import atomic_write
 
 ASSETS = Path(__file__).parent / "assets"
 COMMAND = "make default-model"

@@ -17,9 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from digitlab.errors import DataError
-
-# Re-exported: modules outside the data layer long imported the helper from here.
-from digitlab.files import atomic_write as atomic_write
+from digitlab.files import atomic_write
 
 UINT8 = 0x08
 HEADER_MAX = 4 + 4 * 255  # the longest IDX header: 255 dimensions

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from digitlab.data.idx import atomic_write
 from digitlab.errors import RunDirError
+from digitlab.files import atomic_write
 from digitlab.report import html, plots
 
 

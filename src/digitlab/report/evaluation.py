@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from digitlab.data.idx import atomic_write
 from digitlab.engine.evaluate import EvalResult
+from digitlab.files import atomic_write
 from digitlab.report import html, plots
 from digitlab.report.scores import (
     ClassScores,

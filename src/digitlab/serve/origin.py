@@ -7,12 +7,13 @@ import re
 
 from digitlab.errors import DigitlabError
 
-_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-]+(:\d{1,5})?$|^https?://\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
+_ORIGIN = re.compile(r"https?://(?:[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(?::(\d{1,5}))?")
 
 
 def check_origin(origin: str) -> str:
     """`*` or one origin like https://example.org:8443 (scheme, host, optional port)."""
-    if origin == "*" or _ORIGIN.match(origin):
+    found = _ORIGIN.fullmatch(origin)  # the whole text: no trailing newline or path
+    if origin == "*" or (found and int(found.group(1) or 0) <= 65535):
         return origin
     raise DigitlabError(f"--cors takes '*' or an origin like https://example.org "
                         f"(scheme://host[:port], no path); got {origin!r}")
