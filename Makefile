@@ -53,7 +53,7 @@ default-model: $(STAMP)
 	$(PY) -m digitlab train --preset robust --device cpu --out runs/default-model --force
 	$(PY) benchmarks/realworld.py --run runs/default-model --singles 2000 --numbers 2000 \
 		--json runs/default-model/realworld.json
-	$(PY) -m digitlab.default_model runs/default-model \
+	$(PY) scripts/default_model.py runs/default-model \
 		--benchmark runs/default-model/realworld.json
 
 clean-venv:

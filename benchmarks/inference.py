@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import record  # noqa: E402
 
-from digitlab.api import inference_layout  # noqa: E402
+from digitlab.backends.torch import inference_layout  # noqa: E402
 from digitlab.config import PRESETS  # noqa: E402
 from digitlab.data import sources  # noqa: E402
 from digitlab.data.loader import DeviceData, load_split  # noqa: E402
@@ -112,7 +112,7 @@ def main() -> None:
             session = ort.InferenceSession(str(exported.path), _session_options(),
                                            providers=["CPUExecutionProvider"])
             params = sum(p.numel() for p in model.parameters())
-            # PyTorch runs the model as the product does (api.TorchBackend).
+            # PyTorch runs the model as the product does (backends.torch.TorchBackend).
             layout = inference_layout(model)
             model = model.to(memory_format=layout)
             for batch in BATCHES:

@@ -33,9 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import photolike  # noqa: E402
 import record  # noqa: E402
 
-from digitlab.api import Prediction, Recognizer, png_bytes  # noqa: E402
+from digitlab.api import Recognizer  # noqa: E402
 from digitlab.data import sources  # noqa: E402
 from digitlab.data.loader import load_split  # noqa: E402
+from digitlab.results import Prediction, png_bytes  # noqa: E402
 
 
 def naive_input(jpeg: bytes) -> np.ndarray:

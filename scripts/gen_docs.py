@@ -298,7 +298,7 @@ CARD_LIMITS = """\
 
 
 def model_card_page() -> str:
-    from digitlab.api import DEFAULT_CARD
+    from digitlab.assets import DEFAULT_CARD
 
     card = json.loads((REPO / "src" / "digitlab" / "assets" / DEFAULT_CARD).read_text())
     cfg, fig = card["config"], card["figures"]
@@ -408,7 +408,7 @@ README_ROWS = [("time_to_accuracy_fast_cpu", _fast_row), ("time_to_accuracy_fast
 def readme_results(results: Path = RESULTS) -> str:
     """The README's results table: the shipped model's card, then the headline figure of
     each benchmark result there is, and one line of conditions."""
-    from digitlab.api import DEFAULT_CARD
+    from digitlab.assets import DEFAULT_CARD
 
     card = json.loads((REPO / "src" / "digitlab" / "assets" / DEFAULT_CARD).read_text())
     fig = card["figures"]

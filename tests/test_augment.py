@@ -15,8 +15,8 @@ from digitlab.data.augment import (
     step_seed,
     warp,
 )
-from digitlab.data.loader import MNIST_MEAN, MNIST_STD
 from digitlab.errors import DigitlabError
+from digitlab.normalisation import MNIST_MEAN, MNIST_STD
 
 
 def _gen(seed: int) -> torch.Generator:

@@ -6,10 +6,12 @@ PyTorch weights, whatever they are.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import onnx
@@ -20,19 +22,17 @@ from PIL import Image
 from torch import nn
 from typer.testing import CliRunner
 
-from digitlab.backends import BackendError, OnnxBackend
+from digitlab import assets
+from digitlab.backends import BackendError, ExportError, OnnxBackend
+from digitlab.backends.torch import onnx_bytes
 from digitlab.cli import app
-from digitlab.data.loader import MNIST_MEAN, MNIST_STD
 from digitlab.engine.rundir import WEIGHTS, save_weights
 from digitlab.errors import DigitlabError
-from digitlab.export import (
-    ExportError,
-    export_model,
-    export_module,
-    onnx_bytes,
-    read_torchscript,
-)
+from digitlab.export import export_model, export_module, read_torchscript
 from digitlab.models.registry import create_model, list_models, model_args
+from digitlab.normalisation import MNIST_MEAN, MNIST_STD
+
+REPO = Path(__file__).resolve().parent.parent
 
 runner = CliRunner()
 
@@ -358,14 +358,14 @@ def test_the_shipped_onnx_file_is_the_shipped_weights(mnist_test_split) -> None:
     """default-model.onnx was made from default-model.safetensors (`make default-model`
     writes both): stamped with their SHA-256, and it answers as PyTorch on them does."""
     import hashlib
-    from importlib import resources
 
-    from digitlab.api import DEFAULT_ONNX, DEFAULT_WEIGHTS, Recognizer
+    from digitlab import Recognizer
 
-    assets = resources.files("digitlab") / "assets"
-    stamp = OnnxBackend(Path(str(assets / DEFAULT_ONNX))).contract["weights_sha256"]
-    assert stamp == hashlib.sha256((assets / DEFAULT_WEIGHTS).read_bytes()).hexdigest(), (
-        "default-model.onnx is stale: run `python -m digitlab.default_model --onnx`")
+    folder = assets.folder()
+    stamp = OnnxBackend(folder / assets.DEFAULT_ONNX).contract["weights_sha256"]
+    digest = hashlib.sha256((folder / assets.DEFAULT_WEIGHTS).read_bytes()).hexdigest()
+    assert stamp == digest, (
+        "default-model.onnx is stale: run `python scripts/default_model.py --onnx`")
     shipped, torch_side = Recognizer.load(), Recognizer.load(backend="torch")
     assert shipped.info()["backend"] == "onnxruntime"
     assert torch_side.info()["backend"] == "torch"
@@ -384,20 +384,17 @@ def test_the_shipped_onnx_file_is_the_shipped_weights(mnist_test_split) -> None:
 @pytest.mark.slow
 def test_default_model_export_stamps_the_weights_it_came_from(tmp_path: Path,
                                                               mnist_root: Path) -> None:
-    """`python -m digitlab.default_model --onnx` (and `make default-model`) writes an ONNX
+    """`python scripts/default_model.py --onnx` (and `make default-model`) writes an ONNX
     file whose contract carries the weights' SHA-256, which the loader then accepts."""
     import hashlib
     import shutil
-    from importlib import resources
 
-    from digitlab.api import DEFAULT_CARD, DEFAULT_WEIGHTS, Recognizer
-    from digitlab.default_model import export_onnx
+    from digitlab import Recognizer
 
-    assets = Path(str(resources.files("digitlab") / "assets"))
-    for name in (DEFAULT_WEIGHTS, DEFAULT_CARD):
-        shutil.copy(assets / name, tmp_path / name)
-    out = export_onnx(tmp_path, check_count=200)
-    digest = hashlib.sha256((tmp_path / DEFAULT_WEIGHTS).read_bytes()).hexdigest()
+    for name in (assets.DEFAULT_WEIGHTS, assets.DEFAULT_CARD):
+        shutil.copy(assets.folder() / name, tmp_path / name)
+    out = _default_model_tool().export_onnx(tmp_path, check_count=200)
+    digest = hashlib.sha256((tmp_path / assets.DEFAULT_WEIGHTS).read_bytes()).hexdigest()
     assert OnnxBackend(out).contract["weights_sha256"] == digest
     loaded = Recognizer._load_shipped_onnx(1, tmp_path)
     assert loaded is not None and loaded.info()["source"] == "package default"
@@ -408,22 +405,22 @@ def test_a_stale_or_missing_shipped_onnx_file_is_not_used(tmp_path: Path,
                                                           ) -> None:
     import shutil
     import sys
-    from importlib import resources
 
-    from digitlab.api import DEFAULT_CARD, DEFAULT_ONNX, DEFAULT_WEIGHTS, Recognizer
+    from digitlab import Recognizer
+    from digitlab.assets import DEFAULT_CARD, DEFAULT_ONNX, DEFAULT_WEIGHTS
 
-    assets = Path(str(resources.files("digitlab") / "assets"))
+    shipped = assets.folder()
     for name in (DEFAULT_ONNX, DEFAULT_WEIGHTS, DEFAULT_CARD):
-        shutil.copy(assets / name, tmp_path / name)
+        shutil.copy(shipped / name, tmp_path / name)
     assert Recognizer._load_shipped_onnx(1, tmp_path) is not None
-    (tmp_path / DEFAULT_WEIGHTS).write_bytes((assets / DEFAULT_WEIGHTS).read_bytes() + b" ")
+    (tmp_path / DEFAULT_WEIGHTS).write_bytes((shipped / DEFAULT_WEIGHTS).read_bytes() + b" ")
     assert Recognizer._load_shipped_onnx(1, tmp_path) is None  # other weights: stale
     (tmp_path / DEFAULT_ONNX).write_bytes(b"not an onnx model")  # onnxruntime refuses it
     assert Recognizer._load_shipped_onnx(1, tmp_path) is None
     (tmp_path / DEFAULT_ONNX).unlink()
     assert Recognizer._load_shipped_onnx(1, tmp_path) is None
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` fails
-    assert Recognizer._load_shipped_onnx(1, assets) is None
+    assert Recognizer._load_shipped_onnx(1, shipped) is None
     assert Recognizer.load().info()["backend"] == "torch"
     with pytest.raises(DigitlabError, match="needs onnxruntime"):
         Recognizer.load(backend="onnxruntime")
@@ -485,7 +482,7 @@ def test_serve_falls_back_to_pytorch_without_onnxruntime(mlp_run: Path,
 def test_an_in_memory_export_that_disagrees_is_refused(mlp_run: Path,
                                                        monkeypatch: pytest.MonkeyPatch
                                                        ) -> None:
-    import digitlab.export as export_module
+    import digitlab.backends.torch as torch_backend
     from digitlab.api import Recognizer
     from digitlab.serve.run import _load
 
@@ -494,7 +491,7 @@ def test_an_in_memory_export_that_disagrees_is_refused(mlp_run: Path,
     assert twin.info()["backend"] == "onnxruntime"
     with pytest.raises(DigitlabError, match="already runs on onnxruntime"):
         twin.on_onnxruntime()
-    monkeypatch.setattr(export_module, "TOLERANCE", -1.0)  # no export can be that close
+    monkeypatch.setattr(torch_backend, "TOLERANCE", -1.0)  # no export can be that close
     with pytest.raises(ExportError, match="in-memory ONNX export differs from PyTorch"):
         recognizer.on_onnxruntime()
     assert _load(default_settings(run=str(mlp_run))).info()["backend"] == "torch"
@@ -523,9 +520,57 @@ def _imports_of(module: str) -> set[str]:
     return {name for name in found if name.startswith("digitlab.")}
 
 
-def test_export_does_not_import_the_api_that_imports_it() -> None:
-    assert "digitlab.export" in _imports_of("digitlab.api")  # the in-memory ONNX twin
+def test_api_export_and_the_backends_import_each_other_one_way() -> None:
+    """api -> backends <- export, and neither api nor export imports the other (the
+    in-memory ONNX twin is backends.torch's); import-linter checks this for every module."""
+    assert "digitlab.export" not in _imports_of("digitlab.api")
     assert "digitlab.api" not in _imports_of("digitlab.export")
-    from digitlab import api, assets
+    assert "digitlab.backends.onnx" in _imports_of("digitlab.export")
+    for backend in ("digitlab.backends.base", "digitlab.backends.onnx",
+                    "digitlab.backends.torch"):
+        assert not _imports_of(backend) & {"digitlab.api", "digitlab.export"}, backend
 
-    assert api.DEFAULT_WEIGHTS == assets.DEFAULT_WEIGHTS  # the public name still works
+
+def _default_model_tool() -> ModuleType:
+    """scripts/default_model.py, the maintainer's tool behind `make default-model`."""
+    spec = importlib.util.spec_from_file_location(
+        "default_model", REPO / "scripts" / "default_model.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_default_model_tool_refuses_weights_too_large_to_ship(
+        mlp_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A library error, not SystemExit, and nothing written; the tool's main says it in
+    one line and exits 1."""
+    tool = _default_model_tool()
+    monkeypatch.setattr(tool, "MAX_BYTES", 1000)
+    out = tmp_path / "assets"
+    out.mkdir()
+    with pytest.raises(DigitlabError, match="the shipped model must stay under"):
+        tool.install(mlp_run, assets=out)
+    assert list(out.iterdir()) == []
+    monkeypatch.setattr(tool, "ASSETS", out)
+    assert tool.main([str(mlp_run)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "MiB" in err
+    assert list(out.iterdir()) == []
+
+
+def test_weights_with_an_unknown_normalisation_are_refused(tmp_path: Path) -> None:
+    """PyTorch does not read them as some other normalisation, nor does an export carry
+    them: both say what is wrong (digitlab.normalisation defines the modes once)."""
+    from digitlab import Recognizer
+
+    args = model_args("mlp", hidden=[8])
+    run = tmp_path / "run"
+    save_weights(run / WEIGHTS, create_model("mlp", **args),
+                 _meta("mlp", args, normalize="z-score"))
+    with pytest.raises(DigitlabError, match="unknown normalisation 'z-score' in the weights"):
+        Recognizer.load(run)
+    with pytest.raises(ExportError, match="unknown normalisation 'z-score' in the weights"):
+        export_model(run=run, out=tmp_path / "m.onnx", check_count=1)
+    assert not (tmp_path / "m.onnx").exists()

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from digitlab.data import handwriting as hw
-from digitlab.data.loader import MNIST_MEAN, MNIST_STD, normalise
+from digitlab.data.loader import normalise
+from digitlab.normalisation import MNIST_MEAN, MNIST_STD
 
 
 def _ell(batch: int = 64) -> torch.Tensor:

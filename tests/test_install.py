@@ -80,7 +80,7 @@ def test_predict_reads_digits_without_any_extra(drawings):
 
 
 def test_python_api_without_any_extra(drawings):
-    code = ("import sys; from digitlab.api import Recognizer; "
+    code = ("import sys; from digitlab import Recognizer; "
             "p = Recognizer.load().predict(sys.argv[1]); "
             "heavy = [m for m in ('torch', 'fastapi', 'scipy', 'matplotlib') "
             "if m in sys.modules]; print(p.digit, Recognizer.load().info()['backend'], heavy)")
@@ -88,6 +88,20 @@ def test_python_api_without_any_extra(drawings):
                           text=True, timeout=120, check=True)
     # SciPy is part of the core install: the preprocessing's filters come from it.
     assert done.stdout.split(None, 2) == ["1", "onnxruntime", "['scipy']\n"]
+
+
+def test_importing_digitlab_is_cheap_and_names_its_public_api():
+    """`import digitlab` loads no model code (every command imports it); the public names
+    load their modules on first use."""
+    code = ("import sys, digitlab; before = sorted(m for m in sys.modules if 'digitlab' in m "
+            "or m in ('numpy', 'torch', 'PIL')); "
+            "from digitlab import DigitResult, Prediction, Recognizer; "
+            "print(before, [n for n in digitlab.__all__ if not hasattr(digitlab, n)], "
+            "Recognizer.__module__, Prediction.__module__, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert done.stdout.split() == ["['digitlab',", "'digitlab.errors']", "[]", "digitlab.api",
+                                   "digitlab.results", "False"]
 
 
 @pytest.mark.parametrize(("missing", "args", "line"), [

@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-import digitlab.number_reader as nr
+import digitlab.vision.number as nr
 from digitlab.api import Recognizer
 from digitlab.vision.segment import segment_digits
 

@@ -1,5 +1,5 @@
 """Touching and overlapping digits in a written number: cut where the classifier, the
-digits' widths and the ink crossed agree (number_reader + segment.cut_options)."""
+digits' widths and the ink crossed agree (vision/number.py + segment.cut_options)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-import digitlab.number_reader as nr
+import digitlab.vision.number as nr
 from digitlab.api import Recognizer
 from digitlab.vision.segment import cut_options, segment_digits
 from test_segment import number as drawn_number

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from digitlab.data import outliers
 from digitlab.data.loader import DeviceData, Split
 from digitlab.engine.steps import AutogradStep, soft_targets
-from digitlab.number_reader import weights_for
+from digitlab.vision.number import weights_for
 from digitlab.vision.preprocess import mask_bbox
 
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import require_native
-from digitlab.api import png_base64, png_bytes
+from digitlab.results import png_base64, png_bytes
 from digitlab.vision import decode, png
 
 

@@ -19,8 +19,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from digitlab.api import LOW_CONFIDENCE, Prediction, Recognizer
+from digitlab.api import Recognizer
 from digitlab.cli import app
+from digitlab.results import LOW_CONFIDENCE, Prediction
 from digitlab.vision.decode import MAX_BYTES
 
 runner = CliRunner()

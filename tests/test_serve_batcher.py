@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from starlette.exceptions import HTTPException
 
-from digitlab.api import Prepared, Recognizer
+from digitlab.api import Recognizer
+from digitlab.inputs import Prepared
 from digitlab.serve.batcher import MAX_BATCH, DigitReader, close_all
 from digitlab.serve.upload import RequestProblem
 

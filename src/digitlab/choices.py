@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from importlib import resources
+from digitlab import assets
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "onecycle", "cosine", "step")
@@ -14,7 +14,7 @@ BACKENDS = ("torch", "onnxruntime")
 
 def preset_files() -> dict[str, str]:
     """Each named preset's TOML text (assets/presets/NAME.toml), by name."""
-    folder = resources.files("digitlab") / "assets" / "presets"
+    folder = assets.folder() / "presets"
     return {entry.name.removesuffix(".toml"): entry.read_text(encoding="utf-8")
             for entry in sorted(folder.iterdir(), key=lambda e: e.name)
             if entry.name.endswith(".toml")}

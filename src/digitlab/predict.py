@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from digitlab.api import Prediction, Recognizer, failed, png_bytes
+from digitlab.api import Recognizer
 from digitlab.errors import DigitlabError
 from digitlab.files import atomic_write
+from digitlab.results import Prediction, failed, png_bytes
 from digitlab.vision.decode import MAX_BYTES
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from digitlab.data.loader import MNIST_MEAN, MNIST_STD
+from digitlab.normalisation import MNIST_MEAN, MNIST_STD
 
 P_THICKER, P_THINNER = 0.3, 0.15
 P_BLUR = 0.3

@@ -16,10 +16,7 @@ import torch
 
 from digitlab.data import sources
 from digitlab.data.idx import read_raw
-
-# MNIST's training-set pixel statistics on the [0, 1] scale.
-MNIST_MEAN = 0.1307
-MNIST_STD = 0.3081
+from digitlab.normalisation import mean_std
 
 
 @dataclass
@@ -45,10 +42,12 @@ def load_split(name: str, root: Path, split: str) -> Split:
 
 
 def normalise(images: torch.Tensor, mode: str) -> torch.Tensor:
-    """uint8 [N, 28, 28] -> float32 [N, 1, 28, 28], scaled as the config says."""
+    """uint8 [N, 28, 28] -> float32 [N, 1, 28, 28], scaled as `mode` says
+    (digitlab.normalisation)."""
+    mean, std = mean_std(mode)
     x = images.unsqueeze(1).to(torch.float32).div_(255.0)
-    if mode == "standard":
-        x.sub_(MNIST_MEAN).div_(MNIST_STD)
+    if mean != 0.0 or std != 1.0:
+        x.sub_(mean).div_(std)
     return x
 
 

@@ -4,7 +4,7 @@ When two digits of a written number touch, the segmenter (vision/segment.py) han
 classifier both as one piece. A model trained on single digits only reads such a piece as
 one digit, often with confidence, and the number comes out a digit short. Outlier exposure
 (Hendrycks et al., ICLR 2019): show the model such pieces during training with a uniform
-target, so that it answers them with low confidence; number_reader then prefers the reading
+target, so that it answers them with low confidence; vision/number.py then prefers the reading
 that cuts the piece in two, and a user who draws two digits in the single-digit box is told
 the answer is unsure.
 

@@ -30,7 +30,7 @@ def weights_meta(cfg: TrainConfig, args: dict[str, Any], **extra: Any) -> dict[s
         "normalize": cfg.normalize,
         "dataset": cfg.dataset,
         "classes": list(sources.get_spec(cfg.dataset).classes),
-        "outliers": cfg.outliers,  # shown fused pairs as non-digits: see number_reader
+        "outliers": cfg.outliers,  # shown fused pairs as non-digits: see vision/number.py
         "digitlab_version": digitlab.__version__,
         **extra,
     }
@@ -142,7 +142,7 @@ class EpochHook(Callback):
 
 
 def _viewable(x: torch.Tensor, normalize: str) -> torch.Tensor:
-    from digitlab.data.loader import MNIST_MEAN, MNIST_STD
+    from digitlab.normalisation import MNIST_MEAN, MNIST_STD
 
     x = x.detach().float().cpu()
     if normalize == "standard":

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from digitlab.backends.torch import probabilities
 from digitlab.data.augment import background_value, warp
 from digitlab.data.loader import DeviceData, batches
 from digitlab.engine.evaluate import EvalResult, evaluate
@@ -58,7 +59,7 @@ def tta_probabilities(model: nn.Module, data: DeviceData, *, background: float,
     model.eval()
     out = []
     for x, _ in batches(data, batch_size):
-        views = [torch.softmax(model(warp(x, background=background, **view)).float(), dim=1)
+        views = [probabilities(model(warp(x, background=background, **view)))
                  for view in TTA_VIEWS]
         out.append(torch.stack(views).mean(dim=0).cpu())
     return torch.cat(out)

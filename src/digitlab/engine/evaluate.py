@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from digitlab.backends.torch import probabilities
 from digitlab.data.loader import DeviceData, batches
 
 
@@ -53,7 +54,7 @@ def evaluate(
         correct += (pred == y).sum()
         preds.append(pred)
         if keep_probabilities:
-            probs.append(torch.softmax(logits, dim=1).cpu())
+            probs.append(probabilities(logits).cpu())
         n_batches += 1
     model.train(was_training)
     n = len(data)

@@ -37,8 +37,9 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from digitlab import __version__
-from digitlab.api import Prepared, Recognizer
+from digitlab.api import Recognizer
 from digitlab.errors import DigitlabError, ImageError
+from digitlab.inputs import Prepared
 from digitlab.serve.batcher import INTERNAL, DigitReader
 from digitlab.serve.docs import render_docs
 from digitlab.serve.guard import RequestGuard

@@ -35,7 +35,8 @@ import numpy as np
 from starlette.exceptions import HTTPException
 from starlette.types import Receive
 
-from digitlab.api import Prepared, Recognizer
+from digitlab.api import Recognizer
+from digitlab.inputs import Prepared
 from digitlab.serve.upload import RequestProblem
 
 # Requests a reader takes at once; more waiting ones go to the next take. A batch is

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from digitlab import assets
 from digitlab.config import TrainConfig, field_names, from_dict, load_toml, resolve
 from digitlab.errors import DigitlabError
 
@@ -78,7 +78,7 @@ class Space:
 
 
 def default_space_path() -> Path:
-    return Path(str(resources.files("digitlab") / "assets" / DEFAULT_SPACE))
+    return assets.folder() / DEFAULT_SPACE
 
 
 def _number(value: Any, what: str) -> float:

@@ -1,8 +1,8 @@
 """Inference without PyTorch in the loop: an exported ONNX file run by onnxruntime.
 
-An exported file carries its own preprocessing contract in its metadata (written by
-digitlab.export), so this module needs nothing but the file: it must not import torch, so
-that a machine with onnxruntime alone can run a model.
+An exported file carries its own preprocessing contract in its metadata (made by
+make_contract, written by with_contract), so this module needs nothing but the file: it
+must not import torch, so that a machine with onnxruntime alone can run a model.
 """
 
 from __future__ import annotations
@@ -13,17 +13,75 @@ from typing import Any
 
 import numpy as np
 
+import digitlab
+from digitlab.backends.base import BackendError, ExportError, model_facts
 from digitlab.errors import DigitlabError
+from digitlab.normalisation import mean_std
+
+__all__ = ["FORMAT_VERSION", "INPUT_NAME", "OUTPUT_NAME", "PREFIX", "OnnxBackend",
+           "as_pixels", "check_contract", "contract_from_props", "contract_to_props",
+           "make_contract", "normalise", "with_contract"]
 
 # Every key digitlab writes into an ONNX file's metadata_props starts with this.
 PREFIX = "digitlab."
 # Keys whose values are JSON (lists, tables, numbers); the rest are plain strings.
 _JSON_KEYS = ("input_shape", "classes", "model_args", "mean", "std", "format_version",
               "parameters", "test_accuracy", "epoch", "outliers")
+INPUT_NAME, OUTPUT_NAME = "image", "probabilities"
+FORMAT_VERSION = 1
 
 
-class BackendError(DigitlabError):
-    """An exported model file is missing, unreadable or not a digitlab export."""
+def make_contract(meta: dict[str, Any], *, parameters: int | None = None) -> dict[str, Any]:
+    """The preprocessing contract of a model, from its weights metadata (plus what the
+    model is and how well it did, for `info()` of whoever loads the file)."""
+    normalize = meta.get("normalize", "unit")
+    try:
+        mean, std = mean_std(normalize)
+    except DigitlabError as exc:
+        raise ExportError(f"{exc} in the weights metadata") from None
+    return {
+        "format_version": FORMAT_VERSION,
+        "input_name": INPUT_NAME,
+        "input_shape": ["N", 1, 28, 28],
+        "input_dtype": "float32",
+        # x/255 for "unit" (torchvision's ToTensor); then (x - mean) / std for "standard"
+        "normalize": normalize,
+        "mean": mean,
+        "std": std,
+        "output_name": OUTPUT_NAME,
+        "output": "probabilities",
+        "classes": list(meta.get("classes", [str(i) for i in range(10)])),
+        "dataset": meta.get("dataset", "mnist"),
+        "model": meta["model"],
+        "model_args": meta.get("model_args", {}),
+        # trained to call fused pairs non-digits: how --number weighs it (vision.number)
+        "outliers": meta.get("outliers", 0.0),
+        "digitlab_version": digitlab.__version__,
+        **({"parameters": parameters} if parameters is not None else {}),
+        **{k: meta[k] for k in ("test_accuracy", "epoch") if meta.get(k) is not None},
+    }
+
+
+def with_contract(onnx_blob: bytes, contract: dict[str, Any]) -> bytes:
+    """Write the contract into the model's metadata_props (and a readable doc_string)."""
+    import onnx
+
+    proto = onnx.load_from_string(onnx_blob)
+    props = contract_to_props(contract)
+    kept = [p for p in proto.metadata_props if p.key not in props]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    for key, value in props.items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.producer_name = "digitlab"
+    proto.producer_version = digitlab.__version__
+    proto.doc_string = (
+        f"digitlab {contract['model']}: input '{INPUT_NAME}' float32 [N,1,28,28], pixels/255"
+        + (f" then (x-{contract['mean']})/{contract['std']}"
+           if contract["normalize"] == "standard" else "")
+        + f"; output '{OUTPUT_NAME}' [N,{len(contract['classes'])}] probabilities"
+    )
+    return proto.SerializeToString()
 
 
 def contract_to_props(contract: dict[str, Any]) -> dict[str, str]:
@@ -146,15 +204,19 @@ class OnnxBackend:
     def classes(self) -> list[str]:
         return list(self.contract["classes"])
 
+    def info(self) -> dict[str, Any]:
+        """The model's facts from the file's contract, and the digitlab that exported it."""
+        contract = self.contract
+        return {**model_facts(contract, classes=self.classes,
+                              parameters=contract.get("parameters")),
+                "outliers": contract.get("outliers", 0.0),
+                "digitlab_version": contract.get("digitlab_version")}
+
     def run_normalised(self, x: np.ndarray) -> np.ndarray:
         """The raw model call: normalised float32 [N, 1, 28, 28] -> probabilities [N, C]."""
         (probs,) = self.session.run([self.output_name], {self.input_name: x})
         return probs
 
-    def __call__(self, images: Any) -> np.ndarray:
-        x = np.ascontiguousarray(normalise(as_pixels(images), self.contract), dtype=np.float32)
+    def __call__(self, pixels: Any) -> np.ndarray:
+        x = np.ascontiguousarray(normalise(as_pixels(pixels), self.contract), dtype=np.float32)
         return self.run_normalised(x)
-
-
-def is_onnx_file(path: Path | str | None) -> bool:
-    return path is not None and Path(path).suffix.lower() == ".onnx" and Path(path).is_file()
