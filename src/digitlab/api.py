@@ -43,7 +43,7 @@ from digitlab.results import (
 
 # The result types live in digitlab.results; digitlab.api.Prediction and .DigitResult
 # are where earlier versions published them.
-__all__ = ["DigitResult", "Prediction", "Recognizer", "describe"]
+__all__ = ["DigitResult", "Prediction", "Recognizer"]
 
 BATCH_SIZE = 256  # images per model call in predict_many
 

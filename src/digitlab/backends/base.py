@@ -20,12 +20,18 @@ class ExportError(DigitlabError):
 
 
 class Backend(Protocol):
-    """A loaded model: `backend(pixels) -> probabilities`.
+    """A loaded model, as Recognizer runs it.
 
-    pixels: uint8 [N, 28, 28] MNIST-style images (0..255), before any normalisation: the
-    backend applies its model's own. probabilities: float32 [N, len(classes)]."""
+    - `name`: what runs it, "torch" or "onnxruntime".
+    - `classes`: the class names, in the order of the probabilities.
+    - `backend(pixels) -> probabilities`: uint8 [N, 28, 28] MNIST-style images (0..255),
+      before any normalisation (the backend applies its model's own) -> float32
+      [N, len(classes)].
+    - `info()`: what the model is (its name and arguments, parameters, dataset, classes,
+      normalisation, test accuracy, epochs), as its weights or its export record it.
+    """
 
-    name: str  # "torch" or "onnxruntime"
+    name: str
 
     @property
     def classes(self) -> list[str]: ...

@@ -157,7 +157,8 @@ def normalise(pixels: np.ndarray, contract: dict[str, Any]) -> np.ndarray:
 
 
 class OnnxBackend:
-    """`backend(images) -> probabilities [N, classes]` with onnxruntime on the CPU.
+    """An exported file run by onnxruntime on the CPU, as a Backend:
+    `backend(pixels) -> probabilities [N, classes]`.
 
     Takes the same batch a PyTorch model call in digitlab takes before normalisation (uint8
     pixels, or floats in [0, 1]) and applies the normalisation stored in the file."""
