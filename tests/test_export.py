@@ -389,15 +389,15 @@ def test_default_model_export_stamps_the_weights_it_came_from(tmp_path: Path,
     import hashlib
     import shutil
 
-    from digitlab import Recognizer
+    from digitlab.loading import shipped_onnx
 
     for name in (assets.DEFAULT_WEIGHTS, assets.DEFAULT_CARD):
         shutil.copy(assets.folder() / name, tmp_path / name)
     out = _default_model_tool().export_onnx(tmp_path, check_count=200)
     digest = hashlib.sha256((tmp_path / assets.DEFAULT_WEIGHTS).read_bytes()).hexdigest()
     assert OnnxBackend(out).contract["weights_sha256"] == digest
-    loaded = Recognizer._load_shipped_onnx(1, tmp_path)
-    assert loaded is not None and loaded.info()["source"] == "package default"
+    loaded = shipped_onnx(1, tmp_path)
+    assert loaded is not None and loaded[1]["source"] == "package default"
 
 
 def test_a_stale_or_missing_shipped_onnx_file_is_not_used(tmp_path: Path,
@@ -408,19 +408,20 @@ def test_a_stale_or_missing_shipped_onnx_file_is_not_used(tmp_path: Path,
 
     from digitlab import Recognizer
     from digitlab.assets import DEFAULT_CARD, DEFAULT_ONNX, DEFAULT_WEIGHTS
+    from digitlab.loading import shipped_onnx
 
     shipped = assets.folder()
     for name in (DEFAULT_ONNX, DEFAULT_WEIGHTS, DEFAULT_CARD):
         shutil.copy(shipped / name, tmp_path / name)
-    assert Recognizer._load_shipped_onnx(1, tmp_path) is not None
+    assert shipped_onnx(1, tmp_path) is not None
     (tmp_path / DEFAULT_WEIGHTS).write_bytes((shipped / DEFAULT_WEIGHTS).read_bytes() + b" ")
-    assert Recognizer._load_shipped_onnx(1, tmp_path) is None  # other weights: stale
+    assert shipped_onnx(1, tmp_path) is None  # other weights: stale
     (tmp_path / DEFAULT_ONNX).write_bytes(b"not an onnx model")  # onnxruntime refuses it
-    assert Recognizer._load_shipped_onnx(1, tmp_path) is None
+    assert shipped_onnx(1, tmp_path) is None
     (tmp_path / DEFAULT_ONNX).unlink()
-    assert Recognizer._load_shipped_onnx(1, tmp_path) is None
+    assert shipped_onnx(1, tmp_path) is None
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` fails
-    assert Recognizer._load_shipped_onnx(1, shipped) is None
+    assert shipped_onnx(1, shipped) is None
     assert Recognizer.load().info()["backend"] == "torch"
     with pytest.raises(DigitlabError, match="needs onnxruntime"):
         Recognizer.load(backend="onnxruntime")

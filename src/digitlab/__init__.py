@@ -11,13 +11,14 @@ command does) stays cheap and never imports PyTorch.
 
 from __future__ import annotations
 
-import importlib
 import os
-from typing import TYPE_CHECKING, Any
 
 from digitlab.errors import DigitlabError, ImageError
 
+TYPE_CHECKING = False  # not typing's: importing typing would double `import digitlab`'s cost
 if TYPE_CHECKING:
+    from typing import Any
+
     from digitlab.api import Recognizer
     from digitlab.results import DigitResult, Prediction
 
@@ -25,8 +26,6 @@ __version__ = "0.1.0"
 __all__ = ["DigitResult", "DigitlabError", "ImageError", "Prediction", "Recognizer",
            "__version__"]
 
-_LAZY = {"Recognizer": "digitlab.api", "DigitResult": "digitlab.results",
-         "Prediction": "digitlab.results"}
 
 # onnxruntime 1.29+ sends usage telemetry to Microsoft from Linux and macOS too, and keeps a
 # device id and an event cache under ~/.cache/Microsoft; a digit reader has no business
@@ -36,8 +35,14 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
+    if name == "Recognizer":
+        from digitlab import api
+
+        return api.Recognizer
+    if name in ("DigitResult", "Prediction"):
+        from digitlab import results
+
+        return getattr(results, name)
     raise AttributeError(f"module 'digitlab' has no attribute {name!r}")
 
 

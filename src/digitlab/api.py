@@ -7,23 +7,20 @@
     print(result.digit, result.confidence)
     print(recognizer.predict("cheque.png", number=True).number)
 
-Recognizer is the facade: the input's preparation is digitlab.inputs, the model call a
-backend (digitlab.backends), the answer a digitlab.results.Prediction.
+Recognizer is the facade: loading picks a backend (digitlab.loading, digitlab.backends),
+the input's preparation is digitlab.inputs, the answer a digitlab.results.Prediction.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from digitlab import assets
-from digitlab.backends.base import Backend, BackendError
-from digitlab.backends.onnx import OnnxBackend
-from digitlab.errors import DigitlabError, ImageError, RunDirError
+from digitlab.backends.base import Backend
+from digitlab.errors import DigitlabError, ImageError
 from digitlab.inputs import (
     ImageInput,
     Prepared,
@@ -32,8 +29,8 @@ from digitlab.inputs import (
     prepare_grey,
     prepare_quickly,
 )
+from digitlab.loading import load_backend
 from digitlab.results import (
-    LOW_CONFIDENCE,
     DigitResult,
     Prediction,
     digit_result,
@@ -75,88 +72,8 @@ class Recognizer:
         else on PyTorch; backend="torch", or another device, takes PyTorch.
         threads: onnxruntime's threads per call (0: its default, one per core); PyTorch's
         are process-wide (torch.set_num_threads)."""
-        from digitlab.choices import BACKENDS
-
-        if backend is not None and backend not in BACKENDS:
-            raise DigitlabError(f"--backend must be one of {', '.join(BACKENDS)}; "
-                                f"got {backend!r}")
-        if run is None and backend != "torch" and device == "cpu":
-            shipped = cls._load_shipped_onnx(threads)
-            if shipped is not None:
-                return shipped
-            if backend == "onnxruntime":
-                raise DigitlabError("--backend onnxruntime needs onnxruntime (pip install "
-                                    "onnxruntime) and the package's default-model.onnx "
-                                    "(`make default-model`), or an exported model as --run")
-        is_onnx = run is not None and Path(run).suffix.lower() == ".onnx"
-        if backend == "onnxruntime" or (backend is None and is_onnx):
-            return cls._load_onnx(run, threads)
-        if is_onnx:
-            raise DigitlabError(f"{run} is an ONNX export: use --backend onnxruntime")
-        return cls._load_torch(run, device)
-
-    @classmethod
-    def _load_torch(cls, run: str | Path | None, device: str) -> Recognizer:
-        """A run directory or weights file (None: the shipped weights) on PyTorch."""
-        from digitlab.backends.torch import TorchBackend
-        from digitlab.device import resolve_device
-        from digitlab.engine.rundir import CONFIG, load_model, read_json
-
-        dev = resolve_device(device)
-        if run is None:
-            model, meta = load_model(assets.default_weights(), dev)
-            card = assets.read_card()
-            config, source = card.get("config", {}), "package default"
-        else:
-            path = Path(run)
-            model, meta = load_model(path, dev)
-            config = read_json(path / CONFIG) if (path / CONFIG).is_file() else {}
-            card, source = {}, str(path)
-        call = TorchBackend(model, meta, device=dev)
-        return cls(call, info=describe(call, source=source, config=config, card=card))
-
-    @classmethod
-    def _load_shipped_onnx(cls, threads: int, folder: Path | None = None
-                           ) -> Recognizer | None:
-        """The shipped model (in `folder`, default the package's assets) on onnxruntime;
-        None where onnxruntime is not installed or the package's ONNX file is missing or
-        was not made from the shipped weights."""
-        try:
-            import onnxruntime  # noqa: F401  (OnnxBackend needs it anyway)
-        except ImportError:
-            return None
-        folder = folder or assets.folder()
-        onnx_file, weights = folder / assets.DEFAULT_ONNX, folder / assets.DEFAULT_WEIGHTS
-        if not (onnx_file.is_file() and weights.is_file()):
-            return None
-        try:
-            backend = OnnxBackend(onnx_file, threads=threads)
-        except BackendError:  # e.g. an onnxruntime too old for the file: PyTorch runs it
-            return None
-        digest = hashlib.sha256(weights.read_bytes()).hexdigest()
-        if backend.contract.get("weights_sha256") != digest:
-            return None  # stale: PyTorch runs the weights themselves
-        card = assets.read_card(folder)
-        return cls(backend, info=describe(backend, source="package default",
-                                          config=card.get("config"), card=card))
-
-    @classmethod
-    def _load_onnx(cls, run: str | Path | None, threads: int = 0) -> Recognizer:
-        """onnxruntime on an exported file; its preprocessing contract is in the file."""
-        if run is None:
-            raise DigitlabError("--backend onnxruntime needs an exported model: "
-                                "`digitlab export` writes default-model.onnx; pass it as --run")
-        path = Path(run)
-        if path.is_dir():
-            path = path / "model.onnx"  # where `digitlab export --run RUN` puts it
-            if not path.is_file():
-                raise RunDirError(f"no {path.name} in {run}: export it first with "
-                                  f"`digitlab export --run {run}`")
-        elif path.suffix.lower() != ".onnx":
-            raise DigitlabError(f"--backend onnxruntime runs ONNX files; export {run} first "
-                                "with `digitlab export`")
-        backend = OnnxBackend(path, threads=threads)
-        return cls(backend, info=describe(backend, source=str(path)))
+        loaded, info = load_backend(run, device=device, backend=backend, threads=threads)
+        return cls(loaded, info=info)
 
     def on_onnxruntime(self, *, threads: int = 1) -> Recognizer:
         """The same model run by onnxruntime, exported in memory
@@ -250,42 +167,3 @@ class Recognizer:
             digits = [digit_result(p.inputs[k], rows[k]) for k in chosen]
             out.append(prediction(p.path, digits, number=p.number, top_k=top_k))
         return out
-
-
-# The model's facts that Recognizer.info() reports, in its order (Backend.info()).
-_FACTS = ("model", "model_args", "parameters", "dataset", "classes", "normalize",
-          "test_accuracy", "epochs")
-
-
-def describe(backend: Backend, *, source: str, config: dict[str, Any] | None = None,
-             card: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Recognizer.info() of a backend: its model's facts, how the model was trained (its
-    run's config, or the shipped model's card) and how it runs."""
-    config, card = config or {}, card or {}
-    facts = backend.info()
-    trained = _how_trained(config, card)
-    # An export on its own carries only the digitlab version that made it.
-    if not trained["trained_with"] and "digitlab_version" in facts:
-        trained["trained_with"] = {"digitlab_version": facts["digitlab_version"]}
-    return {
-        "source": source,
-        **{key: facts[key] for key in _FACTS},
-        **trained,
-        "backend": backend.name,
-        "low_confidence_below": LOW_CONFIDENCE,
-        "outliers": facts.get("outliers", config.get("outliers", 0.0)),
-    }
-
-
-def _how_trained(config: dict[str, Any], card: dict[str, Any]) -> dict[str, Any]:
-    """The part of Recognizer.info() that says how and when the model was trained."""
-    return {
-        "preset": config.get("preset"),
-        "trained": config.get("started"),
-        "trained_with": {k: config.get(k) for k in ("digitlab_version", "torch_version",
-                                                    "device_used", "git_commit")
-                         if config.get(k) is not None},
-        "config": config or None,
-        "figures": card.get("figures"),
-        "command": card.get("command"),
-    }
