@@ -25,7 +25,10 @@ TOP_K_MAX = 10
 
 class PredictParams(BaseModel):
     """/api/predict's query parameters: validated from the query string by this model, and
-    documented by it in the schema."""
+    documented by it in the schema. Frozen: one parsed query string serves every request
+    that sends it (serve/app.py)."""
+
+    model_config = ConfigDict(frozen=True)
 
     number: bool = Field(False, description="Read a whole number (several digits) instead "
                          "of one digit.")
