@@ -12,10 +12,8 @@ from __future__ import annotations
 import functools
 import gc
 import inspect
-import io
 import logging
 import os
-import warnings
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -30,7 +28,6 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
-from PIL import Image
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.datastructures import QueryParams
@@ -61,10 +58,18 @@ from digitlab.serve.models import (
 from digitlab.serve.origin import check_origin
 from digitlab.serve.upload import RequestProblem, image_bytes, read_body
 from digitlab.vision import native
-from digitlab.vision.decode import FORMATS, MAX_BYTES, plain_pixels
+from digitlab.vision.decode import (
+    FORMATS,
+    MAX_BYTES,
+    MAX_DECODE_BYTES,
+    TooLarge,
+    UnknownFormat,
+    decode_image,
+    plain_pixels,
+)
 from digitlab.vision.png import write_grey
 
-__all__ = ["DEFAULT_MAX_BYTES", "MAX_PIXELS", "DigitlabApp", "check_header", "create_app"]
+__all__ = ["DEFAULT_MAX_BYTES", "MAX_PIXELS", "DigitlabApp", "create_app"]
 
 STATIC_TYPES = {
     "index.html": "text/html; charset=utf-8",
@@ -286,16 +291,25 @@ def predict_params(query_string: bytes) -> PredictParams:
 
 
 def _prepare(data: bytes, number: bool) -> Prepared:
-    pixels = plain_pixels(data, max_pixels=MAX_PIXELS)  # the page's PNG: read once, header and all
+    """The image read and preprocessed, or the client's problem: 415 for what is not an
+    image digitlab reads, 413 for a picture too large to decode here (refused from its
+    header, before any decoding), 422 for one that cannot be used (truncated, corrupt, a
+    few pixels wide: the decoder's message says which)."""
+    # The page's PNG is read at once, header and all; anything else by Pillow.
+    pixels = plain_pixels(data, max_pixels=MAX_PIXELS)
     if pixels is not None:
         return Recognizer.prepare_decoded(pixels, number=number)
-    check_header(data)
     try:
-        return Recognizer.prepare(data, number=number)
+        grey = decode_image(data, max_pixels=MAX_PIXELS)
+    except UnknownFormat:
+        raise RequestProblem(415, f"not an image digitlab reads ({', '.join(FORMATS)})",
+                             {"accepted": list(FORMATS)}) from None
+    except TooLarge as exc:
+        raise RequestProblem(413, str(exc), {"limit_pixels": MAX_PIXELS,
+                                             "limit_decode_bytes": MAX_DECODE_BYTES}) from None
     except ImageError as exc:
-        # The header was fine, so it is an image, but one that cannot be used (truncated,
-        # corrupt, a few pixels wide): the decoder's message says which.
         raise RequestProblem(422, str(exc)) from None
+    return Recognizer.prepare_decoded(grey, number=number)
 
 
 def _prepare_quickly(data: bytes) -> Prepared | None:
@@ -305,30 +319,6 @@ def _prepare_quickly(data: bytes) -> Prepared | None:
     longer, which the others in its batch should not wait for)."""
     pixels = plain_pixels(data, max_pixels=MAX_PIXELS)
     return None if pixels is None else Recognizer.prepare_quickly(pixels)
-
-
-def check_header(data: bytes) -> None:
-    """415 for what is not an image digitlab reads, 413 for too many pixels.
-
-    Only the header is parsed (microseconds), so the status a client gets depends on what
-    the file is, never on the wording of the decoder's messages.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            with Image.open(io.BytesIO(data), formats=FORMATS) as image:
-                width, height = image.size
-        except Image.UnidentifiedImageError:
-            raise RequestProblem(415, f"not an image digitlab reads ({', '.join(FORMATS)})",
-                                 {"accepted": list(FORMATS)}) from None
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise RequestProblem(413, "the image has too many pixels",
-                                 {"limit_pixels": MAX_PIXELS}) from None
-        except Exception:  # a damaged header: the decoder will explain it (422)
-            return
-    if width * height > MAX_PIXELS:
-        raise RequestProblem(413, f"the image is {width}x{height} pixels, more than the "
-                             f"{MAX_PIXELS:,} pixel limit", {"limit_pixels": MAX_PIXELS})
 
 
 def _add_pages(app: FastAPI) -> None:
