@@ -30,6 +30,7 @@ import pytest
 from fastapi import FastAPI, Query
 from fastapi.exceptions import RequestValidationError
 from PIL import Image, ImageDraw
+from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from conftest import require_native
@@ -221,7 +222,7 @@ def test_too_many_pixels_is_413(client):
     # The server's own limit, well below the decoder's: preprocessing works at 1,600 px.
     body = problem(client.post("/api/predict", content=fake_png(5_000, 4_000)), 413,
                    "16,000,000 pixel limit")
-    assert body["detail"] == {"limit_pixels": 16_000_000}
+    assert body["detail"] == {"limit_pixels": 16_000_000, "limit_decode_bytes": 64 * 2**20}
     big = io.BytesIO()
     Image.new("L", (4_100, 4_000), 255).save(big, "PNG")  # a real, plain grey PNG
     problem(client.post("/api/predict", content=big.getvalue()), 413, "4100x4000")
@@ -319,6 +320,50 @@ def test_an_unexpected_error_in_the_endpoint_is_a_logged_json_500(recognizer, di
         monkeypatch.undo()
         with httpx.Client(base_url=base) as fresh:  # the server goes on serving
             assert fresh.post("/api/predict", content=digits[0][1]).status_code == 200
+
+
+def test_a_bug_behind_the_predict_endpoint_is_logged_once_as_a_json_500(recognizer, caplog):
+    """The model card is served by the FastAPI app mounted behind the one in front: its
+    error is answered there and logged once, by the app in front."""
+
+    class Broken(Recognizer):
+        armed = False
+
+        def info(self):
+            if Broken.armed:
+                raise ZeroDivisionError("a bug")
+            return super().info()
+
+    broken = Broken(recognizer.backend, info=recognizer.info())
+    with running(create_app(broken)) as base, httpx.Client(base_url=base) as c:
+        Broken.armed = True
+        with caplog.at_level("ERROR", logger="digitlab.serve"):
+            try:
+                answer = c.get("/api/model")
+            except httpx.TransportError:
+                answer = None  # uvicorn closes the connection after an application's error
+            if answer is not None:
+                assert problem(answer, 500, "internal error")["detail"] == "ZeroDivisionError"
+                assert answer.headers["x-content-type-options"] == "nosniff"
+            # The answer has gone before the app in front logs the error: wait for it.
+            deadline = time.monotonic() + 10
+            while "unexpected error" not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.2)
+        Broken.armed = False
+        assert caplog.text.count("unexpected error on GET /api/model") == 1
+        with httpx.Client(base_url=base) as fresh:
+            assert fresh.get("/api/model").status_code == 200
+
+
+def test_parsed_query_parameters_are_shared_so_cannot_be_changed():
+    params = predict_params(b"top_k=2&include_input=true")
+    assert predict_params(b"top_k=2&include_input=true") == params
+    with pytest.raises(ValidationError):
+        params.top_k = 5
+    for _ in range(2):  # a refusal is raised each time, never remembered as an answer
+        with pytest.raises(RequestValidationError):
+            predict_params(b"top_k=0")
 
 
 def test_start_up_objects_are_frozen_out_of_the_garbage_collector(recognizer, digits):

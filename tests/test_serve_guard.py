@@ -162,3 +162,39 @@ def test_a_cors_origin_is_a_whole_origin(origin):
     with pytest.raises(DigitlabError, match="--cors takes"):
         check_origin(origin)
     assert check_origin("http://[::1]:8000") == "http://[::1]:8000"
+
+
+def test_the_guard_remembers_a_bounded_number_of_host_names():
+    """Host names let through are remembered so as not to be worked out again, but a
+    client sending a new name with each request cannot grow that memory."""
+    import asyncio
+
+    from digitlab.serve.guard import ANSWERED_MAX, RequestGuard
+
+    answered = []
+
+    async def endpoint(scope, receive, send):
+        answered.append(scope["headers"][0][1])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    guard = RequestGuard(endpoint, allowed_hosts=["*"])
+
+    async def request(host: bytes) -> list[dict]:
+        sent: list[dict] = []
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "headers": [(b"host", host)], "server": ("127.0.0.1", 80)}
+        await guard(scope, None, send)
+        return sent
+
+    async def many() -> None:
+        for i in range(4 * ANSWERED_MAX):
+            sent = await request(b"name%d.example" % i)
+            assert (b"x-content-type-options", b"nosniff") in sent[0]["headers"]
+
+    asyncio.run(many())
+    assert len(answered) == 4 * ANSWERED_MAX
+    assert len(guard._answered) <= ANSWERED_MAX

@@ -1,4 +1,4 @@
-"""The HTTP API and the drawing page: `create_app(recognizer)` builds the FastAPI app.
+"""The HTTP API and the drawing page: `create_app(recognizer)` builds the app.
 
 The recognizer is loaded once, before the first request. Its work (decoding, preprocessing,
 the model) runs in reader threads (serve/batcher.py), so the event loop keeps accepting and
@@ -9,12 +9,11 @@ the answer is JSON and the next request is served normally.
 
 from __future__ import annotations
 
+import functools
 import gc
 import inspect
-import io
 import logging
 import os
-import warnings
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -29,11 +28,12 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
-from PIL import Image
 from pydantic import ValidationError
-from starlette.datastructures import Headers, QueryParams
+from starlette.applications import Starlette
+from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException
-from starlette.routing import Route
+from starlette.middleware import Middleware
+from starlette.routing import Mount, Route
 from starlette.types import Receive, Scope, Send
 
 from digitlab import __version__
@@ -59,10 +59,18 @@ from digitlab.serve.models import (
 from digitlab.serve.origin import check_origin
 from digitlab.serve.upload import RequestProblem, image_bytes, read_body
 from digitlab.vision import native
-from digitlab.vision.decode import FORMATS, MAX_BYTES, plain_pixels
+from digitlab.vision.decode import (
+    FORMATS,
+    MAX_BYTES,
+    MAX_DECODE_BYTES,
+    TooLarge,
+    UnknownFormat,
+    decode_image,
+    plain_pixels,
+)
 from digitlab.vision.png import write_grey
 
-__all__ = ["DEFAULT_MAX_BYTES", "MAX_PIXELS", "check_header", "create_app"]
+__all__ = ["DEFAULT_MAX_BYTES", "MAX_PIXELS", "DigitlabApp", "create_app"]
 
 STATIC_TYPES = {
     "index.html": "text/html; charset=utf-8",
@@ -87,7 +95,7 @@ def create_app(
     cors_origin: str | None = None,
     concurrency: int | None = None,
     allowed_hosts: Iterable[str] = (),
-) -> FastAPI:
+) -> DigitlabApp:
     """The app. `recognizer` may be a loaded Recognizer or a function that loads one at
     start-up; `concurrency` is the number of reader threads (default: CPU count);
     `allowed_hosts`: host names the server answers to besides the address it was reached
@@ -98,7 +106,7 @@ def create_app(
     threads = concurrency or os.cpu_count() or 1
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         loaded = recognizer if isinstance(recognizer, Recognizer) else recognizer()
         # Throw-away readings, so that the first visitors do not pay for lazy set-up.
         await anyio.to_thread.run_sync(_warm_up, loaded)
@@ -114,24 +122,47 @@ def create_app(
             gc.unfreeze()
             write_held_lines()
 
-    app = FastAPI(
-        title="digitlab", version=__version__, lifespan=lifespan,
+    api = FastAPI(
+        title="digitlab", version=__version__,
         description="Handwritten digit recognition: POST an image to /api/predict. Every "
         "error is JSON: {\"error\": ..., \"detail\": ...}.",
         # FastAPI's own /docs pulls Swagger UI from a CDN; digitlab serves its own page.
-        docs_url=None, redoc_url=None, openapi_url="/openapi.json", **_without_telemetry(),
+        docs_url=None, redoc_url=None, openapi_url="/openapi.json",
+        exception_handlers=_error_handlers(outermost=False), **_without_telemetry(),
     )
+    _add_api(api, max_bytes=max_bytes)
+    _add_pages(api)
+    # The guard first: a request it refuses reaches no other middleware and no endpoint.
+    middleware = [Middleware(RequestGuard, allowed_hosts=list(allowed_hosts),
+                             cors_origin=cors_origin)]
     if cors_origin is not None:
-        app.add_middleware(CORSMiddleware, allow_origins=[check_origin(cors_origin)],
-                           allow_methods=["GET", "POST"], allow_headers=["Content-Type"])
-    # Added last, so it is the outermost of them: a request it refuses reaches no other
-    # middleware and no endpoint.
-    app.add_middleware(RequestGuard, allowed_hosts=list(allowed_hosts),
-                       cors_origin=cors_origin)
-    _add_error_handlers(app)
-    _add_api(app, max_bytes=max_bytes)
-    _add_pages(app)
-    return app
+        middleware.append(Middleware(CORSMiddleware, allow_origins=[check_origin(cors_origin)],
+                                     allow_methods=["GET", "POST"],
+                                     allow_headers=["Content-Type"]))
+    return DigitlabApp(api, PredictEndpoint(max_bytes), middleware=middleware,
+                       lifespan=lifespan)
+
+
+class DigitlabApp(Starlette):
+    """The served app: a Starlette app that answers POST /api/predict itself and hands
+    every other request to the FastAPI app mounted behind it (`api`: the pages, the model
+    card, the schema). The one endpoint that carries the load so passes through
+    Starlette's layers only, not FastAPI's as well
+    (docs/decisions/0002-predict-as-a-starlette-route.md). Both share one state (the
+    recognizer and its reader) and one set of error handlers."""
+
+    def __init__(self, api: FastAPI, predict: PredictEndpoint, *,
+                 middleware: list[Middleware], lifespan: Any) -> None:
+        super().__init__(routes=[Route("/api/predict", predict, methods=["POST"]),
+                                 Mount("", app=api)],
+                         middleware=middleware, lifespan=lifespan,
+                         exception_handlers=_error_handlers(outermost=True))
+        self.api = api
+        api.state = self.state
+
+    def openapi(self) -> dict[str, Any]:
+        """The HTTP API's OpenAPI schema, as /openapi.json serves it."""
+        return self.api.openapi()
 
 
 def _without_telemetry() -> dict[str, Any]:
@@ -170,11 +201,12 @@ def _warm_up(recognizer: Recognizer) -> None:
 
 
 def _add_api(app: FastAPI, *, max_bytes: int) -> None:
-    # /api/predict is a Starlette route to a plain ASGI endpoint rather than a FastAPI route:
-    # FastAPI's per-request machinery (solving the signature's dependencies, its Request
-    # wrapping) costs a sizeable share of the server's CPU per drawn digit
-    # (docs/decisions/0002-predict-as-a-starlette-route.md). Its schema comes from a FastAPI
-    # route that only documents it, with the same PredictParams model as its parameters.
+    # /api/predict is served by DigitlabApp in front of this app, not by a FastAPI route:
+    # FastAPI's per-request machinery (its middleware, solving the signature's
+    # dependencies, its Request wrapping) costs a sizeable share of the server's CPU per
+    # drawn digit (docs/decisions/0002-predict-as-a-starlette-route.md). Its schema comes
+    # from a FastAPI route that only documents it, with the same PredictParams model as its
+    # parameters. Here the path answers other methods with a 405.
     app.router.routes.append(Route("/api/predict", PredictEndpoint(max_bytes),
                                    methods=["POST"], include_in_schema=False))
     documented = APIRoute("/api/predict", _predict_doc, methods=["POST"],
@@ -216,10 +248,10 @@ class PredictEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         params = predict_params(scope["query_string"])
-        headers = Headers(scope=scope)
+        length, kind = _length_and_type(scope["headers"])
         # The body is counted against the limit while it streams in (serve/upload.py).
-        body = await read_body(receive, headers.get("content-length"), max_bytes=self.max_bytes)
-        data = image_bytes(body, headers.get("content-type"))
+        body = await read_body(receive, length, max_bytes=self.max_bytes)
+        data = image_bytes(body, kind)
         reading = await scope["app"].state.reader(data, number=params.number,
                                                   top_k=params.top_k,
                                                   include_input=params.include_input,
@@ -227,12 +259,31 @@ class PredictEndpoint:
         if reading.blank:
             raise RequestProblem(422, "no digit found in the image", reading.answer)
         # Rendered by the reader already: sent as it is, not validated again.
-        await Response(reading.body, media_type="application/json")(scope, receive, send)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", b"%d" % len(reading.body))]})
+        await send({"type": "http.response.body", "body": reading.body})
 
 
+def _length_and_type(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, str | None]:
+    """The request's first Content-Length and Content-Type headers (ASGI lower-cases names)."""
+    length = kind = None
+    for name, value in headers:
+        if name == b"content-length" and length is None:
+            length = value.decode("latin-1")
+        elif name == b"content-type" and kind is None:
+            kind = value.decode("latin-1")
+    return length, kind
+
+
+@functools.lru_cache(maxsize=256)
 def predict_params(query_string: bytes) -> PredictParams:
     """The query string's parameters, validated by pydantic as FastAPI would validate them,
-    or RequestValidationError (answered as a 422 by bad_parameters)."""
+    or RequestValidationError (answered as a 422 by bad_parameters).
+
+    Clients send the same few query strings again and again (the page one or two), and
+    parsing one is a sizeable part of what the event loop does for a request; a bounded
+    cache keeps each parsed once. Refusals are raised, so never cached."""
     try:
         return PredictParams.model_validate(dict(QueryParams(query_string)))
     except ValidationError as exc:
@@ -241,16 +292,25 @@ def predict_params(query_string: bytes) -> PredictParams:
 
 
 def _prepare(data: bytes, number: bool) -> Prepared:
-    pixels = plain_pixels(data, max_pixels=MAX_PIXELS)  # the page's PNG: read once, header and all
+    """The image read and preprocessed, or the client's problem: 415 for what is not an
+    image digitlab reads, 413 for a picture too large to decode here (refused from its
+    header, before any decoding), 422 for one that cannot be used (truncated, corrupt, a
+    few pixels wide: the decoder's message says which)."""
+    # The page's PNG is read at once, header and all; anything else by Pillow.
+    pixels = plain_pixels(data, max_pixels=MAX_PIXELS)
     if pixels is not None:
         return Recognizer.prepare_decoded(pixels, number=number)
-    check_header(data)
     try:
-        return Recognizer.prepare(data, number=number)
+        grey = decode_image(data, max_pixels=MAX_PIXELS)
+    except UnknownFormat:
+        raise RequestProblem(415, f"not an image digitlab reads ({', '.join(FORMATS)})",
+                             {"accepted": list(FORMATS)}) from None
+    except TooLarge as exc:
+        raise RequestProblem(413, str(exc), {"limit_pixels": MAX_PIXELS,
+                                             "limit_decode_bytes": MAX_DECODE_BYTES}) from None
     except ImageError as exc:
-        # The header was fine, so it is an image, but one that cannot be used (truncated,
-        # corrupt, a few pixels wide): the decoder's message says which.
         raise RequestProblem(422, str(exc)) from None
+    return Recognizer.prepare_decoded(grey, number=number)
 
 
 def _prepare_quickly(data: bytes) -> Prepared | None:
@@ -260,30 +320,6 @@ def _prepare_quickly(data: bytes) -> Prepared | None:
     longer, which the others in its batch should not wait for)."""
     pixels = plain_pixels(data, max_pixels=MAX_PIXELS)
     return None if pixels is None else Recognizer.prepare_quickly(pixels)
-
-
-def check_header(data: bytes) -> None:
-    """415 for what is not an image digitlab reads, 413 for too many pixels.
-
-    Only the header is parsed (microseconds), so the status a client gets depends on what
-    the file is, never on the wording of the decoder's messages.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            with Image.open(io.BytesIO(data), formats=FORMATS) as image:
-                width, height = image.size
-        except Image.UnidentifiedImageError:
-            raise RequestProblem(415, f"not an image digitlab reads ({', '.join(FORMATS)})",
-                                 {"accepted": list(FORMATS)}) from None
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise RequestProblem(413, "the image has too many pixels",
-                                 {"limit_pixels": MAX_PIXELS}) from None
-        except Exception:  # a damaged header: the decoder will explain it (422)
-            return
-    if width * height > MAX_PIXELS:
-        raise RequestProblem(413, f"the image is {width}x{height} pixels, more than the "
-                             f"{MAX_PIXELS:,} pixel limit", {"limit_pixels": MAX_PIXELS})
 
 
 def _add_pages(app: FastAPI) -> None:
@@ -316,26 +352,41 @@ def _error(status: int, error: str, detail: Any = None,
                         headers=headers)
 
 
-def _add_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(RequestProblem)
-    async def problem(request: Request, exc: RequestProblem) -> JSONResponse:
-        return _error(exc.status, exc.error, exc.detail,
-                      {"Connection": "close"} if exc.close else None)
+async def _problem(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestProblem)
+    return _error(exc.status, exc.error, exc.detail,
+                  {"Connection": "close"} if exc.close else None)
 
-    @app.exception_handler(RequestValidationError)
-    async def bad_parameters(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"where": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg"),
-                   "got": e.get("input")} for e in exc.errors()]
-        summary = "; ".join(f"{e['where']}: {e['message']}" for e in errors)
-        return _error(422, f"bad parameters: {summary}", errors)
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail), None, getattr(exc, "headers", None))
+async def _bad_parameters(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = [{"where": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg"),
+               "got": e.get("input")} for e in exc.errors()]
+    summary = "; ".join(f"{e['where']}: {e['message']}" for e in errors)
+    return _error(422, f"bad parameters: {summary}", errors)
 
-    @app.exception_handler(Exception)
-    async def bug(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        # This handler runs outside every middleware (Starlette's ServerErrorMiddleware),
-        # RequestGuard's nosniff included.
-        return _error(500, INTERNAL, type(exc).__name__, {"X-Content-Type-Options": "nosniff"})
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return _error(exc.status_code, str(exc.detail), None, getattr(exc, "headers", None))
+
+
+async def _bug(request: Request, exc: Exception) -> Response:
+    """A bug in the mounted app: answered there, inside RequestGuard (which adds nosniff)."""
+    return _error(500, INTERNAL, type(exc).__name__)
+
+
+async def _logged_bug(request: Request, exc: Exception) -> Response:
+    """A bug anywhere, met by the app in front: logged, and answered where nothing has been
+    yet. This handler runs outside every middleware (Starlette's ServerErrorMiddleware),
+    RequestGuard's nosniff included."""
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return _error(500, INTERNAL, type(exc).__name__, {"X-Content-Type-Options": "nosniff"})
+
+
+def _error_handlers(*, outermost: bool) -> dict[Any, Callable[..., Any]]:
+    """The handlers that turn every error into a JSON answer. An unexpected error in the
+    mounted app is answered there and raised on to the app in front, whose handler then
+    logs it: so only that one logs."""
+    return {RequestProblem: _problem, RequestValidationError: _bad_parameters,
+            HTTPException: _http_error, Exception: _logged_bug if outermost else _bug}

@@ -15,12 +15,12 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 NOSNIFF = (b"x-content-type-options", b"nosniff")
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
+ANSWERED_MAX = 64  # Host/address pairs remembered as answered
 
 
 class RequestGuard:
@@ -34,16 +34,22 @@ class RequestGuard:
         self.app = app
         self.allowed_hosts = frozenset(_name(h) for h in allowed_hosts)
         self.cors_origin = cors_origin
+        # (Host header, server address) pairs already let through: a server sees a handful,
+        # and each request need not work its name out again.
+        self._answered: set[tuple[str | None, object]] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = Headers(scope=scope)
-        host = headers.get("host")
-        refusal = self.host_refusal(host, scope.get("server"))
-        if refusal is None:
-            refusal = self.origin_refusal(headers.get("origin"), host)
+        host, origin = _host_and_origin(scope["headers"])
+        refusal = None
+        if (host, scope.get("server")) not in self._answered:
+            refusal = self.host_refusal(host, scope.get("server"))
+            if refusal is None and len(self._answered) < ANSWERED_MAX:
+                self._answered.add((host, scope.get("server")))
+        if refusal is None and origin is not None:
+            refusal = self.origin_refusal(origin, host)
         if refusal is not None:
             await refusal(scope, receive, send)
             return
@@ -78,6 +84,17 @@ class RequestGuard:
             return None
         return _refusal(403, f"requests from pages of {origin} are not allowed (see --cors)",
                         {"origin": origin})
+
+
+def _host_and_origin(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | None]:
+    """The first Host and Origin headers of the request's (lower-case) header list."""
+    host = origin = None
+    for name, value in headers:
+        if name == b"host" and host is None:
+            host = value.decode("latin-1")
+        elif name == b"origin" and origin is None:
+            origin = value.decode("latin-1")
+    return host, origin
 
 
 def _name(host: str) -> str:

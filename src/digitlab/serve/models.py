@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from digitlab.vision.decode import FORMATS, MIN_SIDE
+from digitlab.vision.decode import FORMATS, MAX_DECODE_BYTES, MIN_SIDE
 
 # Preprocessing shrinks every picture to at most 1,600 px a side before it reads it, so
 # pixels past a large phone photo's buy nothing but decoding time and memory: the limit
@@ -25,7 +25,10 @@ TOP_K_MAX = 10
 
 class PredictParams(BaseModel):
     """/api/predict's query parameters: validated from the query string by this model, and
-    documented by it in the schema."""
+    documented by it in the schema. Frozen: one parsed query string serves every request
+    that sends it (serve/app.py)."""
+
+    model_config = ConfigDict(frozen=True)
 
     number: bool = Field(False, description="Read a whole number (several digits) instead "
                          "of one digit.")
@@ -171,11 +174,13 @@ def predict_responses(max_bytes: int) -> dict[int | str, dict[str, Any]]:
              "at index 2", None)),
         413: error_response(
             f"The body is larger than the server's limit ({max_bytes:,} bytes, --max-bytes), "
-            f"or the image's header declares more than {MAX_PIXELS:,} pixels.",
+            f"or the image's header declares more than {MAX_PIXELS:,} pixels, or a picture "
+            f"whose decoding would take more than {MAX_DECODE_BYTES // 2**20} MiB.",
             ("bytes", f"the request body is larger than the {max_bytes:,} bytes limit",
              {"limit_bytes": max_bytes}),
-            ("pixels", f"the image is 8000x6000 pixels, more than the {MAX_PIXELS:,} pixel "
-             "limit", {"limit_pixels": MAX_PIXELS})),
+            ("pixels", f"the image data is 8000x6000 pixels, more than the {MAX_PIXELS:,} "
+             "pixel limit", {"limit_pixels": MAX_PIXELS,
+                             "limit_decode_bytes": MAX_DECODE_BYTES})),
         415: error_response(
             f"Not an image, or not one of {', '.join(FORMATS)}; or a Content-Type other than "
             "multipart/form-data, image/* or application/octet-stream.",

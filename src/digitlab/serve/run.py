@@ -19,9 +19,8 @@ from typing import TYPE_CHECKING, Any
 from digitlab.errors import DigitlabError
 
 if TYPE_CHECKING:
-    from fastapi import FastAPI
-
     from digitlab.api import Recognizer
+    from digitlab.serve.app import DigitlabApp
 
 SETTINGS_ENV = "DIGITLAB_SERVE_SETTINGS"  # how the parent hands its settings to each worker
 
@@ -99,7 +98,7 @@ def serve(
                 access_log=access_log)
 
 
-def app_from_env() -> FastAPI:
+def app_from_env() -> DigitlabApp:
     """The app factory each worker process calls; settings come from the parent."""
     from digitlab.serve.app import create_app
 

@@ -53,6 +53,10 @@ class TooLarge(ImageError):
     decode than a picture may take (an HTTP server's 413)."""
 
 
+class UnknownFormat(ImageError):
+    """Data that is no picture in a format digitlab reads (an HTTP server's 415)."""
+
+
 def decode_image(
     source: Source, *, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS
 ) -> np.ndarray:
@@ -173,7 +177,7 @@ def _open(data: bytes, name: str, max_pixels: int) -> Image.Image:
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise TooLarge(f"{name} has too many pixels (decompression bomb?)") from None
         except Image.UnidentifiedImageError:
-            raise ImageError(
+            raise UnknownFormat(
                 f"{name} is not in a supported image format ({', '.join(FORMATS)})"
             ) from None
         except Exception as err:  # decoders of hostile files raise anything
