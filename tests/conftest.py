@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +25,20 @@ def processes() -> list[tuple[int, int, str]]:
                         text=True, check=True)
     return [(int(pid), int(ppid), args) for pid, ppid, args in
             (line.split(None, 2) for line in ps.stdout.splitlines())]
+
+
+@contextlib.contextmanager
+def script(*args: str) -> Iterator[subprocess.Popen[str]]:
+    """A Python script running with its output piped; if the test fails midway, it is
+    stopped as a user would stop it (Ctrl+C) rather than left behind."""
+    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=90)
 
 
 def without_real_time() -> list[str]:

@@ -65,6 +65,27 @@ async def until(condition, seconds: float = 30) -> None:
         await asyncio.sleep(0.005)
 
 
+def reading(reader: DigitReader, work):
+    """What the async function `work` returns, run with the reader started and stopped
+    after it, whatever happens."""
+
+    async def run():
+        reader.start()
+        try:
+            return await work()
+        finally:
+            await asyncio.to_thread(reader.stop)
+
+    return asyncio.run(run())
+
+
+async def held(reader: DigitReader, model: FakeModel) -> asyncio.Future:
+    """A first request (the digit 1), sent and held inside the model call."""
+    first = asyncio.ensure_future(reader(b"1"))
+    await until(model.entered.is_set)
+    return first
+
+
 async def behind_a_held_call(reader: DigitReader, model: FakeModel, datas: list[bytes],
                              **kwargs) -> list:
     """Answers for `datas`, all queued while the reader is stuck in a first model call."""
@@ -110,25 +131,21 @@ def test_numbers_are_read_in_the_slow_lane_and_no_digit_waits_for_them() -> None
     reader = DigitReader(Recognizer(model, info=INFO), prepare_holding)
 
     async def main() -> tuple[list, list]:
-        reader.start()
-        try:
-            first = asyncio.ensure_future(reader(b"0"))
-            await until(model.entered.is_set)
-            jobs = [asyncio.ensure_future(reader(d, number=n)) for d, n in
-                    [(b"1", False), (b"2", True), (b"3", False), (b"4", True), (b"5", False)]]
-            await until(lambda: reader.waiting() == 5)
-            model.release.set()
-            await first
-            await until(number_held.is_set)
-            digits = await asyncio.wait_for(asyncio.gather(*jobs[::2]), 10)
-            digits.append(await asyncio.wait_for(reader(b"6"), 10))
-            assert not jobs[1].done() and not jobs[3].done()
-            number_released.set()
-            return digits, list(await asyncio.gather(jobs[1], jobs[3]))
-        finally:
-            await asyncio.to_thread(reader.stop)
+        first = asyncio.ensure_future(reader(b"0"))
+        await until(model.entered.is_set)
+        jobs = [asyncio.ensure_future(reader(d, number=n)) for d, n in
+                [(b"1", False), (b"2", True), (b"3", False), (b"4", True), (b"5", False)]]
+        await until(lambda: reader.waiting() == 5)
+        model.release.set()
+        await first
+        await until(number_held.is_set)
+        digits = await asyncio.wait_for(asyncio.gather(*jobs[::2]), 10)
+        digits.append(await asyncio.wait_for(reader(b"6"), 10))
+        assert not jobs[1].done() and not jobs[3].done()
+        number_released.set()
+        return digits, list(await asyncio.gather(jobs[1], jobs[3]))
 
-    digits, numbers = asyncio.run(main())
+    digits, numbers = reading(reader, main)
     assert [a.answer["digit"] for a in digits] == [1, 3, 5, 6]
     assert [a.answer["number"] for a in numbers] == ["2", "4"]
     assert sorted(model.calls) == [[0], [1, 3, 5], [2], [4], [6]]
@@ -147,14 +164,10 @@ def test_the_slow_lane_reads_as_many_at_once_as_the_quick_one() -> None:
     reader = DigitReader(Recognizer(FakeModel(), info=INFO), prepare_together, threads=2)
 
     async def main() -> list:
-        reader.start()
-        try:
-            return list(await asyncio.wait_for(asyncio.gather(
-                reader(b"2", number=True), reader(b"4", number=True)), 30))
-        finally:
-            await asyncio.to_thread(reader.stop)
+        return list(await asyncio.wait_for(asyncio.gather(
+            reader(b"2", number=True), reader(b"4", number=True)), 30))
 
-    assert [a.answer["number"] for a in asyncio.run(main())] == ["2", "4"]
+    assert [a.answer["number"] for a in reading(reader, main)] == ["2", "4"]
 
 
 def test_singles_the_quick_way_declines_are_read_in_the_slow_lane() -> None:
@@ -182,23 +195,19 @@ def test_singles_the_quick_way_declines_are_read_in_the_slow_lane() -> None:
     reader = DigitReader(Recognizer(model, info=INFO), slow_way, quick=quick)
 
     async def main() -> list:
-        reader.start()
-        try:
-            first = asyncio.ensure_future(reader(b"0"))
-            await until(model.entered.is_set)
-            jobs = [asyncio.ensure_future(reader(d)) for d in (b"1", b"slow7", b"bad", b"5")]
-            quick_ones.extend([jobs[0], jobs[3]])
-            for job in quick_ones:
-                job.add_done_callback(
-                    lambda _: all(j.done() for j in quick_ones) and answered.set())
-            await until(lambda: reader.waiting() == 4)
-            model.release.set()
-            await first
-            return list(await asyncio.gather(*jobs, return_exceptions=True))
-        finally:
-            await asyncio.to_thread(reader.stop)
+        first = asyncio.ensure_future(reader(b"0"))
+        await until(model.entered.is_set)
+        jobs = [asyncio.ensure_future(reader(d)) for d in (b"1", b"slow7", b"bad", b"5")]
+        quick_ones.extend([jobs[0], jobs[3]])
+        for job in quick_ones:
+            job.add_done_callback(
+                lambda _: all(j.done() for j in quick_ones) and answered.set())
+        await until(lambda: reader.waiting() == 4)
+        model.release.set()
+        await first
+        return list(await asyncio.gather(*jobs, return_exceptions=True))
 
-    answers = asyncio.run(main())
+    answers = reading(reader, main)
     assert model.calls == [[0], [1, 5], [7]]
     assert prepared_late == [b"slow7"]
     assert [a.answer["digit"] for a in (answers[0], answers[1], answers[3])] == [1, 7, 5]
@@ -221,13 +230,9 @@ def test_a_lone_request_is_prepared_once() -> None:
     reader = DigitReader(Recognizer(model, info=INFO), full_way, quick=quick)
 
     async def main():
-        reader.start()
-        try:
-            return await reader(b"4")
-        finally:
-            await asyncio.to_thread(reader.stop)
+        return await reader(b"4")
 
-    assert asyncio.run(main()).answer["digit"] == 4
+    assert reading(reader, main).answer["digit"] == 4
     assert calls == [b"4"] and full == []  # the quick way took it: not read again
 
 
@@ -312,18 +317,13 @@ def test_a_request_past_its_deadline_is_a_503_and_its_image_is_not_read() -> Non
     reader = reader_for(model, deadline_s=0.3)
 
     async def main() -> tuple:
-        reader.start()
-        try:
-            first = asyncio.ensure_future(reader(b"1"))
-            await until(model.entered.is_set)
-            late = await asyncio.gather(reader(b"2"), return_exceptions=True)
-            model.release.set()
-            await asyncio.gather(first, return_exceptions=True)  # held past its deadline too
-            return late[0], await reader(b"4")
-        finally:
-            await asyncio.to_thread(reader.stop)
+        first = await held(reader, model)
+        late = await asyncio.gather(reader(b"2"), return_exceptions=True)
+        model.release.set()
+        await asyncio.gather(first, return_exceptions=True)  # held past its deadline too
+        return late[0], await reader(b"4")
 
-    late, after = asyncio.run(main())
+    late, after = reading(reader, main)
     assert isinstance(late, HTTPException) and late.status_code == 503
     assert late.headers == {"Retry-After": "1"}
     assert after.answer["digit"] == 4
@@ -335,22 +335,17 @@ def test_a_full_queue_answers_503_at_once() -> None:
     reader = reader_for(model, max_waiting=3)
 
     async def main() -> list:
-        reader.start()
-        try:
-            first = asyncio.ensure_future(reader(b"1"))
-            await until(model.entered.is_set)
-            queued = [asyncio.ensure_future(reader(b"%d" % k)) for k in (2, 3)]
-            await until(lambda: reader.waiting() == 2)
-            with pytest.raises(HTTPException) as refused:
-                await reader(b"9")
-            assert refused.value.status_code == 503
-            assert refused.value.headers["Retry-After"] == "1"
-            model.release.set()
-            return [(await f).answer["digit"] for f in (first, *queued)]
-        finally:
-            await asyncio.to_thread(reader.stop)
+        first = await held(reader, model)
+        queued = [asyncio.ensure_future(reader(b"%d" % k)) for k in (2, 3)]
+        await until(lambda: reader.waiting() == 2)
+        with pytest.raises(HTTPException) as refused:
+            await reader(b"9")
+        assert refused.value.status_code == 503
+        assert refused.value.headers["Retry-After"] == "1"
+        model.release.set()
+        return [(await f).answer["digit"] for f in (first, *queued)]
 
-    assert asyncio.run(main()) == [1, 2, 3]
+    assert reading(reader, main) == [1, 2, 3]
 
 
 def test_a_full_slow_lane_answers_503_and_drawings_still_pass() -> None:
@@ -391,21 +386,17 @@ def test_close_answers_the_jobs_not_started_with_503_and_refuses_new_ones() -> N
     reader = reader_for(model)
 
     async def main() -> tuple:
-        reader.start()
-        try:
-            running = asyncio.ensure_future(reader(b"1"))
-            await until(model.entered.is_set)
-            queued = [asyncio.ensure_future(reader(b"%d" % k)) for k in (2, 3)]
-            await until(lambda: reader.waiting() == 2)
-            close_all()
-            skipped = await asyncio.gather(*queued, return_exceptions=True)
-            late = await asyncio.gather(reader(b"4"), return_exceptions=True)
-            model.release.set()
-            return await running, skipped, late[0]
-        finally:
-            await asyncio.to_thread(reader.stop)
+        running = asyncio.ensure_future(reader(b"1"))
+        await until(model.entered.is_set)
+        queued = [asyncio.ensure_future(reader(b"%d" % k)) for k in (2, 3)]
+        await until(lambda: reader.waiting() == 2)
+        close_all()
+        skipped = await asyncio.gather(*queued, return_exceptions=True)
+        late = await asyncio.gather(reader(b"4"), return_exceptions=True)
+        model.release.set()
+        return await running, skipped, late[0]
 
-    running, skipped, late = asyncio.run(main())
+    running, skipped, late = reading(reader, main)
     assert running.answer["digit"] == 1  # the one being read is answered as usual
     for problem in [*skipped, late]:
         assert isinstance(problem, HTTPException) and problem.status_code == 503
@@ -438,18 +429,13 @@ def test_a_failing_model_call_fails_its_requests_only() -> None:
     reader = reader_for(model)
 
     async def main() -> tuple[BaseException, list]:
-        reader.start()
-        try:
-            first = asyncio.ensure_future(reader(b"1"))
-            await until(model.entered.is_set)
-            second = asyncio.ensure_future(reader(b"2"))
-            model.release.set()
-            failed = await asyncio.gather(first, return_exceptions=True)
-            return failed[0], [await second, await reader(b"3")]
-        finally:
-            await asyncio.to_thread(reader.stop)
+        first = await held(reader, model)
+        second = asyncio.ensure_future(reader(b"2"))
+        model.release.set()
+        failed = await asyncio.gather(first, return_exceptions=True)
+        return failed[0], [await second, await reader(b"3")]
 
-    failed, later = asyncio.run(main())
+    failed, later = reading(reader, main)
     assert isinstance(failed, RequestProblem) and failed.status == 500
     assert [r.answer["digit"] for r in later] == [2, 3]
 
@@ -467,14 +453,10 @@ def test_a_bug_outside_any_request_fails_its_batch_and_the_reader_goes_on(monkey
     monkeypatch.setattr(reader, "read", read_once_broken)
 
     async def main() -> tuple[BaseException, int]:
-        reader.start()
-        try:
-            failed = (await asyncio.gather(reader(b"1"), return_exceptions=True))[0]
-            return failed, (await asyncio.wait_for(reader(b"2"), 30)).answer["digit"]
-        finally:
-            await asyncio.to_thread(reader.stop)
+        failed = (await asyncio.gather(reader(b"1"), return_exceptions=True))[0]
+        return failed, (await asyncio.wait_for(reader(b"2"), 30)).answer["digit"]
 
-    failed, later = asyncio.run(main())
+    failed, later = reading(reader, main)
     assert isinstance(failed, RequestProblem) and failed.status == 500
     assert later == 2  # the same reader thread still serves
 
@@ -484,21 +466,16 @@ def test_a_cancelled_request_is_skipped() -> None:
     reader = reader_for(model)
 
     async def main() -> list:
-        reader.start()
-        try:
-            first = asyncio.ensure_future(reader(b"1"))
-            await until(model.entered.is_set)
-            gone = asyncio.ensure_future(reader(b"2"))
-            kept = asyncio.ensure_future(reader(b"3"))
-            await until(lambda: reader.waiting() == 2)
-            gone.cancel()
-            await asyncio.sleep(0)  # the cancellation reaches the job
-            model.release.set()
-            return [await first, await kept]
-        finally:
-            await asyncio.to_thread(reader.stop)
+        first = await held(reader, model)
+        gone = asyncio.ensure_future(reader(b"2"))
+        kept = asyncio.ensure_future(reader(b"3"))
+        await until(lambda: reader.waiting() == 2)
+        gone.cancel()
+        await asyncio.sleep(0)  # the cancellation reaches the job
+        model.release.set()
+        return [await first, await kept]
 
-    answers = asyncio.run(main())
+    answers = reading(reader, main)
     assert [a.answer["digit"] for a in answers] == [1, 3]
     assert model.calls == [[1], [3]]  # the cancelled request's image was never read
 
@@ -508,19 +485,15 @@ def test_a_second_reader_answers_while_the_first_is_busy() -> None:
     reader = reader_for(model, threads=2)
 
     async def main() -> int:
-        reader.start()
-        try:
-            stuck = asyncio.ensure_future(reader(b"1"))
-            await until(model.entered.is_set)
-            answer = await asyncio.wait_for(reader(b"5"), 30)  # while reader 1 is held
-            assert not stuck.done()
-            model.release.set()
-            await stuck
-            return answer.answer["digit"]
-        finally:
-            await asyncio.to_thread(reader.stop)
+        stuck = asyncio.ensure_future(reader(b"1"))
+        await until(model.entered.is_set)
+        answer = await asyncio.wait_for(reader(b"5"), 30)  # while reader 1 is held
+        assert not stuck.done()
+        model.release.set()
+        await stuck
+        return answer.answer["digit"]
 
-    assert asyncio.run(main()) == 5
+    assert reading(reader, main) == 5
 
 
 def test_stop_ends_the_reader_threads() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import processes
+from conftest import processes, script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "serve_load.py"
 
@@ -128,10 +128,8 @@ def test_sigterm_stops_the_run_and_the_server_it_started(mnist_root: Path) -> No
     import signal
     import time
 
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--workers", "2", "--requests",
-                             "100000", "--max-seconds", "120"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with script(str(SCRIPT), "--workers", "2", "--requests", "100000",
+                "--max-seconds", "120") as proc:
         deadline = time.monotonic() + 90
         server = []
         while not server:  # the server, and then its two workers, under way
@@ -144,10 +142,6 @@ def test_sigterm_stops_the_run_and_the_server_it_started(mnist_root: Path) -> No
         time.sleep(2)  # serving, or about to
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=90)
-    finally:
-        if proc.poll() is None:  # the test failed midway: stop it as a user would
-            proc.send_signal(signal.SIGINT)
-            proc.communicate(timeout=90)
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     assert "serve_load: stopped (SIGTERM)" in err and "Traceback" not in err
     assert not [p for p, parent, _ in processes() if server[0] in (p, parent)]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import processes, without_real_time
+from conftest import processes, script, without_real_time
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "serve_target.py"
 CAN_BE_REAL_TIME = hasattr(os, "sched_setscheduler") and os.geteuid() == 0
@@ -78,20 +78,14 @@ def test_ctrl_c_tables_the_runs_done_and_leaves_no_server(mnist_root: Path) -> N
     import signal
     import time
 
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--rounds", "3", "--commands",
-                             "drawn", "--requests", "2000", "--warmup", "20"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with script(str(SCRIPT), "--rounds", "3", "--commands", "drawn", "--requests", "2000",
+                "--warmup", "20") as proc:
         assert proc.stdout is not None
         first = proc.stdout.readline()  # the first run, done
         assert " requests/s  p99 " in first, first
         time.sleep(1.5)  # the second run's server is starting or serving
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:  # the test failed midway: stop it as a user would
-            proc.send_signal(signal.SIGINT)
-            proc.communicate(timeout=90)
     assert proc.returncode == 130, err[-2000:]
     assert "stopped after 1 run(s)" in err and "Traceback" not in err
     assert "| 0 | this one | " in out and " of 1 | " in out

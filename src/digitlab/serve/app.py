@@ -42,7 +42,7 @@ from digitlab.errors import DigitlabError, ImageError
 from digitlab.inputs import Prepared
 from digitlab.serve.batcher import INTERNAL, DigitReader
 from digitlab.serve.docs import render_docs
-from digitlab.serve.guard import RequestGuard
+from digitlab.serve.guard import RequestGuard, first_values
 from digitlab.serve.logs import write_held_lines
 from digitlab.serve.models import (
     DEFAULT_MAX_BYTES,
@@ -248,7 +248,7 @@ class PredictEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         params = predict_params(scope["query_string"])
-        length, kind = _length_and_type(scope["headers"])
+        length, kind = first_values(scope["headers"], b"content-length", b"content-type")
         # The body is counted against the limit while it streams in (serve/upload.py).
         body = await read_body(receive, length, max_bytes=self.max_bytes)
         data = image_bytes(body, kind)
@@ -263,17 +263,6 @@ class PredictEndpoint:
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", b"%d" % len(reading.body))]})
         await send({"type": "http.response.body", "body": reading.body})
-
-
-def _length_and_type(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, str | None]:
-    """The request's first Content-Length and Content-Type headers (ASGI lower-cases names)."""
-    length = kind = None
-    for name, value in headers:
-        if name == b"content-length" and length is None:
-            length = value.decode("latin-1")
-        elif name == b"content-type" and kind is None:
-            kind = value.decode("latin-1")
-    return length, kind
 
 
 @functools.lru_cache(maxsize=256)

@@ -42,7 +42,7 @@ class RequestGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        host, origin = _host_and_origin(scope["headers"])
+        host, origin = first_values(scope["headers"], b"host", b"origin")
         refusal = None
         if (host, scope.get("server")) not in self._answered:
             refusal = self.host_refusal(host, scope.get("server"))
@@ -86,15 +86,16 @@ class RequestGuard:
                         {"origin": origin})
 
 
-def _host_and_origin(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | None]:
-    """The first Host and Origin headers of the request's (lower-case) header list."""
-    host = origin = None
+def first_values(headers: Iterable[tuple[bytes, bytes]], *names: bytes) -> list[str | None]:
+    """The value of the first header of each name in an ASGI header list (whose names are
+    lower case), None for a name it lacks; one pass over the list."""
+    values: list[str | None] = [None] * len(names)
     for name, value in headers:
-        if name == b"host" and host is None:
-            host = value.decode("latin-1")
-        elif name == b"origin" and origin is None:
-            origin = value.decode("latin-1")
-    return host, origin
+        if name in names:
+            at = names.index(name)
+            if values[at] is None:
+                values[at] = value.decode("latin-1")
+    return values
 
 
 def _name(host: str) -> str:
