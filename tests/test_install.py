@@ -107,7 +107,7 @@ def test_python_api_without_any_extra(drawings):
      "Error: `digitlab serve` needs uvicorn: pip install 'digitlab[serve]'"),
     # sweep's extra brings PyTorch too: one install, whichever is missing first
     (["torch", "optuna"], ["sweep", "--trials", "1"],
-     "Error: `digitlab sweep` needs PyTorch: pip install 'digitlab[sweep]'"),
+     "Error: `digitlab sweep` needs Optuna: pip install 'digitlab[sweep]'"),
     (["optuna"], ["sweep", "--trials", "1"],
      "Error: `digitlab sweep` needs Optuna: pip install 'digitlab[sweep]'"),
     (["matplotlib"], ["report", "runs/x"],

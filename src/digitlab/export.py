@@ -403,23 +403,3 @@ def default_weights() -> Path:
     if not path.is_file():
         raise ExportError(f"the package's default model is missing ({path}); pass --run")
     return path
-
-
-def export_run(*, run: Path | None, fmt: str = "onnx", out: Path | None = None,
-               exporter: str = "auto", check_count: int = 10000,
-               root: Path | None = None) -> list[str]:
-    """`digitlab export`: export, check, and say what was written."""
-    if run is None:
-        run = default_weights()
-        out = out if out is not None else Path(f"default-model{SUFFIX.get(fmt, '')}")
-    result = export_model(run=run, fmt=fmt, out=out, exporter=exporter,
-                          check_count=check_count, root=root)
-    contract = result.contract
-    lines = [f"wrote {result.path} ({result.format}, {result.exporter} exporter, "
-             f"{result.path.stat().st_size:,} bytes)",
-             f"  input '{contract['input_name']}' float32 [N, 1, 28, 28], normalisation "
-             f"{contract['normalize']}; output '{contract['output_name']}' "
-             f"[N, {len(contract['classes'])}]",
-             f"  {result.check.summary()}"]
-    lines += [f"  note: {note}" for note in result.notes]
-    return lines
