@@ -208,6 +208,7 @@ def test_a_choice_outside_the_list_is_refused_before_any_work():
     (["--set", "learning_rate=1"], "Error: command line: unknown setting learning_rate"),
     (["--set", "lr"], "Error: --set takes NAME=VALUE, got 'lr'"),
     (["--set", "betas=[0.9]"], "Error: command line: betas[1] is missing"),
+    (["--set", "preset=fast"], "Error: name the preset to start from with --preset, not --set"),
 ])
 def test_a_bad_setting_is_one_line_naming_it(args, line):
     result = runner.invoke(app, ["train", *args])
@@ -254,3 +255,18 @@ def test_pydantic_missing_names_the_train_extra(monkeypatch):
     missing = ModuleNotFoundError("No module named 'pydantic'", name="pydantic")
     assert missing_extra(missing, "train") == (
         "Error: `digitlab train` needs pydantic: pip install 'digitlab[train]'")
+
+
+@pytest.mark.slow
+def test_every_setting_reaches_the_run_from_its_option_or_set(tmp_path, mnist_root):
+    run = tmp_path / "run"
+    result = invoke("train", "--preset", "fast", "--epochs", "1", "--limit-train", "512",
+                    "--device", "cpu", "--warmup", "0.1", "--normalize", "unit",
+                    "--outliers", "0.05", "--set", "betas=[0.8, 0.95]",
+                    "--set", "model_args.hidden=128", "--set", "gamma=0.5",
+                    "--out", run, "--root", mnist_root, "--quiet")
+    assert result.exit_code == 0, result.output
+    saved = json.loads((run / "config.json").read_text())
+    assert (saved["warmup"], saved["normalize"], saved["outliers"]) == (0.1, "unit", 0.05)
+    assert (saved["betas"], saved["gamma"]) == ([0.8, 0.95], 0.5)
+    assert saved["model_args"]["hidden"] == 128 and saved["model_args"]["stem"] == "unshuffle"

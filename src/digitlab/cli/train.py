@@ -133,6 +133,8 @@ def assignments(items: list[str]) -> dict[str, Any]:
         name = name.strip()
         if not sep or not name:
             raise DigitlabError(f"--set takes NAME=VALUE, got {item!r}")
+        if name == "preset":  # a preset is a set of settings, not a name to record
+            raise DigitlabError("name the preset to start from with --preset, not --set")
         try:
             value = tomllib.loads(f"value = {text}")["value"]
         except tomllib.TOMLDecodeError:
