@@ -14,18 +14,13 @@ rendered by mkdocstrings from the docstrings when the site is built.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import io
 import json
 import os
 import subprocess
 import sys
-import tokenize
+import typing
 from pathlib import Path
 from typing import Any
-
-import typer
-from typer.core import TyperOption
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"
@@ -63,100 +58,59 @@ def cli_page() -> str:
 
 # --- training settings -------------------------------------------------------------------
 
-# Settings whose meaning is not written beside them in digitlab.config (or is written once
-# for a group of them).
-MEANINGS = {
-    "aug_rotate": "Random rotation of every training batch, up to this many degrees (0: off).",
-    "aug_translate": "Random shift of every training batch, up to this many pixels (0: off).",
-    "aug_scale": "Random scaling of every training batch, up to this fraction (0: off).",
-    "aug_shear": "Random shear of every training batch, up to this many degrees (0: off).",
-    "aug_elastic": "Smooth random displacement of every training batch, up to this many "
-                   "pixels (0: off).",
-    "preset": "The preset the run started from (see the table below).",
-    "model_args": "The model's constructor arguments (e.g. `hidden`, `activation` for `mlp`; "
-                  "see `digitlab models`); a new `model` starts from its own defaults.",
-    "betas": "Adam's and AdamW's two moment decays.",
-}
+
+def _type(annotation: Any) -> str:
+    """A field's type as a reader wants it: `float`, `"adam" | "adamw" | "sgd"`."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return " | ".join(json.dumps(v) for v in typing.get_args(annotation))
+    return getattr(annotation, "__name__", None) if not typing.get_args(annotation) \
+        else str(annotation).replace("typing.", "")
 
 
-def _field_comments() -> dict[str, str]:
-    """Each TrainConfig field's comment in digitlab.config: the one on its line, or the
-    block of comment lines just above it."""
-    import digitlab.config as config
-
-    source = Path(config.__file__).read_text()
-    comments: dict[int, str] = {}
-    for token in tokenize.generate_tokens(io.StringIO(source).readline):
-        if token.type == tokenize.COMMENT:
-            comments[token.start[0]] = token.string.lstrip("#").strip()
-    lines = source.splitlines()
-    start = next(i for i, line in enumerate(lines, 1) if line.startswith("class TrainConfig"))
-    found: dict[str, str] = {}
-    for number in range(start + 1, len(lines) + 1):
-        text = lines[number - 1]
-        if text.strip().startswith("def "):
-            break
-        name = text.strip().split(":", 1)[0]
-        if not text.startswith("    ") or ":" not in text or not name.isidentifier():
-            continue
-        above, k = [], number - 1
-        while k in comments and lines[k - 1].strip().startswith("#"):
-            above.insert(0, comments[k])
-            k -= 1
-        parts = [" ".join(above), comments.get(number, "")]
-        found[name] = " ".join(p for p in parts if p)
-    return found
-
-
-def _train_flags() -> dict[str, Any]:
-    from digitlab.cli import app
-
-    root = typer.main.get_command(app)
-    train = root.get_command(typer.Context(root), "train")
-    assert train is not None
-    flags = {}
-    for param in train.params:
-        if isinstance(param, TyperOption):
-            for opt in param.opts:
-                flags[opt.lstrip("-").replace("-", "_")] = param
-    return flags
-
-
-def _sentence(text: str) -> str:
-    text = text.strip()
-    return text + ("" if text.endswith(".") else ".") if text else ""
+def _bounds(field: Any) -> str:
+    """A field's bounds (pydantic keeps them as annotated-types in its metadata)."""
+    signs = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+    return ", ".join(f"{sign} {getattr(m, key)}" for m in field.metadata
+                     for key, sign in signs.items() if hasattr(m, key))
 
 
 def config_page() -> str:
-    from digitlab.config import PRESETS, TrainConfig
+    from digitlab import config
 
-    comments, flags = _field_comments(), _train_flags()
-    defaults = TrainConfig()
+    model = config.TrainConfig
+    defaults = model()
     lines = [GENERATED.format(source="digitlab.config"), "# Training settings", "",
              "Every setting of `digitlab train`. A run resolves them in this order, each "
              "overriding the one before: the defaults below, the preset (`--preset`), a TOML "
              "config file (`--config FILE`, the same keys as a run's `config.json`), then "
-             "command-line flags. The resolved settings are saved in the run directory's "
-             "`config.json`.", "",
-             "| setting | type | default | flag | meaning |", "| --- | --- | --- | --- | --- |"]
-    for f in dataclasses.fields(TrainConfig):
-        flag = flags.get(f.name) or (flags.get("compile") if f.name == "compile" else None)
-        meaning = MEANINGS.get(f.name) or comments.get(f.name) or (flag.help if flag else "")
-        if not meaning:
-            raise SystemExit(f"training setting {f.name!r} has no meaning written anywhere")
-        default = getattr(defaults, f.name)
-        shown = json.dumps(list(default) if isinstance(default, tuple) else default)
-        lines.append(f"| `{f.name}` | `{cell(f.type)}` | `{cell(shown)}` | "
-                     f"{code(flag.opts[0]) if flag else ''} | {cell(_sentence(meaning))} |")
-    lines += ["", "Augmentation on the command line is one flag, `--augment "
+             "command-line options. Each setting with an option below is also that option of "
+             "`digitlab train`; any setting can be given as `--set NAME=VALUE` (the value "
+             "written as in the file, e.g. `--set betas=[0.9,0.99]`, "
+             "`--set model_args.kernel=5`). The resolved settings are saved in the run "
+             "directory's `config.json`."]
+    for section in config.SECTIONS:
+        names = [n for n in model.model_fields if config.section_of(n) == section]
+        lines += ["", f"## {section}", "",
+                  "| setting | type | default | option | meaning |",
+                  "| --- | --- | --- | --- | --- |"]
+        for name in names:
+            field = model.model_fields[name]
+            if not field.description:
+                raise SystemExit(f"training setting {name!r} has no description")
+            flag = f"--{name.replace('_', '-')}" if config.flag_of(name) else ""
+            shown = json.dumps(defaults.to_dict()[name])
+            kind = _type(field.annotation) + (f" ({_bounds(field)})" if _bounds(field) else "")
+            lines.append(f"| `{name}` | `{cell(kind)}` | `{cell(shown)}` | "
+                         f"{code(flag)} | {cell(field.description)} |")
+    lines += ["", "Augmentation on the command line is one option, `--augment "
               "rotate=15,translate=2.5,scale=0.1,shear=8,elastic=2` (or `none`), which sets the "
-              "five `aug_*` settings.", "", "## Presets", "",
+              "five `aug_*` settings; `--hidden`, `--activation` and `--dropout` set the MLP's "
+              "`model_args`.", "", "## Presets", "",
               "What each preset sets; every other setting keeps its default.", "",
               "| preset | settings |", "| --- | --- |"]
-    base = dataclasses.asdict(defaults)
-    for name, values in PRESETS.items():
-        changed = [f"`{k} = {json.dumps(list(v) if isinstance(v, tuple) else v)}`"
-                   for k, v in values.items() if base.get(k) != v]
+    base = defaults.to_dict()
+    for name, values in config.PRESETS.items():
+        changed = [f"`{k} = {json.dumps(v)}`" for k, v in values.items() if base.get(k) != v]
         lines.append(f"| `{name}` | {cell(', '.join(changed))} |")
     return "\n".join(lines) + "\n"
 

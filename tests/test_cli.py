@@ -198,3 +198,75 @@ def test_help_lists_the_choices(args, listed):
 def test_a_choice_outside_the_list_is_refused_before_any_work():
     result = runner.invoke(app, ["train", "--optimizer", "adm"])
     assert result.exit_code == 2 and "'adm' is not one of" in result.output
+
+
+@pytest.mark.parametrize(("args", "line"), [
+    (["--lr", "-1"], "Error: --lr must be greater than 0, got -1.0"),
+    (["--epochs", "0"], "Error: --epochs must be greater than or equal to 1, got 0"),
+    (["--set", "warmup=1.5"], "Error: --warmup must be less than 1, got 1.5"),
+    (["--set", "normalize=std"], "Error: --normalize must be 'unit' or 'standard', got 'std'"),
+    (["--set", "learning_rate=1"], "Error: command line: unknown setting learning_rate"),
+    (["--set", "lr"], "Error: --set takes NAME=VALUE, got 'lr'"),
+    (["--set", "betas=[0.9]"], "Error: command line: betas[1] is missing"),
+    (["--set", "preset=fast"], "Error: name the preset to start from with --preset, not --set"),
+])
+def test_a_bad_setting_is_one_line_naming_it(args, line):
+    result = runner.invoke(app, ["train", *args])
+    assert (result.exit_code, result.output) == (1, line + "\n")
+
+
+def test_set_reads_values_as_a_config_file_does():
+    from digitlab.cli.train import assignments
+
+    assert assignments(["lr=1e-3", "shuffle=false", "betas=[0.9, 0.99]", "device=cuda:1",
+                        "normalize=standard", 'dataset="fashion-mnist"',
+                        "model_args.hidden=[64]", "model_args.activation=relu"]) == {
+        "lr": 1e-3, "shuffle": False, "betas": [0.9, 0.99], "device": "cuda:1",
+        "normalize": "standard", "dataset": "fashion-mnist",
+        "model_args": {"hidden": [64], "activation": "relu"}}
+
+
+def test_help_imports_neither_torch_nor_the_settings_model():
+    """`digitlab --help` stays light: train's options are built when train runs or shows
+    its own help."""
+    code = ("import sys; sys.argv = ['digitlab', '--help']; from digitlab.cli import main\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print([m for m in ('torch', 'pydantic', 'digitlab.config') if m in sys.modules],"
+            " file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.stderr == "[]\n" and "train" in done.stdout
+    train_help = subprocess.run([sys.executable, "-m", "digitlab", "train", "-h"],
+                                capture_output=True, text=True, timeout=120)
+    assert train_help.returncode == 0 and "--warmup" in train_help.stdout
+
+
+def test_pydantic_missing_names_the_train_extra(monkeypatch):
+    """Typer's newer releases bring pydantic, so the core install usually has it (and the
+    core's own commands are run without the extras' modules with it present); where it is
+    missing, train names its extra."""
+    import importlib.util
+
+    from digitlab.cli.errors import missing_extra
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "pydantic" else real(name, *a))
+    missing = ModuleNotFoundError("No module named 'pydantic'", name="pydantic")
+    assert missing_extra(missing, "train") == (
+        "Error: `digitlab train` needs pydantic: pip install 'digitlab[train]'")
+
+
+@pytest.mark.slow
+def test_every_setting_reaches_the_run_from_its_option_or_set(tmp_path, mnist_root):
+    run = tmp_path / "run"
+    result = invoke("train", "--preset", "fast", "--epochs", "1", "--limit-train", "512",
+                    "--device", "cpu", "--warmup", "0.1", "--normalize", "unit",
+                    "--outliers", "0.05", "--set", "betas=[0.8, 0.95]",
+                    "--set", "model_args.hidden=128", "--set", "gamma=0.5",
+                    "--out", run, "--root", mnist_root, "--quiet")
+    assert result.exit_code == 0, result.output
+    saved = json.loads((run / "config.json").read_text())
+    assert (saved["warmup"], saved["normalize"], saved["outliers"]) == (0.1, "unit", 0.05)
+    assert (saved["betas"], saved["gamma"]) == ([0.8, 0.95], 0.5)
+    assert saved["model_args"]["hidden"] == 128 and saved["model_args"]["stem"] == "unshuffle"

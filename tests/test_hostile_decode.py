@@ -29,7 +29,7 @@ MEASURE = r"""
 import json, resource, sys
 from digitlab.api import Recognizer
 from digitlab.errors import ImageError
-from digitlab.predict import predict_files
+from digitlab.cli.predict import predict_files
 
 how, warm, path = sys.argv[1:]
 

@@ -121,7 +121,7 @@ def test_importing_digitlab_is_cheap_and_names_its_public_api():
      "Error: `digitlab serve` needs uvicorn: pip install 'digitlab[serve]'"),
     # sweep's extra brings PyTorch too: one install, whichever is missing first
     (["torch", "optuna"], ["sweep", "--trials", "1"],
-     "Error: `digitlab sweep` needs PyTorch: pip install 'digitlab[sweep]'"),
+     "Error: `digitlab sweep` needs Optuna: pip install 'digitlab[sweep]'"),
     (["optuna"], ["sweep", "--trials", "1"],
      "Error: `digitlab sweep` needs Optuna: pip install 'digitlab[sweep]'"),
     (["matplotlib"], ["report", "runs/x"],

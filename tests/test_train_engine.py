@@ -222,7 +222,7 @@ def test_cli_train_flags_land_in_the_run_config(tmp_path, mnist_root):
     assert saved["compile"] is False
     for args, message in [
         (["--augment", "flip=1"], "--augment takes name=value pairs"),
-        (["--ema", "1.5"], "--ema must be a decay in (0, 1)"),
+        (["--ema", "1.5"], "--ema must be less than 1, got 1.5"),
         (["--resume", str(out), "--out", str(tmp_path / "x")], "drop --out"),
         (["--resume", str(tmp_path / "nowhere")], "no such run directory"),
     ]:

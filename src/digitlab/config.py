@@ -1,108 +1,141 @@
 """Training configuration: defaults < preset < config file (TOML) < command-line flags.
 
+`TrainConfig` is the one place a training setting is declared: its type, default, bounds,
+meaning and section. The TOML loader, the saved config.json, `digitlab train`'s options
+(digitlab.cli.train) and the settings reference (docs/reference/config.md) all read it.
 The resolved config is saved with every run (config.json) and is what `--resume` compares.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from digitlab.choices import AMP_MODES, OPTIMIZERS, SCHEDULES, preset_files
-from digitlab.data.augment import AugmentSpec
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
+
+from digitlab.choices import Amp, LossAverage, Normalize, Optimizer, Schedule, preset_files
 from digitlab.errors import DigitlabError
 
+if TYPE_CHECKING:
+    from digitlab.data.augment import AugmentSpec
 
-@dataclass
-class TrainConfig:
-    preset: str = "default"
-    dataset: str = "mnist"
-    model: str = "mlp"
-    model_args: dict[str, Any] = field(default_factory=dict)
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    schedule: str = "none"
-    warmup: float = 0.0  # fraction of all steps spent warming up (onecycle, cosine)
-    step_size: int = 5  # epochs between decays for schedule "step"
-    gamma: float = 0.1  # decay factor for schedule "step"
-    epochs: int = 10
-    batch_size: int = 64
-    eval_batch_size: int = 1000  # on a CPU at most batch_size: Trainer.eval_batch_size
-    shuffle: bool = True
-    # "unit" is ToTensor's x/255 (the tutorial); "standard" then standardises with MNIST's
-    # mean and std
-    normalize: str = "unit"
-    # "batch": test loss = mean of per-batch mean losses (the tutorial); "sample": sum / N
-    loss_average: str = "sample"
-    label_smoothing: float = 0.0
-    device: str = "auto"
-    seed: int = 0
-    log_every: int = 200
-    tutorial_log: bool = False  # print the tutorial's own lines (dataset sizes, shapes, Done!!)
-    limit_train: int = 0  # use only the first N training images (0: all); for smoke tests
-    # hold out the last N training images for validation (hyperparameter search); the test
-    # set is then only used to report the final result
-    val_split: int = 0
-    # Augmentation of every training batch (see digitlab.data.augment): degrees, pixels,
-    # fraction, degrees, pixels. All 0: none.
-    aug_rotate: float = 0.0
-    aug_translate: float = 0.0
-    aug_scale: float = 0.0
-    aug_shear: float = 0.0
-    aug_elastic: float = 0.0
-    # Stroke thickness, broken strokes, blur and contrast for reading people's own handwriting
-    # (digitlab.data.handwriting), after the aug_* affine map.
-    handwriting_augment: bool = False
-    # Non-digits added to every training batch, as a share of its size: two digits fused
-    # into one piece, taught as "no digit" (digitlab.data.outliers). 0: none.
-    outliers: float = 0.0
-    ema: float = 0.0  # decay of the weights' moving average, evaluated and saved (0: off)
-    amp: str = "none"  # none, auto (bf16/fp16 on CUDA, none on CPU), bf16, fp16
-    channels_last: bool = True  # NHWC layout for convolutions (no effect on an MLP)
-    compile: bool = False  # torch.compile the model for training
-    checkpoint_every: int = 0  # also checkpoint every N batches (0: only after each epoch)
+# The sections group the settings in `digitlab train --help` and the settings reference.
+SECTIONS = MODEL, OPTIM, SCHEDULE, DATA, AUGMENT, RUN = (
+    "Model", "Optimizer", "Schedule", "Data", "Augmentation", "Run")
 
-    def validate(self) -> TrainConfig:
-        checks = [
-            (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
-            (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
-            (self.lr > 0, "--lr must be positive"),
-            (self.epochs >= 1, "--epochs must be at least 1"),
-            (self.batch_size >= 1, "--batch-size must be at least 1"),
-            (self.eval_batch_size >= 1, "eval_batch_size must be at least 1"),
-            (self.log_every >= 0, "--log-every must be 0 (off) or positive"),
-            (self.weight_decay >= 0, "--weight-decay must not be negative"),
-            (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
-            (0 <= self.warmup < 1, "warmup must be a fraction in [0, 1)"),
-            (self.normalize in ("unit", "standard"), "normalize must be 'unit' or 'standard'"),
-            (self.loss_average in ("batch", "sample"), "loss_average must be 'batch' or 'sample'"),
-            (self.limit_train >= 0, "limit_train must not be negative"),
-            (self.val_split >= 0, "val_split must not be negative"),
-            (self.ema == 0 or 0 < self.ema < 1, "--ema must be a decay in (0, 1), or 0 (off)"),
-            (self.amp in AMP_MODES, f"--amp must be one of {', '.join(AMP_MODES)}"),
-            (self.checkpoint_every >= 0, "--checkpoint-every must be 0 (off) or positive"),
-            (0 <= self.outliers <= 1, "outliers must be a share of the batch in [0, 1]"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise DigitlabError(message)
-        self.augment_spec().validate()
+
+def setting(default: Any, description: str, *, section: str, flag: bool = True,
+            **bounds: Any) -> Any:
+    """A field of TrainConfig. flag=False: no option of its own on the command line (it is
+    set by a file, `--set NAME=VALUE`, or a flag that sets several, like --augment)."""
+    extra: dict[str, JsonValue] = {"section": section, "flag": flag}
+    if isinstance(default, dict):
+        return Field(default_factory=dict, description=description, json_schema_extra=extra,
+                     **bounds)
+    return Field(default, description=description, json_schema_extra=extra, **bounds)
+
+
+def _augmentation(what: str, unit: str) -> Any:
+    up_to = "up to this fraction" if unit == "fraction" else f"up to this many {unit}"
+    return setting(0.0, f"Random {what} of every training batch, {up_to} (0: off).",
+                   section=AUGMENT, flag=False)
+
+
+class TrainConfig(BaseModel):
+    """Every setting of a training run. The field order is config.json's key order."""
+
+    # strict: a file's `epochs = "10"` or `shuffle = 1` is an error, not a guess
+    model_config = ConfigDict(strict=True, extra="forbid", validate_assignment=True)
+
+    preset: str = setting("default", "The preset the run started from (see the table below).",
+                          section=RUN, flag=False)
+    dataset: str = setting("mnist", "mnist or fashion-mnist.", section=DATA)
+    model: str = setting("mlp", "Registered model name (digitlab models).", section=MODEL)
+    model_args: dict[str, Any] = setting(
+        {}, "The model's constructor arguments (e.g. `hidden`, `activation` for `mlp`; see "
+        "`digitlab models`); a new `model` starts from its own defaults.", section=MODEL,
+        flag=False)
+    optimizer: Optimizer = setting("adam", "The optimizer.", section=OPTIM)
+    lr: float = setting(1e-3, "Learning rate (peak, with a schedule).", section=OPTIM, gt=0)
+    momentum: float = setting(0.9, "SGD momentum.", section=OPTIM)
+    weight_decay: float = setting(0.0, "Weight decay.", section=OPTIM, ge=0)
+    # a TOML array is a list: taken as the pair it stands for
+    betas: Annotated[tuple[float, float], Field(strict=False)] = setting(
+        (0.9, 0.999), "Adam's and AdamW's two moment decays.", section=OPTIM)
+    schedule: Schedule = setting("none", "The learning-rate schedule.", section=SCHEDULE)
+    warmup: float = setting(0.0, "Fraction of all steps spent warming up (onecycle, cosine).",
+                            section=SCHEDULE, ge=0, lt=1)
+    step_size: int = setting(5, "Epochs between decays for schedule step.", section=SCHEDULE)
+    gamma: float = setting(0.1, "Decay factor for schedule step.", section=SCHEDULE)
+    epochs: int = setting(10, "Number of epochs.", section=SCHEDULE, ge=1)
+    batch_size: int = setting(64, "Training batch size.", section=DATA, ge=1)
+    eval_batch_size: int = setting(
+        1000, "Test batch size (on a CPU at most batch_size).", section=DATA, ge=1)
+    shuffle: bool = setting(True, "Reshuffle the training set every epoch.", section=DATA)
+    normalize: Normalize = setting(
+        "unit", "unit: ToTensor's x/255 (the tutorial); standard: then standardised with the "
+        "dataset's mean and std.", section=DATA)
+    loss_average: LossAverage = setting(
+        "sample", "Test loss: batch, the mean of per-batch mean losses (the tutorial); sample, "
+        "the sum over N.", section=DATA)
+    label_smoothing: float = setting(0.0, "Label smoothing.", section=OPTIM, ge=0, lt=1)
+    device: str = setting("auto", "auto, cpu, cuda or mps.", section=RUN)
+    seed: int = setting(0, "Seed for Python, NumPy and torch.", section=RUN)
+    log_every: int = setting(200, "Print the loss every N batches (0: off).", section=RUN, ge=0)
+    tutorial_log: bool = setting(
+        False, "Print the tutorial's own lines (dataset sizes, shapes, Done!!).", section=RUN)
+    limit_train: int = setting(0, "Train on the first N images only (0: all); for smoke tests.",
+                               section=DATA, ge=0)
+    val_split: int = setting(
+        0, "Hold out the last N training images for validation (hyperparameter search); the "
+        "test set then only reports the final result.", section=DATA, ge=0)
+    # set together by `--augment rotate=15,translate=2.5,...` (digitlab.data.augment)
+    aug_rotate: float = _augmentation("rotation", "degrees")
+    aug_translate: float = _augmentation("shift", "pixels")
+    aug_scale: float = _augmentation("scaling", "fraction")
+    aug_shear: float = _augmentation("shear", "degrees")
+    aug_elastic: float = _augmentation("smooth displacement", "pixels")
+    handwriting_augment: bool = setting(
+        False, "Vary stroke thickness, break strokes, blur and change contrast, for reading "
+        "people's own handwriting (after the aug_* affine map).", section=AUGMENT)
+    outliers: float = setting(
+        0.0, "Non-digits added to every training batch, as a share of its size: two digits "
+        "fused into one piece, taught as \"no digit\" (0: none).", section=AUGMENT, ge=0, le=1)
+    ema: float = setting(
+        0.0, "Keep, evaluate and save a moving average of the weights with this decay, e.g. "
+        "0.999 (0: off).", section=OPTIM, ge=0, lt=1)
+    amp: Amp = setting("none", "Mixed precision (auto: bf16 or fp16 on CUDA, none on a CPU).",
+                       section=RUN)
+    channels_last: bool = setting(
+        True, "NHWC layout for convolutions (no effect on an MLP).", section=RUN)
+    compile: bool = setting(False, "torch.compile the model for training.", section=RUN)
+    checkpoint_every: int = setting(
+        0, "Also checkpoint every N batches (0: only after each epoch).", section=RUN, ge=0)
+
+    # The augmentation's bounds live with the augmentation, which needs PyTorch: checked
+    # here, not declared on the fields, so that reading settings (`digitlab train --help`)
+    # does not load it.
+    @model_validator(mode="after")
+    def _augmentation_in_bounds(self) -> TrainConfig:
+        try:
+            self.augment_spec().validate()
+        except DigitlabError as exc:
+            raise ValueError(str(exc)) from None
         return self
 
     def augment_spec(self) -> AugmentSpec:
+        from digitlab.data.augment import AugmentSpec
+
         return AugmentSpec(rotate=self.aug_rotate, translate=self.aug_translate,
                            scale=self.aug_scale, shear=self.aug_shear, elastic=self.aug_elastic)
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["betas"] = list(self.betas)
-        return data
+        return self.model_dump(mode="json")
+
+
+def field_names() -> set[str]:
+    return set(TrainConfig.model_fields)
 
 
 def _load_presets() -> dict[str, dict[str, Any]]:
@@ -118,23 +151,50 @@ def _load_presets() -> dict[str, dict[str, Any]]:
 
 PRESETS: dict[str, dict[str, Any]] = _load_presets()
 
+# Where a setting came from, when it is the command line: its flag names it best.
+COMMAND_LINE = "command line"
 
 
-_DEFAULTS = TrainConfig()
+def _problem(exc: ValidationError, source: str) -> DigitlabError:
+    """pydantic's first complaint as one line naming the setting and where it came from."""
+    error = exc.errors(include_url=False)[0]
+    loc = error["loc"]
+    name = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    if error["type"] == "extra_forbidden":
+        return DigitlabError(f"{source}: unknown setting {name}")
+    if error["type"] == "missing":
+        return DigitlabError(f"{source}: {name} is missing")
+    message = error["msg"]
+    if message.startswith("Input should be "):
+        message = "must be " + message.removeprefix("Input should be ")
+    elif message.startswith("Value error, "):
+        message = message.removeprefix("Value error, ")
+    else:
+        message = "invalid: " + message[0].lower() + message[1:]
+    if not loc:  # a check of several settings together: its message says which
+        return DigitlabError(f"{source}: {message}")
+    got = f"{message}, got {error['input']!r}"
+    if source == COMMAND_LINE and len(loc) == 1 and flag_of(str(loc[0])):
+        return DigitlabError(f"--{name.replace('_', '-')} {got}")
+    return DigitlabError(f"{source}: {name} {got}")
 
 
-def field_names() -> set[str]:
-    return {f.name for f in dataclasses.fields(TrainConfig)}
+def section_of(name: str) -> str:
+    extra = TrainConfig.model_fields[name].json_schema_extra
+    return str(extra.get("section")) if isinstance(extra, dict) else RUN
+
+
+def flag_of(name: str) -> bool:
+    """Whether the setting has an option of its own on the command line."""
+    field = TrainConfig.model_fields.get(name)
+    extra = field.json_schema_extra if field is not None else None
+    return isinstance(extra, dict) and bool(extra.get("flag"))
 
 
 def _apply(cfg: TrainConfig, values: dict[str, Any], source: str) -> TrainConfig:
-    unknown = set(values) - field_names()
-    if unknown:
-        raise DigitlabError(f"{source}: unknown setting(s) {', '.join(sorted(unknown))}")
     merged = cfg.to_dict()
     for key, value in values.items():
-        _check_type(key, value, source)
-        if key == "model_args":
+        if key == "model_args" and isinstance(value, dict):
             # A new model family starts from its own defaults, not the previous family's args.
             if values.get("model", merged["model"]) != merged["model"]:
                 merged["model_args"] = {}
@@ -143,33 +203,10 @@ def _apply(cfg: TrainConfig, values: dict[str, Any], source: str) -> TrainConfig
             merged["model"], merged["model_args"] = value, {}
         else:
             merged[key] = value
-    merged["betas"] = tuple(merged["betas"])
     try:
-        return TrainConfig(**merged)
-    except TypeError as exc:
-        raise DigitlabError(f"{source}: {exc}") from exc
-
-
-def _check_type(key: str, value: Any, source: str) -> None:
-    """A setting of the wrong kind (a config file's `epochs = "ten"`) is one clear error,
-    not a TypeError deep in validation or training. The kind is the default's."""
-    kind = type(getattr(_DEFAULTS, key))
-    if kind is bool:
-        ok, wanted = isinstance(value, bool), "true or false"
-    elif kind is int:
-        ok, wanted = isinstance(value, int) and not isinstance(value, bool), "a whole number"
-    elif kind is float:
-        ok, wanted = isinstance(value, int | float) and not isinstance(value, bool), "a number"
-    elif kind is tuple:
-        ok, wanted = (isinstance(value, list | tuple) and len(value) == 2 and all(
-            isinstance(v, int | float) and not isinstance(v, bool) for v in value)), \
-            "two numbers"
-    elif kind is dict:
-        ok, wanted = isinstance(value, dict), "a table"
-    else:
-        ok, wanted = isinstance(value, str), "text (a quoted string)"
-    if not ok:
-        raise DigitlabError(f"{source}: {key} must be {wanted}, got {value!r}")
+        return TrainConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise _problem(exc, source) from None
 
 
 def load_toml(path: Path) -> dict[str, Any]:
@@ -208,8 +245,8 @@ def resolve(
         cfg = _apply(cfg, file_values, str(config_file))
     given = {k: v for k, v in (flags or {}).items() if v is not None}
     if given:
-        cfg = _apply(cfg, given, "command line")
-    return cfg.validate()
+        cfg = _apply(cfg, given, COMMAND_LINE)
+    return cfg
 
 
 # Settings that change what is printed or how often state is saved, not what is computed.
@@ -223,5 +260,6 @@ def differences(old: TrainConfig, new: TrainConfig) -> list[str]:
 
 
 def from_dict(data: dict[str, Any]) -> TrainConfig:
-    known = {k: v for k, v in data.items() if k in field_names()}
+    """A saved config.json's settings (its other keys, like `parameters`, are left out)."""
+    known = {k: v for k, v in data.items() if k in TrainConfig.model_fields}
     return _apply(TrainConfig(), known, "saved config")

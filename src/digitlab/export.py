@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from digitlab.assets import default_weights
 from digitlab.backends.base import BackendError, ExportError
 from digitlab.backends.onnx import OnnxBackend, make_contract, with_contract
 from digitlab.backends.torch import (
@@ -35,7 +34,7 @@ from digitlab.backends.torch import (
 from digitlab.files import atomic_output
 
 __all__ = ["EXPORTERS", "FORMATS", "TOLERANCE", "CheckResult", "ExportError", "ExportResult",
-           "export_model", "export_module", "export_run", "read_torchscript"]
+           "export_model", "export_module", "read_torchscript"]
 
 FORMATS = ("onnx", "torchscript")
 EXPORTERS = ("auto", "dynamo", "torchscript")
@@ -242,21 +241,3 @@ def _exported_call(path: Path, fmt: str) -> Callable[[torch.Tensor], np.ndarray]
     return call
 
 
-def export_run(*, run: Path | None, fmt: str = "onnx", out: Path | None = None,
-               exporter: str = "auto", check_count: int = 10000,
-               root: Path | None = None) -> list[str]:
-    """`digitlab export`: export, check, and say what was written."""
-    if run is None:
-        run = default_weights()
-        out = out if out is not None else Path(f"default-model{SUFFIX.get(fmt, '')}")
-    result = export_model(run=run, fmt=fmt, out=out, exporter=exporter,
-                          check_count=check_count, root=root)
-    contract = result.contract
-    lines = [f"wrote {result.path} ({result.format}, {result.exporter} exporter, "
-             f"{result.path.stat().st_size:,} bytes)",
-             f"  input '{contract['input_name']}' float32 [N, 1, 28, 28], normalisation "
-             f"{contract['normalize']}; output '{contract['output_name']}' "
-             f"[N, {len(contract['classes'])}]",
-             f"  {result.check.summary()}"]
-    lines += [f"  note: {note}" for note in result.notes]
-    return lines

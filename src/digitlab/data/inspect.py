@@ -31,19 +31,6 @@ def dataset_info(name: str, root: Path, batch_size: int = 64) -> dict[str, Any]:
     return info
 
 
-def format_info(info: dict[str, Any]) -> str:
-    lines = [f"{info['dataset']} in {info['root']}"]
-    for split, s in info["splits"].items():
-        lines.append(f"{split}: {s['count']} images, pixel mean {s['pixel_mean']:.4f}, "
-                     f"std {s['pixel_std']:.4f}")
-        for label, count in zip(info["classes"], s["per_class"], strict=True):
-            lines.append(f"  {label:>12}: {count}")
-    b = info["batch"]
-    lines.append(f"shape of x[N,C,H,W]:torch.Size({b['x_shape']}) {b['x_dtype']}")
-    lines.append(f"shape of y:torch.Size({b['y_shape']}){b['y_dtype']}")
-    return "\n".join(lines)
-
-
 def show_grid(name: str, root: Path, *, split: str, start: int, count: int, out: Path) -> Path:
     """The tutorial's figure: images from `start`, label as each title, no axes."""
     import matplotlib

@@ -101,25 +101,3 @@ def evaluate_ensemble(runs: list[Path], *, root: Path | None = None, device: str
     assert total is not None
     labels = next(iter(tests.values())).y.cpu()
     return EnsembleResult(members, from_probabilities(total / len(runs), labels), tta)
-
-
-def format_ensemble(result: EnsembleResult, *, as_json: bool = False) -> str:
-    def fields(r: EvalResult) -> dict[str, Any]:
-        return {"accuracy": r.accuracy, "loss": r.loss, "per_class_accuracy": r.per_class,
-                "count": r.count}
-
-    if as_json:
-        import json
-
-        return json.dumps({
-            "tta": result.tta,
-            "members": [{"run": str(m.run), **fields(m.result)} for m in result.members],
-            "ensemble": fields(result.ensemble),
-        })
-    width = max(len(str(m.run)) for m in result.members)
-    how = " with test-time augmentation" if result.tta else ""
-    lines = [f"{str(m.run):<{width}}  {m.result.summary()}" for m in result.members]
-    label = "ensemble" if len(result.members) > 1 else "single model"
-    lines.append(f"{label} of {len(result.members)}{how}: {result.ensemble.summary()}")
-    lines += [f"  class {d}: {100 * a:.2f}%" for d, a in enumerate(result.ensemble.per_class)]
-    return "\n".join(lines)

@@ -355,7 +355,6 @@ def fit(
     preloaded: (train, test, val) already on the device (benchmarks). resume_from: a
     checkpoint (see resume()); out is then that run's directory."""
     console = console or Console()
-    cfg.validate()
     info = distributed.from_env()
     device = distributed.setup(info, resolve_device(cfg.device))
     try:

@@ -3,9 +3,7 @@ PNG figures, a CSV of per-class scores and one self-contained HTML page showing 
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 
@@ -19,7 +17,6 @@ from digitlab.report.scores import (
     class_scores,
     confusion_matrix,
     scores_csv,
-    scores_table,
 )
 
 MAX_MISCLASSIFIED = 100  # shown in the grid, most confident mistakes first
@@ -106,22 +103,3 @@ def _page(run: Path, meta: dict, result: EvalResult, scores: list[ClassScores],
               "directory.</p>"),
     ]
     return html.page(f"digitlab report: {run.name}", sections, intro=intro)
-
-
-def print_evaluation_report(run: Path, out: Path, *, root: Path | None, device: str,
-                            as_json: bool, echo: Callable[[str], None]) -> EvaluationReport:
-    """`evaluate --report`: write the report, then print the result and per-class scores."""
-    done = write_evaluation_report(run, out, root=root, device=device)
-    result = done.result
-    if as_json:
-        echo(json.dumps({
-            "run": str(run), "accuracy": result.accuracy, "loss": result.loss,
-            "per_class_accuracy": result.per_class, "count": result.count,
-            "per_class": [asdict(s) for s in done.scores],
-            "report": {k: str(v) for k, v in done.files.items()},
-        }))
-    else:
-        echo(result.summary())
-        echo(scores_table(done.scores))
-        echo(f"report written to {done.files['page']}")
-    return done

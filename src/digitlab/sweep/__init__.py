@@ -17,7 +17,6 @@ from digitlab.sweep.report import (
     config_toml,
     format_table,
     ranked_trials,
-    summary_lines,
     write_plots,
     write_table,
 )
@@ -41,6 +40,6 @@ __all__ = [
     "DEFAULT_SPACE", "FINALS", "TYPES", "Param", "Space", "SweepError", "SweepResult",
     "base_config", "best_config", "check_space", "config_toml", "default_space_path",
     "driver_url", "format_table", "load_space", "make_pruner", "open_storage",
-    "ranked_trials", "run_sweep", "storage_url", "summary_lines", "trial_config",
+    "ranked_trials", "run_sweep", "storage_url", "trial_config",
     "write_plots", "write_table",
 ]

@@ -262,20 +262,3 @@ def _final_test(best: Any, cfg: TrainConfig, study_dir: Path, *, root: Path | No
 def _finish_notes(result: SweepResult, console: Console) -> None:
     for note in result.notes:
         console.note(f"note: {note}")
-
-
-def summary_lines(result: SweepResult) -> list[str]:
-    lines = [f"study {result.study_name!r}: {result.finished} finished trials "
-             f"({result.ran_here} run by this process), storage {result.storage}"]
-    if result.best_trial is not None and result.best_value is not None:
-        lines.append(f"best trial #{result.best_trial}: validation accuracy "
-                     f"{100 * result.best_value:.2f}%  {short(result.best_params)}")
-    if result.test_accuracy is not None:
-        lines.append(f"test accuracy of the winner ({result.final}): "
-                     f"{100 * result.test_accuracy:.2f}%")
-    for key, path in result.outputs.items():
-        lines.append(f"{key.replace('_', ' ')}: {path}")
-    if result.interrupted:
-        lines.append("interrupted: finished trials are kept; run the same command again to "
-                     "continue the study")
-    return lines

@@ -167,7 +167,7 @@ def trial_config(base: TrainConfig, values: dict[str, Any]) -> TrainConfig:
             data["model_args"][name.split(".", 1)[1]] = value
         else:
             data[name] = value
-    cfg = from_dict(data).validate()
+    cfg = from_dict(data)
     model_args(cfg.model, **cfg.model_args)  # unknown model options fail here, not mid-sweep
     return cfg
 

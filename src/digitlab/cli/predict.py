@@ -9,13 +9,17 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, Annotated, BinaryIO
 
-from digitlab.api import Recognizer
+import typer
+
+from digitlab.cli.options import Backend
 from digitlab.errors import DigitlabError
-from digitlab.files import atomic_write
-from digitlab.results import Prediction, failed, png_bytes
-from digitlab.vision.decode import MAX_BYTES
+
+# The model's code is imported when a command reads images, not when the app is built.
+if TYPE_CHECKING:
+    from digitlab.api import Recognizer
+    from digitlab.results import Prediction
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 CHUNK = 64  # images preprocessed and classified together; output appears chunk by chunk
@@ -69,6 +73,8 @@ def predict_files(
     stdin: BinaryIO | None = None,
 ) -> Iterator[Prediction]:
     """Predictions in input order, batched CHUNK images at a time."""
+    from digitlab.results import failed
+
     items = expand_inputs(args)
     for start in range(0, len(items), CHUNK):
         chunk = items[start : start + CHUNK]
@@ -93,6 +99,8 @@ def predict_files(
 def _read_stdin(stdin: BinaryIO | None) -> bytes:
     """At most one byte past the decoder's limit: enough for it to refuse a longer stream
     without the rest being read."""
+    from digitlab.vision.decode import MAX_BYTES
+
     if stdin is None:
         raise DigitlabError("'-' reads an image from stdin, but there is no stdin")
     return stdin.read(MAX_BYTES + 1)
@@ -140,6 +148,9 @@ class InputSaver:
             images = [("", p.model_input)]
         else:
             return []
+        from digitlab.files import atomic_write
+        from digitlab.results import png_bytes
+
         written = []
         for suffix, image in images:
             target = self._name(p.path, suffix)
@@ -163,6 +174,8 @@ def run_predict(
     err: Callable[[str], None],
 ) -> int:
     """The whole command; returns how many inputs failed."""
+    from digitlab.api import Recognizer
+
     if not 1 <= top_k <= 10:
         raise DigitlabError(f"--top-k must be between 1 and 10, got {top_k}")
     if sum(a == STDIN for a in args) > 1:
@@ -186,3 +199,30 @@ def run_predict(
     if saver is not None and not as_json:
         err(f"model inputs saved in {show_input}")
     return failures
+
+
+def predict(
+    images: Annotated[list[str], typer.Argument(
+        help="Image files, directories, globs, or - for one image on stdin.")],
+    run: Annotated[Path | None, typer.Option(
+        "--run", help="Run directory, weights file or exported .onnx (default: the model "
+        "shipped with digitlab).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    top_k: Annotated[int, typer.Option("--top-k", help="How many ranked guesses to show.")] = 3,
+    number: Annotated[bool, typer.Option(
+        "--number", help="Read a whole number: segment the digits, left to right.")] = False,
+    show_input: Annotated[Path | None, typer.Option(
+        "--show-input", help="Save the 28x28 image the model saw for each input in this "
+        "directory.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "cpu",
+    backend: Annotated[Backend | None, typer.Option(
+        help="torch, or onnxruntime for a file made by `digitlab export` (default: by the "
+        "--run file; the shipped model runs on onnxruntime where installed).")] = None,
+) -> None:
+    """Read handwritten digits (or numbers) from photos, scans and drawings."""
+    failures = run_predict(images, run=run, device=device, backend=backend, as_json=as_json,
+                           top_k=top_k, number=number, show_input=show_input,
+                           stdin=typer.get_binary_stream("stdin"), out=typer.echo,
+                           err=lambda line: typer.echo(line, err=True))
+    if failures:
+        raise typer.Exit(1)
