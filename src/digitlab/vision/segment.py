@@ -51,13 +51,9 @@ class _Piece:
     box: BBox  # in ink-map pixels
 
 
-def segment_number(grey: np.ndarray) -> list[np.ndarray]:
-    """One grey crop per digit, left to right, each ready for `to_mnist`; [] when blank."""
-    return [digit.image for digit in segment_digits(grey)]
-
-
 def segment_digits(grey: np.ndarray) -> list[Digit]:
-    """Like `segment_number`, with each digit's box in the input picture."""
+    """One grey crop per digit, left to right, each ready for `to_mnist`, with its box in
+    the input picture; [] when blank."""
     ink = ink_map(grey)
     if ink.blank:
         return []
