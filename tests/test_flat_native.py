@@ -190,7 +190,7 @@ def test_the_same_digit_on_every_corpus(mnist_test_split) -> None:
     pixels = [np.round(grey * 255).astype(np.uint8) for grey in page]
     assert compare([*pixels, plain_pixels(drawing())], recognizer) >= 240
     singles, crops = photo_corpora(images[300:700])
-    compare(singles, recognizer)  # photos go to the Python steps: only the flattest are taken
+    assert compare(singles, recognizer) <= len(singles) // 100  # photos: the Python steps
     assert len(crops) >= 200 and compare(crops, recognizer) >= 0.8 * len(crops)
 
 
