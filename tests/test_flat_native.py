@@ -1,10 +1,25 @@
-"""The compiled flat-paper path (vision/_flat.c) against the Python steps it replaces.
+"""The compiled flat-paper path (vision/_flat.c) against the Python steps it accelerates.
 
-`to_mnist` first offers a picture to the compiled code; whatever it answers must be, bit
-for bit, what the NumPy/SciPy/Pillow steps give, and what it declines they still do.
+`to_mnist` first offers a picture to the compiled code; what it answers must match the
+NumPy/SciPy/Pillow steps (the reference) within a tolerance, and what it declines they
+still do. The tolerance (docs/decisions/0005-compiled-preprocessing.md says why):
+
+- each picture: the same verdict (ink or blank);
+- each corpus: the same digit from the shipped model for every picture, a mean absolute
+  difference of the 28x28 inputs of at most MEAN_DIFFERENCE grey levels, and at most
+  FAR_SHARE of its pictures further apart than FAR_DIFFERENCE (or with another box of ink).
+
+The difference is taken after aligning the two inputs by at most a pixel: both place the
+digit by rounding its centre of mass, and a centre halfway between two pixels may round
+either way (a whole-pixel shift of the same picture). The compiled path reads 8-bit grey
+levels; a float picture between two levels can land on the other side of one of the
+steps' thresholds (redraw a stroke or not), which is what FAR_SHARE allows.
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +28,12 @@ from scipy import ndimage
 
 from conftest import require_native
 from digitlab.vision import preprocess
-from digitlab.vision.preprocess import distance_to_zero, resize, to_mnist
+from digitlab.vision.preprocess import to_mnist
+from fuzz_targets import FAR_DIFFERENCE, difference
+
+MEAN_DIFFERENCE = 0.5  # grey levels (of 255), mean over a corpus
+FAR_SHARE = 0.03  # at most this share of a corpus may be further apart than FAR_DIFFERENCE
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -21,27 +41,40 @@ def built() -> None:
     require_native()
 
 
-def python_steps(grey: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> preprocess.Preprocessed:
-    with monkeypatch.context() as m:
-        m.setattr(preprocess, "_flat_to_mnist", lambda grey: None)
+def python_steps(grey: np.ndarray) -> preprocess.Preprocessed:
+    """to_mnist with the compiled path out of the way: the reference."""
+    compiled = preprocess.flat_to_mnist
+    preprocess.flat_to_mnist = lambda grey: None
+    try:
         return to_mnist(grey)
+    finally:
+        preprocess.flat_to_mnist = compiled
 
 
-def compare(greys: list[np.ndarray], monkeypatch: pytest.MonkeyPatch) -> int:
-    """Assert equal answers; returns how many pictures the compiled path took."""
-    taken = 0
+def compare(greys: list[np.ndarray], recognizer=None) -> int:
+    """Check the tolerance on the pictures the compiled path takes (and, given the model,
+    that it reads the same digits); returns how many it took."""
+    fast_inputs, slow_inputs, far, differences = [], [], 0, []
     for k, grey in enumerate(greys):
-        fast = preprocess._flat_to_mnist(grey)
+        fast = preprocess.flat_to_mnist(grey)
         if fast is None:
             continue
-        taken += 1
-        slow = python_steps(grey, monkeypatch)
+        slow = python_steps(grey)
         assert fast.blank == slow.blank, k
-        assert fast.bbox == slow.bbox, k
         assert fast.image.dtype == np.uint8 and fast.image.shape == (28, 28)
-        assert np.array_equal(fast.image, slow.image), (k, np.abs(
-            fast.image.astype(int) - slow.image).max())
-    return taken
+        differences.append(difference(fast.image, slow.image))
+        far += differences[-1] > FAR_DIFFERENCE or fast.bbox != slow.bbox
+        if not fast.blank:
+            fast_inputs.append(fast.image)
+            slow_inputs.append(slow.image)
+    if differences:
+        assert np.mean(differences) <= MEAN_DIFFERENCE, np.mean(differences)
+        assert far <= FAR_SHARE * len(differences), (far, len(differences))
+    if recognizer is not None and fast_inputs:
+        fast = recognizer.classify(np.stack(fast_inputs)).argmax(1)
+        slow = recognizer.classify(np.stack(slow_inputs)).argmax(1)
+        assert np.array_equal(fast, slow), np.flatnonzero(fast != slow)
+    return len(differences)
 
 
 def pen(shape: tuple[int, int], strokes, *, width: int, ink: float, paper: float,
@@ -85,54 +118,87 @@ def drawings(count: int, seed: int, *, overhang: float = 0.0) -> list[np.ndarray
     return out
 
 
-def test_random_drawings_match_the_python_steps(monkeypatch) -> None:
-    greys = drawings(400, seed=1)
-    taken = compare(greys, monkeypatch)
+def test_random_drawings_match_the_python_steps() -> None:
+    taken = compare(drawings(400, seed=1))
     assert taken >= 250, taken  # most drawings are the compiled path's to answer
 
 
-def test_drawings_off_the_edges_are_read_as_the_python_steps_read_them(monkeypatch) -> None:
+def test_drawings_off_the_edges_are_read_as_the_python_steps_read_them() -> None:
     """Strokes that run off the picture: the compiled path takes a picture exactly when the
     Python steps find flat paper (strokes crossing the border in short runs of ink), and
     answers as they do."""
     greys = drawings(300, seed=5, overhang=0.5)
     for k, grey in enumerate(greys):
         flat = preprocess._flat_paper_residual(preprocess.as_grey(grey)) is not None
-        assert (preprocess._flat_to_mnist(grey) is not None) == flat, k
+        assert (preprocess.flat_to_mnist(grey) is not None) == flat, k
     crossing = [g for g in greys if np.count_nonzero(np.concatenate(
         [g[0], g[-1], g[:, 0], g[:, -1]]) != np.median(g)) > 0.05 * 2 * sum(g.shape)]
     assert len(crossing) >= 60, len(crossing)
-    assert compare(crossing, monkeypatch) >= 25  # none before such runs counted as paper
+    assert compare(crossing) >= 25
 
 
-@pytest.mark.slow
-def test_mnist_digits_drawn_as_the_page_sends_them(mnist_test_split, monkeypatch) -> None:
+# --- the benchmarks' corpora: the same digit from the shipped model ------------------------
+
+
+def page_drawings(images: np.ndarray) -> list[np.ndarray]:
+    """MNIST digits as the drawing page sends them (140 px, ink #111; also 100 and 280 px
+    and other inks), as float32 grey."""
     greys = []
-    for k, image in enumerate(mnist_test_split.images[:300]):
+    for k, image in enumerate(images):
         side = (140, 100, 280)[k % 3]
         picture = Image.fromarray(255 - image).resize((side, side), Image.BILINEAR)
         ink = (17, 0, 90)[k % 3]
         levels = np.asarray(picture, np.float32) / 255.0
         greys.append(np.round(ink + levels * (255 - ink)).astype(np.float32) / np.float32(255))
-    taken = compare(greys, monkeypatch)
-    assert taken >= 240, taken
-    # ... and from the 8-bit pixels serve hands over; inverted too (light ink on dark
-    # paper: the mask then takes the values above a cut, not below one)
-    eight_bit = [np.round(grey * 255).astype(np.uint8) for grey in greys]
-    eight_bit += [255 - pixels for pixels in eight_bit[:150]]
-    for k, pixels in enumerate(eight_bit):
-        fast = preprocess._flat_to_mnist(pixels)
-        floats = preprocess._flat_to_mnist(pixels.astype(np.float32) / np.float32(255))
-        assert (fast is None) == (floats is None), k
-        if fast is not None:
-            assert (fast.blank, fast.bbox) == (floats.blank, floats.bbox), k
-            assert np.array_equal(fast.image, floats.image), k
+    return greys
 
 
-def test_eight_bit_pixels_read_as_their_floats(monkeypatch) -> None:
+def photo_corpora(images: np.ndarray, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """benchmarks/realworld.py's pictures, made by its generator (benchmarks/photolike.py):
+    photo-like single digits, and the digit crops the segmenter cuts from photo-like strips
+    of 3-6 digits (what `--number` hands to_mnist), as float32 grey."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import photolike
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    from digitlab.vision.decode import decode_image
+    from digitlab.vision.segment import segment_digits
+
+    rng = np.random.default_rng(seed)
+    singles = [decode_image(photolike.photo_jpeg(image, rng)) for image in images]
+    crops = []
+    for k in range(0, len(images) - 6, 5):
+        strip = photolike.to_jpeg(photolike.strip(list(images[k : k + 3 + k % 4]), rng),
+                                  int(rng.integers(*photolike.QUALITY_RANGE)))
+        crops += [digit.image for digit in segment_digits(decode_image(strip))]
+    return singles, crops
+
+
+def test_the_same_digit_on_every_corpus(mnist_test_split) -> None:
+    """The drawing page's digits (float grey and the 8-bit pixels serve hands over),
+    realworld's photo-like singles and the crops of its strips: the compiled path and the
+    Python steps give the shipped model the same digits."""
+    from digitlab.api import Recognizer
+    from digitlab.vision.decode import plain_pixels
+    from serving import drawing
+
+    recognizer = Recognizer.load()
+    images = mnist_test_split.images
+    page = page_drawings(images[:300])
+    assert compare(page, recognizer) >= 240
+    pixels = [np.round(grey * 255).astype(np.uint8) for grey in page]
+    assert compare([*pixels, plain_pixels(drawing())], recognizer) >= 240
+    singles, crops = photo_corpora(images[300:700])
+    assert compare(singles, recognizer) <= len(singles) // 100  # photos: the Python steps
+    assert len(crops) >= 200 and compare(crops, recognizer) >= 0.8 * len(crops)
+
+
+def test_eight_bit_pixels_read_as_their_floats() -> None:
     """uint8 pixels (a decoded PNG) go in as they are, and the answer is the one for their
-    float32 v / 255, the compiled path's and the Python steps' (which take uint8 too), on
-    drawings of every kind, random pixels and pictures the compiled path declines."""
+    float32 v / 255 (the very same), and the Python steps' (which take uint8 too) within
+    the tolerance, on drawings of every kind, random pixels and pictures the compiled path
+    declines."""
     rng = np.random.default_rng(11)
     pictures = [np.round(np.clip(g, 0, 1) * 255).astype(np.uint8) for g in drawings(150, seed=3)]
     pictures += [255 - p for p in pictures[:40]]  # light ink on dark paper too
@@ -144,25 +210,22 @@ def test_eight_bit_pixels_read_as_their_floats(monkeypatch) -> None:
     ramp = np.tile(np.linspace(60, 250, 160).astype(np.uint8), (160, 1))  # uneven paper
     ramp[40:120, 75:82] = 0
     pictures.append(ramp)
-    answered = declined = 0
+    declined = 0
     for k, pixels in enumerate(pictures):
         floats = pixels.astype(np.float32) / 255.0
-        fast, via_floats = preprocess._flat_to_mnist(pixels), preprocess._flat_to_mnist(floats)
+        fast, via_floats = preprocess.flat_to_mnist(pixels), preprocess.flat_to_mnist(floats)
         assert (fast is None) == (via_floats is None), k
         if fast is None:
             declined += 1
             continue
-        answered += 1
-        slow = python_steps(pixels, monkeypatch)
-        for other in (via_floats, slow):
-            assert (fast.blank, fast.bbox) == (other.blank, other.bbox), k
-            assert np.array_equal(fast.image, other.image), k
-    assert answered >= 120 and declined >= 2, (answered, declined)
+        assert (fast.blank, fast.bbox) == (via_floats.blank, via_floats.bbox), k
+        assert np.array_equal(fast.image, via_floats.image), k
+    assert compare(pictures) >= 120 and declined >= 2, declined
     done = to_mnist(ramp)  # declined: the Python steps read the pixels
     assert np.array_equal(done.image, to_mnist(ramp.astype(np.float32) / 255.0).image)
 
 
-def test_edge_cases_match(monkeypatch) -> None:
+def test_edge_cases_match() -> None:
     blank = np.ones((140, 140), np.float32)
     one_dot = blank.copy()
     one_dot[70, 70] = 0.0
@@ -173,12 +236,11 @@ def test_edge_cases_match(monkeypatch) -> None:
     with_nan[-1, -3:] = np.inf
     tiny = pen((6, 6), [[(3, 0), (3, 5)]], width=1, ink=0.0, paper=1.0)
     line = pen((60, 200), [[(10, 30), (190, 30)]], width=2, ink=0.0, paper=1.0)
-    greys = [blank, one_dot, at_edge, faint, with_nan, tiny, line]
-    compare(greys, monkeypatch)
-    assert preprocess._flat_to_mnist(blank).blank  # answered, not declined
+    compare([blank, one_dot, at_edge, faint, with_nan, tiny, line])
+    assert preprocess.flat_to_mnist(blank).blank  # answered, not declined
 
 
-def test_odd_arrays_match(monkeypatch) -> None:
+def test_odd_arrays_match() -> None:
     """Whatever an array holds (dots, bars, grain, gradients, NaN, infinities, negative or
     0..255 values, a few pixels), an answer from the compiled path is the Python one."""
     rng = np.random.default_rng(7)
@@ -203,43 +265,33 @@ def test_odd_arrays_match(monkeypatch) -> None:
             odd[rng.random((h, w)) < 0.01] = np.inf
             grey = np.where(rng.random((h, w)) < 0.9, np.float32(paper), odd)
         greys.append(np.ascontiguousarray(grey, dtype=np.float32))
-    taken = compare(greys, monkeypatch)
-    assert taken >= 300, taken  # 358 of them
+    assert compare(greys) >= 300
 
 
 def test_declines_what_it_does_not_do() -> None:
     rng = np.random.default_rng(0)
     photo = np.clip(0.6 + 0.2 * rng.standard_normal((120, 120)), 0, 1).astype(np.float32)
     huge = np.ones((1700, 50), np.float32)
-    assert preprocess._flat_to_mnist(photo) is None  # uneven paper: the lighting analysis
-    assert preprocess._flat_to_mnist(huge) is None  # reduced first by the Python code
-    assert preprocess._flat_to_mnist(np.ones((50, 50), np.float64)) is None
-    assert preprocess._flat_to_mnist(np.ones((50, 50), np.float32)[:, ::2]) is None
+    assert preprocess.flat_to_mnist(photo) is None  # uneven paper: the lighting analysis
+    assert preprocess.flat_to_mnist(huge) is None  # reduced first by the Python code
+    assert preprocess.flat_to_mnist(np.ones((50, 50), np.float64)) is None
+    assert preprocess.flat_to_mnist(np.ones((50, 50), np.float32)[:, ::2]) is None
     # and to_mnist still answers them through the Python steps
     assert to_mnist(np.ones((50, 50), np.float64)).blank
 
 
 def test_resize_is_pillows_resampling() -> None:
+    """The compiled resampling (area averaging to shrink, bicubic to enlarge) against
+    preprocess.resize, which is Pillow's."""
     rng = np.random.default_rng(0)
     for _ in range(300):
         h, w = (int(v) for v in rng.integers(2, 120, 2))
         image = rng.random((h, w), dtype=np.float32)
-        for shape in [(int(rng.integers(1, 100)), w), (h, int(rng.integers(1, 100)))]:
-            # one axis: the very same arithmetic as Pillow's
-            shrinking = shape[0] * shape[1] < h * w
-            method = Image.Resampling.BOX if shrinking else Image.Resampling.BICUBIC
-            pil = np.asarray(Image.fromarray(image).resize(shape[::-1], method), np.float32)
-            if not shrinking:
-                pil = np.clip(pil, image.min(), image.max())
-            assert np.array_equal(resize(image, shape), pil), (h, w, shape)
-        # both axes: Pillow 13 sometimes resamples the rows first, a float32 step apart
-        shape = (int(rng.integers(1, 100)), int(rng.integers(1, 100)))
-        shrinking = shape[0] * shape[1] < h * w
-        method = Image.Resampling.BOX if shrinking else Image.Resampling.BICUBIC
-        pil = np.asarray(Image.fromarray(image).resize(shape[::-1], method), np.float32)
-        if not shrinking:
-            pil = np.clip(pil, image.min(), image.max())
-        assert np.allclose(resize(image, shape), pil, rtol=0, atol=1e-6)
+        for shape in [(int(rng.integers(1, 100)), w), (h, int(rng.integers(1, 100))),
+                      (int(rng.integers(1, 100)), int(rng.integers(1, 100)))]:
+            got = np.empty(shape, np.float32)
+            preprocess._flat.resize(image, got)
+            assert np.allclose(got, preprocess.resize(image, shape), rtol=0, atol=1e-5)
 
 
 def test_distances_are_scipys() -> None:
@@ -249,11 +301,12 @@ def test_distances_are_scipys() -> None:
         mask = rng.random((h, w)) < rng.random()
         if rng.random() < 0.5:
             mask = ndimage.binary_dilation(mask, iterations=int(rng.integers(1, 4)))
-        expected = ndimage.distance_transform_edt(mask)
-        got = distance_to_zero(mask)
-        assert got.dtype == np.float64 and np.array_equal(got, expected)
-    assert np.array_equal(distance_to_zero(np.ones((3, 4), bool)),
-                          ndimage.distance_transform_edt(np.ones((3, 4), bool)))
+        got = np.full(mask.shape, -1.0)
+        if preprocess._flat.edt(mask, got):
+            assert np.array_equal(got, ndimage.distance_transform_edt(mask))
+        else:
+            assert mask.all()  # no zero to measure from
+    assert not preprocess._flat.edt(np.ones((3, 4), bool), np.empty((3, 4)))
 
 
 def test_distances_are_scipys_for_strokes_blobs_and_inked_columns() -> None:
@@ -279,15 +332,32 @@ def test_distances_are_scipys_for_strokes_blobs_and_inked_columns() -> None:
         if mask.all():
             continue
         got = np.empty(mask.shape, np.float64)
-        assert preprocess._flat.edt(mask, got)  # compiled, not SciPy's fallback
+        assert preprocess._flat.edt(mask, got)
         assert np.array_equal(got, ndimage.distance_transform_edt(mask)), k
 
 
-def test_constants_are_preprocess_ones() -> None:
-    c = dict(preprocess._flat.CONSTANTS)
-    assert c.pop("FLAT_FAR_LEVELS") == round(255 * preprocess.FLAT_FAR)
-    assert c.pop("WORK_MARGIN") == preprocess.WORK_BOX // 4
-    assert c == {name: getattr(preprocess, name) for name in c}
+def test_the_compiled_path_takes_its_constants_from_preprocess(monkeypatch) -> None:
+    """The rules' constants are written once, in preprocess.py: changing one there changes
+    what the compiled path does (here the digit's box), and configure refuses values its
+    buffers cannot hold."""
+    seven = pen((140, 140), [[(40, 30), (100, 30), (60, 115)]], width=9, ink=0.0, paper=1.0)
+    try:
+        monkeypatch.setattr(preprocess, "DIGIT_BOX", 12)
+        preprocess._configure_compiled()
+        small = preprocess.flat_to_mnist(seven)
+        assert small is not None and not small.blank
+        assert (small.image > 0).any(axis=1).sum() <= 13  # 12 px, and its soft edge
+        assert difference(small.image, python_steps(seven).image) <= FAR_DIFFERENCE
+        for bad in (40, 0):
+            monkeypatch.setattr(preprocess, "DIGIT_BOX", bad)
+            with pytest.raises(ValueError):
+                preprocess._configure_compiled()
+    finally:
+        monkeypatch.undo()
+        preprocess._configure_compiled()
+    assert (preprocess.flat_to_mnist(seven).image > 0).any(axis=1).sum() >= 19
+    with pytest.raises(TypeError):
+        preprocess._flat.configure(digit_box=20)  # every constant, or none
 
 
 def test_bad_arrays_are_refused_not_read() -> None:

@@ -71,7 +71,7 @@ def test_decode_raising_something_else_than_image_error_is_found(tmp_path, monke
     assert found > 0 and "not an ImageError" in report, report
 
 
-@pytest.mark.parametrize("entry", ["edt", "unfilter", "resize", "accepts"])
+@pytest.mark.parametrize("entry", ["edt", "unfilter", "resize", "to_mnist", "accepts"])
 def test_a_wrong_native_answer_is_found(tmp_path, monkeypatch, entry):
     require_native()
     real = fuzz_targets.flat
@@ -96,6 +96,12 @@ def test_a_wrong_native_answer_is_found(tmp_path, monkeypatch, entry):
             real.resize(src, dst)
             dst *= 1.01
         fake.resize = resize
+    elif entry == "to_mnist":
+        def to_mnist(grey, out):
+            found = real.to_mnist(grey, out)
+            out[...] = np.roll(out, 3, axis=1)  # the digit placed 3 px off
+            return found
+        fake.to_mnist = to_mnist
     else:  # an odd argument taken as if it were right
         def edt(mask, out):
             return True if out.dtype != np.float64 else real.edt(mask, out)

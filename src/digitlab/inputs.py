@@ -119,7 +119,7 @@ def _one_digit(grey: np.ndarray, path: str | None, *, quick: bool) -> Prepared |
     """A single digit's 28x28 image (none when blank); with quick, None where only the
     Python steps read the picture."""
     from digitlab.vision.preprocess import (
-        compiled_to_mnist,
+        flat_to_mnist,
         from_mnist_like,
         looks_mnist_like,
         to_mnist,
@@ -133,6 +133,6 @@ def _one_digit(grey: np.ndarray, path: str | None, *, quick: bool) -> Prepared |
         if looks_mnist_like(pixels):
             done = from_mnist_like(pixels)
     if done is None:
-        done = compiled_to_mnist(grey) if quick else to_mnist(grey)
+        done = flat_to_mnist(grey) if quick else to_mnist(grey)
     return None if done is None else Prepared(path, [] if done.blank else [done.image],
                                               number=False)

@@ -1,5 +1,6 @@
 """The preprocessing benchmark itself, small: `benchmarks/preprocess_speed.py` times the
-compiled path and the Python steps on drawn MNIST digits and checks their outputs agree.
+compiled path and the Python steps on drawn MNIST digits and checks their outputs agree
+(the same verdict; the compiled path's from 8-bit pixels the same as from floats).
 Speed is the benchmark's to print, never a test's to time."""
 
 from __future__ import annotations
@@ -23,5 +24,5 @@ def test_benchmark_runs_and_both_paths_agree(mnist_root: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr[-2000:]
     for line in ("to_mnist, Python steps", "to_mnist, compiled", "to_mnist, compiled, 8-bit",
                  "PNG decode, Pillow", "PNG decode, vision/png.py",
-                 "compiled from 8-bit pixels) for 40/40"):
+                 "the same verdict for 40/40", "the same as from floats for 40/40"):
         assert line in done.stdout, done.stdout

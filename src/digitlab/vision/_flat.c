@@ -3,16 +3,18 @@
    The drawing page, a paint program or a clean scan gives a digit on perfectly even paper
    (preprocess._flat_paper_residual). For those, preprocess.to_mnist is a chain of ~100
    small NumPy, SciPy and Pillow calls whose interpreter overhead costs more than their
-   arithmetic. This file does the same steps, in the same order and the same precision
-   (float32 where NumPy works in float32, Pillow's resampling coefficients, NumPy's
-   pairwise sums, SciPy's exact distances), so the result is bit for bit the Python one;
-   tests/test_flat_native.py holds the two against each other. It releases the GIL.
+   arithmetic. This file does the same steps in one call and releases the GIL. It is an
+   accelerator held to the Python steps by a tolerance, not bit for bit: it works on the
+   picture's 8-bit grey levels (float input is rounded to them, as the flat-paper test
+   already does), so every statistic of the threshold is a count over 256 levels. The
+   Python steps are the reference; tests/test_flat_native.py holds the two to the same
+   digit and a close 28x28 input.
 
    Anything off the common path (not flat paper, whose border is paper but where strokes
    cross it; a picture over MAX_WORK_SIDE or under 2 px, a filter window wider than the
    picture, a skeleton that vanishes) is declined: the caller runs the Python code. The
-   constants below are preprocess.py's (the module exports them as CONSTANTS, and a test
-   compares). Build with -ffp-contract=off: a fused multiply-add would round differently.
+   rules' constants come from preprocess.py (`configure`, called when it is imported);
+   until then every picture is declined.
 
    Also here, for vision/png.py: undoing the row filters of a plain 8-bit grey PNG.
 */
@@ -29,150 +31,45 @@
 
 enum { DONE = 0, BLANK = 1, DECLINE = 2, NOMEM = 3 };
 
-#define MNIST_SIDE 28
-#define DIGIT_BOX 20.0
-#define WORK_BOX 80.0
-#define WORK_MARGIN 20 /* WORK_BOX // 4 */
-#define MAX_WORK_SIDE 1600
-#define STROKE_TARGET 0.11
-#define STROKE_LOW 0.08
-#define STROKE_HIGH 0.18
-#define MIN_CONTRAST 0.08
-#define SHADOWED_CONTRAST 0.24
-#define SPECK_FRACTION 0.02
-#define FLAT_LEVELS 2
-#define FLAT_SHARE 0.5
-#define FLAT_BORDER_SHARE 0.95
-#define FLAT_FAR 64 /* round(255 * 0.25) */
-#define FLAT_BORDER_RUN 0.25
+#define MNIST_SIDE 28 /* the output: MNIST's format, not a rule */
+
+/* preprocess.py's constants, as `configure` hands them over (see preprocess.py for each) */
+static struct {
+    int set; /* configure has run */
+    int digit_box, work_box, max_work_side, flat_levels, flat_far;
+    double stroke_target, stroke_low, stroke_high, min_contrast, shadowed_contrast,
+        speck_fraction, flat_share, flat_border_share, flat_border_run;
+} rules;
 
 typedef struct {
     int y0, x0, y1, x1; /* ends exclusive */
 } Box;
 
-/* --- order statistics (exact: selection, not sorting) --------------------------------- */
-
-/* The k-th smallest (0-based) of a[0..n-1]; reorders a so that a[i] <= a[k] for i < k and
-   a[i] >= a[k] for i > k. Three-way partitions: flat paper repeats one value thousands of
-   times. */
-#define DEFINE_SELECT(NAME, T)                                                           \
-    static T NAME(T *a, size_t n, size_t k) {                                           \
-        size_t lo = 0, hi = n;                                                          \
-        while (hi - lo > 1) {                                                           \
-            T x = a[lo], y = a[lo + (hi - lo) / 2], z = a[hi - 1];                      \
-            T pivot = (x < y) ? ((y < z) ? y : ((x < z) ? z : x))                       \
-                              : ((x < z) ? x : ((y < z) ? z : y));                      \
-            size_t lt = lo, i = lo, gt = hi;                                            \
-            while (i < gt) {                                                            \
-                T v = a[i];                                                             \
-                if (v < pivot) {                                                        \
-                    a[i] = a[lt];                                                       \
-                    a[lt++] = v;                                                        \
-                    i++;                                                                \
-                } else if (v > pivot) {                                                 \
-                    a[i] = a[--gt];                                                     \
-                    a[gt] = v;                                                          \
-                } else {                                                                \
-                    i++;                                                                \
-                }                                                                       \
-            }                                                                           \
-            if (k < lt) {                                                               \
-                hi = lt;                                                                \
-            } else if (k >= gt) {                                                       \
-                lo = gt;                                                                \
-            } else {                                                                    \
-                return pivot;                                                           \
-            }                                                                           \
-        }                                                                               \
-        return a[k];                                                                    \
+/* The k-th smallest (0-based) of a[0..n-1] (a quickselect; three-way partitions, as stroke
+   depths repeat); reorders a so that a[i] <= a[k] for i < k. */
+static int32_t select_i32(int32_t *a, size_t n, size_t k) {
+    size_t lo = 0, hi = n;
+    while (hi - lo > 1) {
+        int32_t pivot = a[lo + (hi - lo) / 2];
+        size_t lt = lo, i = lo, gt = hi;
+        while (i < gt) {
+            int32_t v = a[i];
+            if (v < pivot) {
+                a[i++] = a[lt];
+                a[lt++] = v;
+            } else if (v > pivot) {
+                a[i] = a[--gt];
+                a[gt] = v;
+            } else {
+                i++;
+            }
+        }
+        if (k < lt) hi = lt;
+        else if (k >= gt) lo = gt;
+        else return pivot;
     }
-
-DEFINE_SELECT(select_f, float)
-DEFINE_SELECT(select_d, double)
-
-/* A float's bits as an integer in the same order (no NaN): negative floats reversed below
-   the positive ones. */
-static inline uint32_t float_key(float f) {
-    uint32_t u;
-    memcpy(&u, &f, sizeof(u));
-    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+    return a[k];
 }
-
-/* The k-th smallest (0-based) of a[0..n-1] by radix selection on float_key: three passes
-   of 11, 11 and 10 bits, each keeping only the bucket holding rank k. keys: n values of
-   scratch. Linear, and free of the data-dependent branches that make a quickselect slow
-   on the ~100 grey levels of a drawing's ink. */
-static float radix_select(const float *a, size_t n, size_t k, uint32_t *keys) {
-    for (size_t i = 0; i < n; i++) keys[i] = float_key(a[i]);
-    static const int shift[3] = {21, 10, 0}, width[3] = {11, 11, 10};
-    uint32_t count[2048];
-    size_t m = n;
-    for (int pass = 0; pass < 3; pass++) {
-        uint32_t digits = (1u << width[pass]) - 1;
-        memset(count, 0, sizeof(uint32_t) * (digits + 1));
-        for (size_t i = 0; i < m; i++) count[(keys[i] >> shift[pass]) & digits]++;
-        uint32_t bucket = 0;
-        while (k >= count[bucket]) k -= count[bucket++];
-        size_t kept = 0;
-        for (size_t i = 0; i < m; i++)
-            if (((keys[i] >> shift[pass]) & digits) == bucket) keys[kept++] = keys[i];
-        m = kept;
-    }
-    uint32_t key = keys[0], u = (key & 0x80000000u) ? (key & 0x7fffffffu) : ~key;
-    float f;
-    memcpy(&f, &u, sizeof(f));
-    return f;
-}
-
-/* np.median of a float32 array (destroys it): the middle value, or the float32 mean of the
-   middle two. */
-static double median_f(float *a, size_t n) {
-    size_t mid = n / 2;
-    float upper = select_f(a, n, mid);
-    if (n % 2) return (double)upper;
-    float lower = a[0];
-    for (size_t i = 1; i < mid; i++)
-        if (a[i] > lower) lower = a[i];
-    float sum = lower + upper;
-    return (double)(sum / 2.0f);
-}
-
-static double median_d(double *a, size_t n) {
-    size_t mid = n / 2;
-    double upper = select_d(a, n, mid);
-    if (n % 2) return upper;
-    double lower = a[0];
-    for (size_t i = 1; i < mid; i++)
-        if (a[i] > lower) lower = a[i];
-    return (lower + upper) / 2.0;
-}
-
-/* --- NumPy's pairwise summation (np.sum's order of additions) -------------------------- */
-
-#define DEFINE_PAIRWISE(NAME, T, ACC)                                                    \
-    static ACC NAME(const T *a, size_t n) {                                             \
-        if (n < 8) {                                                                    \
-            ACC res = -0.0;                                                             \
-            for (size_t i = 0; i < n; i++) res += (ACC)a[i];                            \
-            return res;                                                                 \
-        } else if (n <= 128) {                                                          \
-            ACC r[8], res;                                                              \
-            size_t i;                                                                   \
-            for (int j = 0; j < 8; j++) r[j] = (ACC)a[j];                               \
-            for (i = 8; i < n - (n % 8); i += 8)                                        \
-                for (int j = 0; j < 8; j++) r[j] += (ACC)a[i + j];                      \
-            res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));    \
-            for (; i < n; i++) res += (ACC)a[i];                                        \
-            return res;                                                                 \
-        } else {                                                                        \
-            size_t n2 = n / 2;                                                          \
-            n2 -= n2 % 8;                                                               \
-            return NAME(a, n2) + NAME(a + n2, n - n2);                                  \
-        }                                                                               \
-    }
-
-DEFINE_PAIRWISE(sum_f, float, float)
-DEFINE_PAIRWISE(sum_d, double, double)
 
 /* --- masks, boxes, maximum filters ------------------------------------------------------ */
 
@@ -391,6 +288,7 @@ static int edt(const uint8_t *m, int h, int w, double *out) {
 }
 
 /* preprocess.stroke_width: twice the median depth of the strokes' centre lines, minus 1. */
+/* preprocess.stroke_width: twice the median depth of the strokes' centre lines, minus 1. */
 static int stroke_width(const uint8_t *m, int h, int w, double *width) {
     Box b;
     if (!mask_bbox(m, h, w, &b)) {
@@ -403,26 +301,36 @@ static int stroke_width(const uint8_t *m, int h, int w, double *width) {
     if (ch < 3 || cw < 3) return DECLINE;
     size_t n = (size_t)ch * cw;
     uint8_t *crop = malloc(n);
-    int32_t *depth = malloc(sizeof(int32_t) * n * 4); /* depth, peak, tmp + 1: ridge */
+    int32_t *depth = malloc(sizeof(int32_t) * n * 3); /* depth, peak, tmp, then the ridge */
     if (!crop || !depth) {
         free(crop), free(depth);
         return NOMEM;
     }
     for (int y = 0; y < ch; y++) memcpy(crop + (size_t)y * cw, m + (size_t)(y + y0) * w + x0, cw);
     int32_t *peak = depth + n, *tmp = depth + 2 * n;
-    /* Squared depths: a square root keeps their order, so the ridge is found on integers
-       and only its depths are rooted. */
+    /* Squared depths: a square root keeps their order, so the ridge and its median are
+       found on integers and only the middle ones are rooted. */
     int status = edt_squared(crop, ch, cw, 0, depth);
     if (status != DONE) {
         free(crop), free(depth);
         return status;
     }
     maxf_i32(depth, peak, tmp, ch, cw, 3);
-    double *ridge = (double *)(depth + 2 * n); /* tmp and the room after it: n doubles */
+    int32_t *ridge = tmp; /* maxf_i32 is done with it */
     size_t count = 0;
     for (size_t i = 0; i < n; i++)
-        if (crop[i] && depth[i] >= peak[i]) ridge[count++] = sqrt((double)depth[i]);
-    *width = count ? 2.0 * median_d(ridge, count) - 1.0 : 0.0;
+        if (crop[i] && depth[i] >= peak[i]) ridge[count++] = depth[i];
+    *width = 0.0;
+    if (count) {
+        size_t mid = count / 2;
+        double upper = sqrt((double)select_i32(ridge, count, mid)), median = upper;
+        if (count % 2 == 0) { /* the mean of the middle two: the largest below is the other */
+            int32_t lower = ridge[0];
+            for (size_t i = 1; i < mid; i++) lower = ridge[i] > lower ? ridge[i] : lower;
+            median = (sqrt((double)lower) + upper) / 2.0;
+        }
+        *width = 2.0 * median - 1.0;
+    }
     free(crop), free(depth);
     return DONE;
 }
@@ -491,7 +399,7 @@ static int drop_specks(uint8_t *mask, int h, int w) {
     } else {
         size_t largest = 0;
         for (int32_t r = 0; r < runs; r++) largest = areas[r] > largest ? areas[r] : largest;
-        double need = SPECK_FRACTION * (double)largest;
+        double need = rules.speck_fraction * (double)largest;
         if (need < 2.0) need = 2.0;
         for (int y = 0; y < bh; y++) {
             uint8_t *row = mask + (size_t)(y + b.y0) * w + b.x0;
@@ -504,7 +412,11 @@ static int drop_specks(uint8_t *mask, int h, int w) {
     return DONE;
 }
 
-/* --- Pillow's resampling of a float ("F") image: BOX to shrink, BICUBIC to enlarge ------- */
+/* --- resampling: area averaging (a box filter) to shrink, bicubic to enlarge ------------- */
+
+/* The separable filters preprocess.resize gets from Pillow (BOX, and BICUBIC with
+   a = -0.5), each output pixel a normalised weighted sum of the input pixels under the
+   filter stretched to the scale; tests/test_flat_native.py holds the two within 1e-5. */
 
 static double box_filter(double x) { return (x > -0.5 && x <= 0.5) ? 1.0 : 0.0; }
 
@@ -556,8 +468,8 @@ static int coefficients(int in_size, int out_size, int bicubic, int **boundsp, d
     return ksize;
 }
 
-/* preprocess.resize: src [h, w] -> dst [oh, ow] (Image.resize of an "F" image, then the
-   bicubic overshoot clipped to the input's range). */
+/* preprocess.resize: src [h, w] -> dst [oh, ow], the bicubic overshoot clipped to the
+   input's range. */
 static int resize(const float *src, int h, int w, size_t stride, float *dst, int oh, int ow) {
     if (oh == h && ow == w) {
         for (int y = 0; y < h; y++) memcpy(dst + (size_t)y * w, src + y * stride, sizeof(float) * w);
@@ -598,8 +510,7 @@ static int resize(const float *src, int h, int w, size_t stride, float *dst, int
         in_w = ow;
     }
     if (oh != h) {
-        /* A row of sums at a time, the input rows added in the same order for every column
-           as Pillow adds them for one: the same doubles, in loops the compiler vectorises. */
+        /* A row of sums at a time: loops the compiler vectorises. */
         double *ss = malloc(sizeof(double) * ow);
         if (!ss) {
             free(temp), free(bv), free(kv);
@@ -637,22 +548,17 @@ static int resize(const float *src, int h, int w, size_t stride, float *dst, int
 
 /* --- the pipeline ------------------------------------------------------------------------ */
 
-/* The working copy is at most WORK_SIDE square (WORK_BOX and its margins on either side). */
-#define WORK_SIDE (80 + 2 * WORK_MARGIN)
-
 typedef struct {
     int h, w;
-    float *grey, *residual, *scratch, *soft; /* h * w each */
-    uint8_t *mask;                           /* h * w */
-    float *work, *digit;                     /* WORK_SIDE^2 and WORK_BOX^2 */
-    uint8_t *wmask;                          /* WORK_SIDE^2 */
-    size_t zeros;                            /* residuals exactly 0 */
-    /* 8-bit pictures: the residual of each value, how many pixels hold it, and whether
-       `residual` has been filled in from them yet (float pictures: always) */
-    const uint8_t *u8;
-    float r_of[256];
-    size_t by_value[256];
-    int filled;
+    const uint8_t *levels;  /* h * w grey levels: the 8-bit pixels, or float grey rounded */
+    uint8_t *mask;          /* h * w */
+    float *soft, *scratch, *tmp; /* h * w each */
+    float *work, *digit;    /* work_side^2 and work_box^2 */
+    uint8_t *wmask;         /* work_side^2 */
+    int work_side, margin;  /* the working copy's largest side, and its margin */
+    size_t count[256];      /* how many pixels hold each level */
+    float r_of[256];        /* each level's residual: how far from the paper towards the ink */
+    int dark_ink;           /* darker than the paper: the residual falls as the level rises */
 } Buffers;
 
 /* The picture to_mnist reads: float32 grey levels in [0, 1] (as_grey's), or 8-bit pixels
@@ -667,6 +573,28 @@ typedef struct {
 static inline uint8_t grey_level(float g) {
     const float magic = 12582912.0f;
     return (uint8_t)(int)((g * 255.0f + magic) - magic);
+}
+
+/* as_grey for float32 input, rounded to levels: NaN is 0, the values are taken as 0..255
+   when the largest passes 1 (infinity included), then clipped to [0, 1]. Drawings have
+   none of that to do (the loop stays simple enough for the compiler to vectorise). */
+static void to_levels(const float *in, size_t n, uint8_t *levels) {
+    float top = -FLT_MAX;
+    int odd = 0;
+    for (size_t i = 0; i < n; i++) {
+        float v = in[i];
+        odd |= !(v >= 0.0f && v <= 1.0f); /* NaN, infinite, negative or over 1 */
+        top = v > top ? v : top;
+    }
+    if (!odd) {
+        for (size_t i = 0; i < n; i++) levels[i] = grey_level(in[i]);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        float v = isnan(in[i]) ? 0.0f : in[i];
+        v = top > 1.0f ? v / 255.0f : v;
+        levels[i] = grey_level(v < 0.0f ? 0.0f : (v > 1.0f ? 1.0f : v));
+    }
 }
 
 /* hist[v]: how many of the n levels are v. Four histograms: one pixel after another mostly
@@ -697,41 +625,11 @@ static void histogram(const uint8_t *levels, size_t n, size_t hist[256]) {
     for (int v = 0; v < 256; v++) hist[v] = counts[0][v] + counts[1][v] + counts[2][v] + counts[3][v];
 }
 
-/* as_grey for float32 input: np.nan_to_num (NaN 0, infinities the largest floats), /255
-   when the largest value passes 1, np.clip to [0, 1]. Drawings have none of that to do
-   and are used as they are (the loop stays simple enough for the compiler to vectorise). */
-static const float *clean_grey(const float *in, size_t n, float *clean) {
-    float top = -FLT_MAX;
-    int odd = 0;
-    for (size_t i = 0; i < n; i++) {
-        float v = in[i];
-        odd |= !(v >= 0.0f && v <= 1.0f); /* NaN, infinite, negative or over 1 */
-        top = v > top ? v : top;
-    }
-    if (!odd) return in;
-    for (size_t i = 0; i < n; i++) {
-        float v = in[i];
-        v = isnan(v) ? 0.0f : v;
-        clean[i] = v == INFINITY ? FLT_MAX : (v == -INFINITY ? -FLT_MAX : v);
-    }
-    if (top > 1.0f) /* also for +inf: nan_to_num makes it FLT_MAX, over 1 all the same */
-        for (size_t i = 0; i < n; i++) clean[i] = clean[i] / 255.0f;
-    for (size_t i = 0; i < n; i++)
-        clean[i] = clean[i] < 0.0f ? 0.0f : (clean[i] > 1.0f ? 1.0f : clean[i]);
-    return clean;
-}
-
-/* The residual of one grey level g against the paper's `level`: how far it is from the
-   paper towards the ink (dark ink on light paper when `darker`, scaled by d). */
-static inline float residual_of(float g, float level, int darker, float d) {
-    return darker ? (level - g) / d : g - level;
-}
-
-/* One side of the picture, for preprocess._border_on_paper: grey levels (`levels`, or
-   `level_of` each 8-bit pixel), the paper's lo..hi, ink's levels (below ink_below or above
-   ink_above) and the longest run off the paper that may be a stroke crossing the edge. */
+/* One side of the picture, for preprocess._border_on_paper: the paper's levels lo..hi,
+   ink's levels (below ink_below or above ink_above) and the longest run off the paper that
+   may be a stroke crossing the edge. */
 typedef struct {
-    const uint8_t *levels, *u8, *level_of;
+    const uint8_t *levels;
     int lo, hi, ink_below, ink_above;
     double longest;
 } Side;
@@ -744,8 +642,7 @@ static size_t side_on_paper(const Side *s, size_t start, size_t step, int count)
     for (int k = 0; k <= count; k++) {
         int v = -1, on = 1; /* one past the end closes the last run */
         if (k < count) {
-            size_t i = start + (size_t)k * step;
-            v = s->levels ? s->levels[i] : s->level_of[s->u8[i]];
+            v = s->levels[start + (size_t)k * step];
             on = v >= s->lo && v <= s->hi;
         }
         if (!on) {
@@ -760,81 +657,65 @@ static size_t side_on_paper(const Side *s, size_t start, size_t step, int count)
     return kept;
 }
 
-/* as_grey, then preprocess._flat_paper_residual. 8-bit pixels take only 256 values, so
-   their levels and residuals are worked out once per value and looked up: the same floats
-   the float path computes from v / 255. */
-static int flat_residual(Picture in, Buffers *b) {
-    size_t n = (size_t)b->h * b->w;
-    const float *g = NULL;
-    float g_of[256];
-    uint8_t level_of[256];
-    uint8_t *levels = b->mask; /* borrowed; the mask is made later */
-    size_t hist[256], by_value[256];
-    if (in.grey) {
-        g = clean_grey(in.grey, n, b->grey);
-        for (size_t i = 0; i < n; i++) levels[i] = grey_level(g[i]);
-        histogram(levels, n, hist);
-    } else {
-        histogram(in.u8, n, by_value);
-        memset(hist, 0, sizeof(hist));
-        for (int v = 0; v < 256; v++) {
-            g_of[v] = (float)v / 255.0f;
-            level_of[v] = grey_level(g_of[v]);
-            hist[level_of[v]] += by_value[v];
-        }
-    }
+/* preprocess._flat_paper_residual: DECLINE unless the picture is flat paper; else each
+   level's residual in r_of. */
+static int flat_paper(Buffers *b) {
+    int h = b->h, w = b->w;
+    size_t n = (size_t)h * w, *hist = b->count;
+    histogram(b->levels, n, hist);
     int paper = 0;
     for (int v = 1; v < 256; v++)
         if (hist[v] > hist[paper]) paper = v;
-    int lo = paper - FLAT_LEVELS < 0 ? 0 : paper - FLAT_LEVELS;
-    int hi = paper + FLAT_LEVELS > 255 ? 255 : paper + FLAT_LEVELS;
+    int lo = paper - rules.flat_levels < 0 ? 0 : paper - rules.flat_levels;
+    int hi = paper + rules.flat_levels > 255 ? 255 : paper + rules.flat_levels;
     size_t near = 0;
     for (int v = lo; v <= hi; v++) near += hist[v];
-    if ((double)near < FLAT_SHARE * (double)n) return DECLINE;
+    if ((double)near < rules.flat_share * (double)n) return DECLINE;
+    int far = rules.flat_far;
     size_t darker = 0, lighter = 0;
-    for (int v = 0; v < paper - FLAT_FAR; v++) darker += hist[v];
-    for (int v = paper + FLAT_FAR + 1; v < 256; v++) lighter += hist[v];
-    int dark_ink = darker > lighter;
-    int h = b->h, w = b->w;
-    Side side = {g ? levels : NULL, g ? NULL : in.u8, level_of, lo, hi,
-                 dark_ink ? paper - FLAT_FAR : -1, dark_ink ? 256 : paper + FLAT_FAR,
-                 FLAT_BORDER_RUN * (double)(h < w ? h : w)};
+    for (int v = 0; v < paper - far; v++) darker += hist[v];
+    for (int v = paper + far + 1; v < 256; v++) lighter += hist[v];
+    int dark = b->dark_ink = darker > lighter;
+    Side side = {b->levels, lo, hi, dark ? paper - far : -1, dark ? 256 : paper + far,
+                 rules.flat_border_run * (double)(h < w ? h : w)};
     size_t border = side_on_paper(&side, 0, 1, w)
                     + side_on_paper(&side, (size_t)(h - 1) * w, 1, w)
                     + side_on_paper(&side, 0, (size_t)w, h)
                     + side_on_paper(&side, (size_t)w - 1, (size_t)w, h);
-    if ((double)border < FLAT_BORDER_SHARE * (double)(2 * (size_t)w + 2 * (size_t)h))
+    if ((double)border < rules.flat_border_share * (double)(2 * (size_t)w + 2 * (size_t)h))
         return DECLINE;
     float level = (float)(paper / 255.0);
     float d = (float)((double)level > 0.05 ? (double)level : 0.05);
-    float *r = b->residual;
-    size_t zeros = 0;
-    if (g) {
-        if (dark_ink) {
-            for (size_t i = 0; i < n; i++) r[i] = residual_of(g[i], level, 1, d);
-        } else {
-            for (size_t i = 0; i < n; i++) r[i] = residual_of(g[i], level, 0, d);
-        }
-        for (size_t i = 0; i < n; i++) zeros += r[i] == 0.0f;
-        b->filled = 1;
-    } else {
-        for (int v = 0; v < 256; v++) {
-            b->r_of[v] = residual_of(g_of[v], level, dark_ink, d);
-            zeros += b->r_of[v] == 0.0f ? by_value[v] : 0;
-        }
-        memcpy(b->by_value, by_value, sizeof(by_value));
-        b->u8 = in.u8;
-        b->filled = 0; /* fill_residual, if a step needs every pixel's */
+    for (int v = 0; v < 256; v++) {
+        float g = (float)v / 255.0f;
+        b->r_of[v] = dark ? (level - g) / d : g - level;
     }
-    b->zeros = zeros;
     return DONE;
 }
 
-static void fill_residual(Buffers *b) {
-    if (b->filled) return;
-    size_t n = (size_t)b->h * b->w;
-    for (size_t i = 0; i < n; i++) b->residual[i] = b->r_of[b->u8[i]];
-    b->filled = 1;
+/* The q-quantile (0 <= q <= 1) of k > 0 distinct values val[] in ascending order, val[i]
+   held cnt[i] > 0 times: linear between neighbouring ranks, as np.percentile's default. */
+static double quantile(const double *val, const size_t *cnt, int k, double q) {
+    size_t m = 0;
+    for (int i = 0; i < k; i++) m += cnt[i];
+    double at = q * (double)(m - 1);
+    size_t below = (size_t)at, seen = 0;
+    int i = 0;
+    while (i < k - 1 && seen + cnt[i] <= below) seen += cnt[i++];
+    double low = val[i];
+    double high = (seen + cnt[i] > below + 1 || i == k - 1) ? low : val[i + 1];
+    return low + (high - low) * (at - (double)below);
+}
+
+/* The levels' residuals in ascending order (the dark ink's fall as the level rises), with
+   their counts: those above `above` only, skipping levels no pixel holds. Returns k. */
+static int ascending(const Buffers *b, double above, double *val, size_t *cnt) {
+    int k = 0;
+    for (int j = 0; j < 256; j++) {
+        int v = b->dark_ink ? 255 - j : j;
+        if (b->count[v] && b->r_of[v] > (float)above) val[k] = b->r_of[v], cnt[k++] = b->count[v];
+    }
+    return k;
 }
 
 /* Where the ink lies between paper and full strength: _threshold's statistics. */
@@ -843,177 +724,61 @@ typedef struct {
     int sure; /* ink stands out above the coarse floor */
 } InkLevels;
 
-/* _threshold's two floors above the paper: the coarse one from the paper's spread, the finer
-   one from the pixel noise too; both at least MIN_CONTRAST / 2 above the paper. */
-static void ink_floors(double paper, double spread, double noise, double *coarse,
-                       double *floor_) {
-    *coarse = paper + (5.0 * spread > MIN_CONTRAST / 2 ? 5.0 * spread : MIN_CONTRAST / 2);
-    double above = 5.0 * noise;
-    if (2.0 * spread > above) above = 2.0 * spread;
-    if (MIN_CONTRAST / 2 > above) above = MIN_CONTRAST / 2;
-    *floor_ = paper + above;
-}
-
-/* Where np.percentile(values, 90) falls among m sorted values: after the below-th (0-based),
-   gamma of the way to the next. 1 when it falls among the at_top copies of the largest
-   value (solid ink), which it then is. */
-static int percentile90_at(size_t m, size_t at_top, size_t *below, double *gamma) {
-    double virtual_ = (double)(m - 1) * (90 / 100.0);
-    *below = (size_t)floor(virtual_);
-    *gamma = virtual_ - (double)*below;
-    return virtual_ >= (double)(m - 1) || *below >= m - at_top;
-}
-
-/* ... and its value between the below-th value (low) and the next one up (high), in
-   float32 as NumPy interpolates. */
-static double percentile90_between(float low, float high, double gamma) {
-    float step = high - low;
-    return gamma >= 0.5 ? (double)(high - step * (float)(1 - gamma))
-                        : (double)(low + step * (float)gamma);
-}
-
-/* The 90th percentile of the residuals above `above`, as np.percentile gives it, from
-   those values and their counts (8-bit pictures: at most 256 of them). BLANK for fewer
-   than 3 such pixels. The residuals of dark ink fall as the pixel value rises: taken from
-   255 down, they arrive in ascending order and the insertion below moves nothing (taken
-   the other way, it had moved up to 32,640 pairs: a tenth of a drawing's to_mnist). */
-static int ink_percentile_counted(const float *value, const size_t *count, float above,
-                                  double *ink) {
-    float vals[256];
-    size_t cnts[256];
-    int k = 0, down = value[255] < value[0];
-    for (int i = 0; i < 256; i++) {
-        int v = down ? 255 - i : i;
-        if (!count[v] || !(value[v] > above)) continue;
-        int at = k++; /* insertion: ascending values */
-        while (at > 0 && vals[at - 1] > value[v]) {
-            vals[at] = vals[at - 1], cnts[at] = cnts[at - 1];
-            at--;
-        }
-        vals[at] = value[v], cnts[at] = count[v];
+/* _threshold's statistics, from the levels' counts: the paper (median residual), its
+   spread (median distance from it), the pixel noise (median step between neighbours along
+   the rows), the floors above the paper they give, and the ink's level (90th percentile of
+   what passes the floor). BLANK when fewer than 3 pixels pass. */
+static int ink_levels(const Buffers *b, InkLevels *k) {
+    double val[256], dist[256];
+    size_t cnt[256], dcnt[256];
+    int m = ascending(b, -HUGE_VAL, val, cnt);
+    double paper = quantile(val, cnt, m, 0.5);
+    /* distances from the paper, ascending: outwards from it on either side */
+    int left, right, j = 0;
+    for (right = 0; right < m && val[right] < paper; right++) {}
+    for (left = right - 1; left >= 0 || right < m; j++) {
+        int take_left = right >= m || (left >= 0 && paper - val[left] <= val[right] - paper);
+        int i = take_left ? left-- : right++;
+        dist[j] = fabs(val[i] - paper), dcnt[j] = cnt[i];
     }
-    size_t m = 0;
-    for (int j = 0; j < k; j++) m += cnts[j];
-    if (m < 3) return BLANK;
-    size_t below;
-    double gamma;
-    if (percentile90_at(m, cnts[k - 1], &below, &gamma)) {
-        *ink = vals[k - 1];
-        return DONE;
-    }
-    /* low: the below-th smallest (0-based); high: the next one up */
-    size_t upto = 0;
-    int j = 0;
-    while (upto + cnts[j] <= below) upto += cnts[j++];
-    float low = vals[j], high = upto + cnts[j] > below + 1 ? low : vals[j + 1];
-    *ink = percentile90_between(low, high, gamma);
-    return DONE;
-}
-
-/* _threshold's statistics for an 8-bit drawing on flat paper, from counts alone: over half
-   the pixels are the paper (residual exactly 0) and over half the steps between
-   neighbours are flat, so the paper's level, its spread and the pixel noise are all 0.
-   DECLINE when that is not so (the float statistics then run on every residual). */
-static int ink_levels_u8(Buffers *b, InkLevels *k) {
+    double spread = 1.4826 * quantile(dist, dcnt, j, 0.5);
+    /* the steps: a level's residual is linear in it, so a step's is the levels' step
+       times the slope; flat paper (most steps 0) needs no histogram */
     int h = b->h, w = b->w;
-    size_t n = (size_t)h * w;
-    if (!(b->zeros > n / 2)) return DECLINE;
-    for (int v = 1; v < 256; v++) /* equal pixels then mean equal residuals, and back */
-        if (b->r_of[v] == b->r_of[v - 1]) return DECLINE;
     size_t steps = (size_t)h * (w - 1), flat = 0;
     for (int y = 0; y < h; y++) {
-        const uint8_t *row = b->u8 + (size_t)y * w;
+        const uint8_t *row = b->levels + (size_t)y * w;
         for (int x = 0; x < w - 1; x++) flat += row[x + 1] == row[x];
     }
-    if (!(flat > steps / 2)) return DECLINE;
-    double paper = 0.0, coarse, floor_;
-    ink_floors(paper, 0.0, 0.0, &coarse, &floor_);
-    float low_cut = (float)(coarse < floor_ ? coarse : floor_), coarse_cut = (float)coarse;
+    double noise = 0.0;
+    if (!(flat > steps / 2)) {
+        size_t hist[256] = {0};
+        for (int y = 0; y < h; y++) {
+            const uint8_t *row = b->levels + (size_t)y * w;
+            for (int x = 0; x < w - 1; x++) hist[abs(row[x + 1] - row[x])]++;
+        }
+        int n = 0;
+        for (int v = 0; v < 256; v++)
+            if (hist[v]) val[n] = v, cnt[n++] = hist[v];
+        double slope = fabs((double)b->r_of[255] - (double)b->r_of[0]) / 255.0;
+        noise = 1.4826 * quantile(val, cnt, n, 0.5) * slope / sqrt(2.0);
+    }
+    double coarse = paper + (5.0 * spread > rules.min_contrast / 2 ? 5.0 * spread
+                                                                   : rules.min_contrast / 2);
+    double above = 5.0 * noise;
+    if (2.0 * spread > above) above = 2.0 * spread;
+    if (rules.min_contrast / 2 > above) above = rules.min_contrast / 2;
+    double floor_ = paper + above;
     size_t above_coarse = 0;
     for (int v = 0; v < 256; v++)
-        if (b->r_of[v] > coarse_cut) above_coarse += b->by_value[v];
+        if (b->r_of[v] > (float)coarse) above_coarse += b->count[v];
     int sure = above_coarse >= 3;
     if (sure && coarse < floor_) floor_ = coarse;
-    float cut = (float)floor_;
-    int status = ink_percentile_counted(b->r_of, b->by_value, cut > low_cut ? cut : low_cut,
-                                        &k->ink);
-    k->paper = paper, k->floor_ = floor_, k->sure = sure;
-    return status;
-}
-
-/* _threshold's statistics from every pixel's residual. */
-static int ink_levels(Buffers *b, InkLevels *k) {
-    int h = b->h, w = b->w;
-    size_t n = (size_t)h * w;
-    const float *r = b->residual;
-    float *s = b->scratch;
-
-    /* Flat paper: most residuals are exactly 0, and a value held by over half the pixels
-       is the median (both middle values, when n is even). */
-    size_t ties = b->zeros;
-    double paper = 0.0;
-    if (!(ties > n / 2)) {
-        memcpy(s, r, sizeof(float) * n);
-        paper = median_f(s, n);
-        ties = 0;
-        for (size_t i = 0; i < n; i++) ties += r[i] == (float)paper;
-    }
-    float at = (float)paper;
-    double spread = 0.0;
-    if (!(ties > n / 2)) {
-        for (size_t i = 0; i < n; i++) s[i] = fabsf(r[i] - at);
-        spread = median_f(s, n);
-    }
-    spread *= 1.4826;
-
-    size_t steps = (size_t)h * (w - 1), zeros = 0;
-    for (int y = 0; y < h; y++)
-        for (int x = 0; x < w - 1; x++) {
-            float d = fabsf(r[(size_t)y * w + x + 1] - r[(size_t)y * w + x]);
-            s[(size_t)y * (w - 1) + x] = d;
-            zeros += d == 0.0f;
-        }
-    double noise = 0.0;
-    if (!(zeros > steps / 2)) noise = 1.4826 * median_f(s, steps) / sqrt(2.0);
-    double coarse, floor_;
-    ink_floors(paper, spread, noise, &coarse, &floor_);
-    /* Ink that stands out above the coarse floor is surely there (`sure`), and then the
-       cut is the lower of the two floors; else the finer floor. One pass takes the values
-       above the lower one and counts those above the coarse one. */
-    float low_cut = (float)(coarse < floor_ ? coarse : floor_), coarse_cut = (float)coarse;
-    size_t m = 0, above_coarse = 0;
-    for (size_t i = 0; i < n; i++) {
-        above_coarse += r[i] > coarse_cut;
-        if (r[i] > low_cut) s[m++] = r[i];
-    }
-    int sure = above_coarse >= 3;
-    if (sure && coarse < floor_) floor_ = coarse;
-    float cut = (float)floor_;
-    if (cut > low_cut) { /* not sure: keep only what passes the finer floor */
-        size_t kept = 0;
-        for (size_t i = 0; i < m; i++)
-            if (s[i] > cut) s[kept++] = s[i];
-        m = kept;
-    }
-    if (m < 3) return BLANK;
-    double ink, gamma;
-    float top = s[0];
-    size_t at_top = 0, below;
-    for (size_t i = 0; i < m; i++) top = s[i] > top ? s[i] : top;
-    for (size_t i = 0; i < m; i++) at_top += s[i] == top;
-    if (percentile90_at(m, at_top, &below, &gamma)) {
-        ink = top;
-    } else {
-        float low = radix_select(s, m, below, (uint32_t *)b->grey), high = top;
-        size_t upto = 0; /* values <= low: when more than below + 1, the next one is low too */
-        for (size_t i = 0; i < m; i++) {
-            upto += s[i] <= low;
-            high = s[i] > low && s[i] < high ? s[i] : high;
-        }
-        if (upto > below + 1) high = low;
-        ink = percentile90_between(low, high, gamma);
-    }
-    k->paper = paper, k->floor_ = floor_, k->ink = ink, k->sure = sure;
+    m = ascending(b, floor_, val, cnt);
+    size_t passing = 0;
+    for (int i = 0; i < m; i++) passing += cnt[i];
+    if (passing < 3) return BLANK;
+    k->paper = paper, k->floor_ = floor_, k->ink = quantile(val, cnt, m, 0.9), k->sure = sure;
     return DONE;
 }
 
@@ -1024,46 +789,35 @@ static inline float ink_level(float r, float p, float range) {
     return v < 0.0f ? 0.0f : (v > 1.0f ? 1.0f : v);
 }
 
-/* preprocess._threshold: the soft ink map (b->soft, zero outside `near`) and the mask. */
+/* preprocess._threshold: the soft ink map (b->soft, the `near` box only) and the mask. */
 static int threshold(Buffers *b, Box *box, Box *near) {
     int h = b->h, w = b->w;
     size_t n = (size_t)h * w;
     InkLevels k;
-    int status = b->filled ? DECLINE : ink_levels_u8(b, &k);
-    if (status == DECLINE) {
-        fill_residual(b);
-        status = ink_levels(b, &k);
-    }
+    int status = ink_levels(b, &k);
     if (status != DONE) return status;
     double paper = k.paper, floor_ = k.floor_, ink = k.ink;
     int sure = k.sure;
-
-    if (ink - paper < (sure ? MIN_CONTRAST : SHADOWED_CONTRAST)) return BLANK;
+    if (ink - paper < (sure ? rules.min_contrast : rules.shadowed_contrast)) return BLANK;
 
     double half = (paper + ink) / 2;
     float thr = (float)(floor_ > half ? floor_ : half);
-    uint8_t *mask = b->mask;
-    if (b->filled) {
-        for (size_t i = 0; i < n; i++) mask[i] = b->residual[i] > thr;
+    uint8_t *mask = b->mask, inked[256];
+    for (int v = 0; v < 256; v++) inked[v] = b->r_of[v] > thr;
+    /* The residuals are monotonic in the level, so the inked levels are those below a cut
+       (dark ink) or above one: one comparison per pixel, which the compiler vectorises,
+       instead of a lookup. */
+    int dark = 0, light = 0, inked_count = 0;
+    while (dark < 256 && inked[dark]) dark++;
+    while (light < 256 && inked[255 - light]) light++;
+    for (int v = 0; v < 256; v++) inked_count += inked[v];
+    const uint8_t *levels = b->levels;
+    if (dark == inked_count) {
+        for (size_t i = 0; i < n; i++) mask[i] = levels[i] < dark;
+    } else if (light == inked_count) {
+        for (size_t i = 0; i < n; i++) mask[i] = levels[i] > 255 - light;
     } else {
-        uint8_t inked[256];
-        for (int v = 0; v < 256; v++) inked[v] = b->r_of[v] > thr;
-        /* The residuals are monotonic in the pixel value, so the inked values are those
-           below a cut (dark ink) or above one: one comparison per pixel, which the
-           compiler vectorises, instead of a lookup. */
-        int dark = 0, light = 0;
-        while (dark < 256 && inked[dark]) dark++;
-        while (light < 256 && inked[255 - light]) light++;
-        int inked_count = 0;
-        for (int v = 0; v < 256; v++) inked_count += inked[v];
-        const uint8_t *u8 = b->u8;
-        if (dark == inked_count) {
-            for (size_t i = 0; i < n; i++) mask[i] = u8[i] < dark;
-        } else if (light == inked_count) {
-            for (size_t i = 0; i < n; i++) mask[i] = u8[i] > 255 - light;
-        } else {
-            for (size_t i = 0; i < n; i++) mask[i] = inked[u8[i]];
-        }
+        for (size_t i = 0; i < n; i++) mask[i] = inked[levels[i]];
     }
     status = drop_specks(mask, h, w);
     if (status != DONE) return status;
@@ -1076,9 +830,9 @@ static int threshold(Buffers *b, Box *box, Box *near) {
         double width;
         status = stroke_width(mask, h, w, &width);
         if (status != DONE) return status;
-        size_t inked = 0;
-        for (size_t i = 0; i < n; i++) inked += mask[i];
-        if (!(width <= 0.25 * extent && (double)inked / (double)n <= 0.15)) return BLANK;
+        size_t count = 0;
+        for (size_t i = 0; i < n; i++) count += mask[i];
+        if (!(width <= 0.25 * extent && (double)count / (double)n <= 0.15)) return BLANK;
     }
     near->y0 = box->y0 - 2 > 0 ? box->y0 - 2 : 0;
     near->x0 = box->x0 - 2 > 0 ? box->x0 - 2 : 0;
@@ -1092,21 +846,13 @@ static int threshold(Buffers *b, Box *box, Box *near) {
     for (int y = 0; y < nh; y++)
         memcpy(sub + (size_t)y * nw, mask + (size_t)(y + near->y0) * w + near->x0, nw);
     maxf_u8(sub, sub + nn, sub + 2 * nn, nh, nw, 5);
-    float p = (float)paper, range = (float)(ink - paper);
-    float soft_of[256]; /* 8-bit pixels: each value's level worked out once */
-    if (!b->filled)
-        for (int v = 0; v < 256; v++) soft_of[v] = ink_level(b->r_of[v], p, range);
+    float p = (float)paper, range = (float)(ink - paper), soft_of[256];
+    for (int v = 0; v < 256; v++) soft_of[v] = ink_level(b->r_of[v], p, range);
     for (int y = 0; y < nh; y++) {
-        size_t at = (size_t)(y + near->y0) * w + near->x0;
-        float *soft = b->soft + (size_t)y * nw;
+        const uint8_t *row = levels + (size_t)(y + near->y0) * w + near->x0;
         const uint8_t *grown = sub + nn + (size_t)y * nw;
-        if (b->filled) {
-            for (int x = 0; x < nw; x++)
-                soft[x] = ink_level(b->residual[at + x], p, range) * (float)grown[x];
-        } else {
-            const uint8_t *u8 = b->u8 + at;
-            for (int x = 0; x < nw; x++) soft[x] = soft_of[u8[x]] * (float)grown[x];
-        }
+        float *soft = b->soft + (size_t)y * nw;
+        for (int x = 0; x < nw; x++) soft[x] = soft_of[row[x]] * (float)grown[x];
     }
     free(sub);
     return DONE;
@@ -1183,7 +929,7 @@ static int skeleton(const uint8_t *mask, int w, const Box *box, uint8_t *skel) {
    width, into out (float32, h * w). */
 static int redraw(const uint8_t *mask, int h, int w, const Box *box, int long_side, double width,
                   float *out) {
-    double target = STROKE_TARGET * (long_side - width) / (1.0 - STROKE_TARGET);
+    double target = rules.stroke_target * (long_side - width) / (1.0 - rules.stroke_target);
     if (target < 2.0) target = 2.0;
     /* Only the ink's box, grown by the redrawn stroke's reach, can end up inked: further
        out the distance to the skeleton (inside the box) passes target / 2 + 0.5, and the
@@ -1246,19 +992,18 @@ static int redraw(const uint8_t *mask, int h, int w, const Box *box, int long_si
 }
 
 /* preprocess._paste_centred, then _to_uint8 (the digit is at most 20x20). */
+/* preprocess._paste_centred, then _to_uint8 (the digit is at most 28x28). */
 static void paste_centred(const float *digit, int h, int w, uint8_t *out) {
     float field[MNIST_SIDE * MNIST_SIDE] = {0};
-    double weighted[MNIST_SIDE * MNIST_SIDE] = {0};
-    size_t n = (size_t)h * w;
-    float total = sum_f(digit, n);
+    double total = 0.0, sy = 0.0, sx = 0.0;
+    for (int y = 0; y < h; y++)
+        for (int x = 0; x < w; x++) {
+            double v = digit[y * w + x];
+            total += v, sy += v * y, sx += v * x;
+        }
     if (total > 0) {
-        for (int y = 0; y < h; y++)
-            for (int x = 0; x < w; x++) weighted[y * w + x] = digit[y * w + x] * (double)y;
-        double cy = sum_d(weighted, n) / (double)total;
-        for (int y = 0; y < h; y++)
-            for (int x = 0; x < w; x++) weighted[y * w + x] = digit[y * w + x] * (double)x;
-        double cx = sum_d(weighted, n) / (double)total;
-        int top = (int)nearbyint(MNIST_SIDE / 2.0 - cy), left = (int)nearbyint(MNIST_SIDE / 2.0 - cx);
+        int top = (int)nearbyint(MNIST_SIDE / 2.0 - sy / total);
+        int left = (int)nearbyint(MNIST_SIDE / 2.0 - sx / total);
         top = top < 0 ? 0 : top;
         left = left < 0 ? 0 : left;
         top = top < MNIST_SIDE - h ? top : MNIST_SIDE - h;
@@ -1273,29 +1018,36 @@ static void paste_centred(const float *digit, int h, int w, uint8_t *out) {
 }
 
 static int pipeline(Picture in, int h, int w, uint8_t *out, Box *ink_box) {
-    if (h < 2 || w < 2 || h > MAX_WORK_SIDE || w > MAX_WORK_SIDE) return DECLINE;
+    if (!rules.set || h < 2 || w < 2 || h > rules.max_work_side || w > rules.max_work_side)
+        return DECLINE;
     size_t n = (size_t)h * w;
-    /* One block for every buffer: after the first call glibc keeps a block this size on
-       its heap (its mmap threshold adapts), so the pages are not faulted in every time. */
-    size_t floats = 4 * n + WORK_SIDE * WORK_SIDE + 80 * 80;
-    char *block = malloc(sizeof(float) * floats + n + WORK_SIDE * WORK_SIDE);
-    if (!block) return NOMEM;
     Buffers b;
     memset(&b, 0, sizeof(b));
     b.h = h, b.w = w;
+    b.margin = rules.work_box / 4;
+    b.work_side = rules.work_box + 2 * b.margin;
+    size_t work = (size_t)b.work_side * b.work_side;
+    /* One block for every buffer: after the first call glibc keeps a block this size on
+       its heap (its mmap threshold adapts), so the pages are not faulted in every time. */
+    size_t floats = 3 * n + work + (size_t)rules.work_box * rules.work_box;
+    char *block = malloc(sizeof(float) * floats + 2 * n + work);
+    if (!block) return NOMEM;
     float *f = (float *)block;
-    b.grey = f, b.residual = f + n, b.scratch = f + 2 * n, b.soft = f + 3 * n;
-    b.work = f + 4 * n, b.digit = b.work + WORK_SIDE * WORK_SIDE;
+    b.soft = f, b.scratch = f + n, b.tmp = f + 2 * n;
+    b.work = f + 3 * n, b.digit = b.work + work;
     b.mask = (uint8_t *)(f + floats), b.wmask = b.mask + n;
+    uint8_t *levels = b.wmask + work;
+    if (in.grey) to_levels(in.grey, n, levels);
+    b.levels = in.grey ? levels : in.u8;
     int status;
-    if ((status = flat_residual(in, &b)) != DONE) goto done;
+    if ((status = flat_paper(&b)) != DONE) goto done;
     Box near;
     if ((status = threshold(&b, ink_box, &near)) != DONE) goto done;
 
-    /* _to_working: the crop (= near) at WORK_BOX px with a margin, to measure its strokes */
+    /* _to_working: the crop (= near) at work_box px with a margin, to measure its strokes */
     int ch = near.y1 - near.y0, cw = near.x1 - near.x0;
     const float *crop = b.soft;
-    double factor = (ch > cw ? ch : cw) / WORK_BOX;
+    double factor = (ch > cw ? ch : cw) / (double)rules.work_box;
     const float *src = crop;
     if (factor > 1.0) {
         int size = (int)ceil(factor);
@@ -1303,21 +1055,21 @@ static int pipeline(Picture in, int h, int w, uint8_t *out, Box *ink_box) {
             status = DECLINE;
             goto done;
         }
-        maxf_f(crop, b.scratch, b.grey, ch, cw, size); /* grey and scratch are free now */
+        maxf_f(crop, b.scratch, b.tmp, ch, cw, size);
         src = b.scratch;
     }
     int sh = (int)nearbyint(ch / factor), sw = (int)nearbyint(cw / factor);
     sh = sh < 1 ? 1 : sh;
     sw = sw < 1 ? 1 : sw;
-    int wh = sh + 2 * WORK_MARGIN, ww = sw + 2 * WORK_MARGIN;
-    if (wh > WORK_SIDE || ww > WORK_SIDE) { /* cannot happen: the longer side is WORK_BOX */
+    int margin = b.margin, wh = sh + 2 * margin, ww = sw + 2 * margin;
+    if (wh > b.work_side || ww > b.work_side) { /* cannot happen: the longer side is work_box */
         status = DECLINE;
         goto done;
     }
     memset(b.work, 0, sizeof(float) * (size_t)wh * ww);
     if ((status = resize(src, ch, cw, cw, b.digit, sh, sw)) != DONE) goto done;
     for (int y = 0; y < sh; y++)
-        memcpy(b.work + (size_t)(y + WORK_MARGIN) * ww + WORK_MARGIN, b.digit + (size_t)y * sw,
+        memcpy(b.work + (size_t)(y + margin) * ww + margin, b.digit + (size_t)y * sw,
                sizeof(float) * sw);
 
     /* _normalise_stroke: strokes in MNIST's width range are used as they are, others are
@@ -1331,14 +1083,14 @@ static int pipeline(Picture in, int h, int w, uint8_t *out, Box *ink_box) {
         double width;
         if ((status = stroke_width(b.wmask, wh, ww, &width)) != DONE) goto done;
         double ratio = width / long_side;
-        if (!(STROKE_LOW <= ratio && ratio <= STROKE_HIGH)) {
+        if (!(rules.stroke_low <= ratio && ratio <= rules.stroke_high)) {
             if ((status = redraw(b.wmask, wh, ww, &wb, long_side, width, b.work)) != DONE)
                 goto done;
             fit = b.work, fit_h = wh, fit_w = ww;
         }
     }
 
-    /* _fit_box: the ink's box, its longer side scaled to DIGIT_BOX px */
+    /* _fit_box: the ink's box, its longer side scaled to digit_box px */
     uint8_t *fm = fit == crop ? b.mask : b.wmask; /* masks no longer needed, large enough */
     for (int y = 0; y < fit_h; y++)
         for (int x = 0; x < fit_w; x++) fm[y * fit_w + x] = fit[(size_t)y * fit_w + x] >= 0.5f;
@@ -1349,12 +1101,12 @@ static int pipeline(Picture in, int h, int w, uint8_t *out, Box *ink_box) {
         goto done;
     }
     int fh = fb.y1 - fb.y0, fw = fb.x1 - fb.x0;
-    double scale = DIGIT_BOX / (fh > fw ? fh : fw);
+    double scale = rules.digit_box / (double)(fh > fw ? fh : fw);
     int dh = (int)nearbyint(fh * scale), dw = (int)nearbyint(fw * scale);
     dh = dh < 1 ? 1 : dh;
     dw = dw < 1 ? 1 : dw;
     float digit[MNIST_SIDE * MNIST_SIDE];
-    if (dh > MNIST_SIDE || dw > MNIST_SIDE) { /* cannot happen: at most DIGIT_BOX */
+    if (dh > MNIST_SIDE || dw > MNIST_SIDE) { /* cannot happen: configure keeps it in */
         status = DECLINE;
         goto done;
     }
@@ -1533,7 +1285,41 @@ static PyObject *py_unfilter(PyObject *self, PyObject *args) {
     return PyBool_FromLong(status == DONE);
 }
 
+static PyObject *py_configure(PyObject *self, PyObject *args, PyObject *kwargs) {
+    (void)self;
+    static char *names[] = {"digit_box", "work_box", "max_work_side", "flat_levels",
+                            "flat_far_levels", "stroke_target", "stroke_low", "stroke_high",
+                            "min_contrast", "shadowed_contrast", "speck_fraction",
+                            "flat_share", "flat_border_share", "flat_border_run", NULL};
+    int digit_box, work_box, max_work_side, flat_levels, flat_far;
+    double d[9];
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iiiiiddddddddd", names, &digit_box,
+                                     &work_box, &max_work_side, &flat_levels, &flat_far, &d[0],
+                                     &d[1], &d[2], &d[3], &d[4], &d[5], &d[6], &d[7], &d[8]))
+        return NULL;
+    int finite = 1;
+    for (int i = 0; i < 9; i++) finite &= isfinite(d[i]) != 0;
+    /* The buffers are sized from these: the digit fits the 28x28 field, the working copy
+       and the picture stay within what the distance transform takes. */
+    if (!finite || digit_box < 1 || digit_box > MNIST_SIDE || work_box < 4 || work_box > 1000 ||
+        max_work_side < 2 || max_work_side > 8000 || flat_levels < 0 || flat_levels > 255 ||
+        flat_far < 0 || flat_far > 255) {
+        PyErr_SetString(PyExc_ValueError, "configure: a constant out of the compiled path's range");
+        return NULL;
+    }
+    rules.digit_box = digit_box, rules.work_box = work_box, rules.max_work_side = max_work_side;
+    rules.flat_levels = flat_levels, rules.flat_far = flat_far;
+    rules.stroke_target = d[0], rules.stroke_low = d[1], rules.stroke_high = d[2];
+    rules.min_contrast = d[3], rules.shadowed_contrast = d[4], rules.speck_fraction = d[5];
+    rules.flat_share = d[6], rules.flat_border_share = d[7], rules.flat_border_run = d[8];
+    rules.set = 1;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
+    {"configure", (PyCFunction)(void (*)(void))py_configure, METH_VARARGS | METH_KEYWORDS,
+     "configure(**constants): the rules' constants, from preprocess.py; to_mnist declines "
+     "every picture until they are set."},
     {"unfilter", py_unfilter, METH_VARARGS,
      "unfilter(raw, out): PNG rows (filter byte + pixels, 8-bit grey) into uint8 out [H, W]; "
      "False for a wrong length or an unknown filter."},
@@ -1542,10 +1328,11 @@ static PyMethodDef methods[] = {
      "as_grey reads them) and uint8 out [28, 28]: None when declined (run the Python code), "
      "else (blank, (y0, x0, y1, x1) of the ink or None)."},
     {"resize", py_resize, METH_VARARGS,
-     "resize(src, dst): float32 src resampled into dst's shape, as preprocess.resize does."},
+     "resize(src, dst): float32 src resampled into dst's shape as to_mnist resamples (area "
+     "averaging to shrink, bicubic to enlarge); for the tests."},
     {"edt", py_edt, METH_VARARGS,
      "edt(mask, out): each pixel's distance (float64) to the nearest zero of mask; False "
-     "(out untouched) when mask has no zero or out's shape differs."},
+     "(out untouched) when mask has no zero or out's shape differs; for the tests."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1556,20 +1343,6 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__flat(void) {
     make_thin_tables();
-    PyObject *m = PyModule_Create(&module);
-    if (!m) return NULL;
-    PyObject *constants = Py_BuildValue(
-        "{s:i,s:d,s:d,s:i,s:i,s:d,s:(dd),s:d,s:d,s:d,s:i,s:d,s:d,s:i,s:d}", "MNIST_SIDE",
-        MNIST_SIDE, "DIGIT_BOX", DIGIT_BOX, "WORK_BOX", WORK_BOX, "WORK_MARGIN", WORK_MARGIN,
-        "MAX_WORK_SIDE", MAX_WORK_SIDE, "STROKE_TARGET", STROKE_TARGET, "STROKE_RANGE",
-        STROKE_LOW, STROKE_HIGH, "MIN_CONTRAST", MIN_CONTRAST, "SHADOWED_CONTRAST",
-        SHADOWED_CONTRAST, "SPECK_FRACTION", SPECK_FRACTION, "FLAT_LEVELS", FLAT_LEVELS,
-        "FLAT_SHARE", FLAT_SHARE, "FLAT_BORDER_SHARE", FLAT_BORDER_SHARE, "FLAT_FAR_LEVELS",
-        FLAT_FAR, "FLAT_BORDER_RUN", FLAT_BORDER_RUN);
-    if (!constants || PyModule_AddObject(m, "CONSTANTS", constants) < 0) {
-        Py_XDECREF(constants);
-        Py_DECREF(m);
-        return NULL;
-    }
-    return m;
+    return PyModule_Create(&module);
 }
+

@@ -4,8 +4,11 @@ import numpy as np
 
 Box = tuple[int, int, int, int]
 
-CONSTANTS: dict[str, object]
-
+def configure(*, digit_box: int, work_box: int, max_work_side: int, flat_levels: int,
+              flat_far_levels: int, stroke_target: float, stroke_low: float,
+              stroke_high: float, min_contrast: float, shadowed_contrast: float,
+              speck_fraction: float, flat_share: float, flat_border_share: float,
+              flat_border_run: float) -> None: ...
 def to_mnist(grey: np.ndarray, out: np.ndarray, /) -> tuple[bool, Box | None] | None: ...
 def resize(src: np.ndarray, dst: np.ndarray, /) -> None: ...
 def edt(mask: np.ndarray, out: np.ndarray, /) -> bool: ...

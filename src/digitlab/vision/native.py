@@ -1,6 +1,8 @@
 """The compiled part of digitlab (vision/_flat.c), or None where no C compiler built it.
 
-Every function in it has a NumPy/SciPy/Pillow form that runs when it is None.
+Its to_mnist accelerates preprocess.to_mnist on flat paper, and its unfilter
+vision/png.py; both have a NumPy/SciPy/Pillow form that runs when it is None. (Its resize
+and edt are there for the tests, which hold those parts to Pillow's and SciPy's.)
 """
 
 from __future__ import annotations

@@ -9,11 +9,9 @@ scans in polarity, lighting, paper texture, noise and pen width, so those are un
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 from scipy import ndimage
 
@@ -28,7 +26,6 @@ WORK_BOX = 80  # stroke surgery happens at 4x the final resolution, then is aver
 STROKE_TARGET = 0.11
 STROKE_RANGE = (0.08, 0.18)
 MAX_WORK_SIDE = 1600  # bigger inputs are averaged down first; a digit needs far less
-WINDOW_VALUES = 2**21  # median_filter's working set per block of rows (8 MB of float32)
 MIN_CONTRAST = 0.08  # ink must differ from paper by this much (of full scale) to count
 SHADOWED_CONTRAST = 0.24  # ... and by this much where a hard shadow hides it (_threshold)
 SPECK_FRACTION = 0.02  # components smaller than this share of the largest are dirt
@@ -41,6 +38,23 @@ FLAT_SHARE = 0.5
 FLAT_BORDER_SHARE = 0.95
 FLAT_FAR = 0.25
 FLAT_BORDER_RUN = 0.25
+
+
+def _configure_compiled() -> None:
+    """Hand the constants above to the compiled flat-paper path, which follows the same
+    rules (it declines every picture until this has run)."""
+    if _flat is None:
+        return
+    _flat.configure(
+        digit_box=DIGIT_BOX, work_box=WORK_BOX, max_work_side=MAX_WORK_SIDE,
+        flat_levels=FLAT_LEVELS, flat_far_levels=round(255 * FLAT_FAR),
+        stroke_target=STROKE_TARGET, stroke_low=STROKE_RANGE[0], stroke_high=STROKE_RANGE[1],
+        min_contrast=MIN_CONTRAST, shadowed_contrast=SHADOWED_CONTRAST,
+        speck_fraction=SPECK_FRACTION, flat_share=FLAT_SHARE,
+        flat_border_share=FLAT_BORDER_SHARE, flat_border_run=FLAT_BORDER_RUN)
+
+
+_configure_compiled()
 
 BBox = tuple[int, int, int, int]  # y0, x0, y1, x1 with exclusive ends, in input pixels
 
@@ -82,7 +96,7 @@ class InkMap:
 
 def to_mnist(grey: np.ndarray) -> Preprocessed:
     """Normalise one digit the way MNIST's scans were; a picture without ink is blank."""
-    done = _flat_to_mnist(grey)
+    done = flat_to_mnist(grey)
     if done is not None:
         return done
     ink = ink_map(grey)
@@ -96,18 +110,12 @@ def to_mnist(grey: np.ndarray) -> Preprocessed:
     return Preprocessed(_to_uint8(image), blank=False, bbox=ink.to_input(box))
 
 
-def compiled_to_mnist(grey: np.ndarray) -> Preprocessed | None:
-    """to_mnist where the compiled flat-paper path takes the picture (the same answer,
-    quickly); None where it declines or is not built."""
-    return _flat_to_mnist(grey)
-
-
-def _flat_to_mnist(grey: np.ndarray) -> Preprocessed | None:
-    """to_mnist of a digit on flat paper (a drawing, a clean scan) in one compiled call, bit
-    for bit what the steps below give; None where it declines (photos, pictures over
-    MAX_WORK_SIDE, windows wider than the picture) or is not built, and the steps below
-    run. Takes float32 grey levels or, quicker, the 8-bit pixels of a decoded PNG (read as
-    as_grey reads them)."""
+def flat_to_mnist(grey: np.ndarray) -> Preprocessed | None:
+    """to_mnist of a digit on flat paper (a drawing, a clean scan) in one compiled call
+    (vision/_flat.c); None where it declines (photos, pictures over MAX_WORK_SIDE) or is not
+    built, and the steps below run. Its answer is the steps' own within a tolerance (the
+    same digit, a close 28x28 input: tests/test_flat_native.py). Takes float32 grey levels
+    or, quicker, the 8-bit pixels of a decoded PNG (read as as_grey reads them)."""
     if _flat is None or not (isinstance(grey, np.ndarray) and grey.ndim == 2
                              and grey.dtype in (np.float32, np.uint8)
                              and grey.flags.c_contiguous):
@@ -118,14 +126,6 @@ def _flat_to_mnist(grey: np.ndarray) -> Preprocessed | None:
         return None
     blank, box = found
     return _blank() if blank else Preprocessed(image, blank=False, bbox=box)
-
-
-def prepare_batch(images: Iterable[np.ndarray]) -> np.ndarray:
-    """Preprocess many pictures into a uint8 [N, 28, 28] batch; MNIST-like ones pass through."""
-    out = [(from_mnist_like(a) if looks_mnist_like(a) else to_mnist(a)).image for a in images]
-    if not out:
-        return np.zeros((0, MNIST_SIDE, MNIST_SIDE), dtype=np.uint8)
-    return np.stack(out)
 
 
 def looks_mnist_like(arr: np.ndarray) -> bool:
@@ -198,7 +198,7 @@ def _flat_paper_residual(grey: np.ndarray) -> np.ndarray | None:
     lo, hi = max(0, paper - FLAT_LEVELS), min(255, paper + FLAT_LEVELS)
     if hist[lo : hi + 1].sum() < FLAT_SHARE * levels.size:
         return None
-    far = round(255 * FLAT_FAR)
+    far = round(255 * FLAT_FAR)  # in grey levels
     dark = hist[: max(0, paper - far)].sum() > hist[paper + far + 1 :].sum()
     ink = (paper - far, 256) if dark else (-1, paper + far)  # ink lies below or above these
     if _border_on_paper(levels, lo, hi, ink) < FLAT_BORDER_SHARE * 2 * sum(levels.shape):
@@ -278,7 +278,7 @@ def _dark_ink(grey: np.ndarray) -> bool:
     """
     small = _shrink(grey, 32)
     size = _odd(0.6 * min(small.shape))
-    paper = resize(median_filter(small, size), grey.shape)
+    paper = resize(ndimage.median_filter(small, size=size, mode="nearest"), grey.shape)
     residual = (grey - paper).ravel()
     k = min(max(8, residual.size // 5000), residual.size // 4)
     brighter = np.partition(residual, residual.size - k)[residual.size - k]
@@ -326,11 +326,8 @@ def _threshold(residual: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     above it is candidate ink, and the cut is halfway between paper and typical ink.
     Returns the soft ink map and the mask of kept strokes; None when there is no ink.
     """
-    # One sorted copy answers the median and every "how many above" below (paper is most
-    # of the picture, one value many times over: sorting beats partitioning such data).
-    ordered = np.sort(residual, axis=None)
-    paper = sorted_median(ordered)
-    spread = 1.4826 * median_distance(ordered, paper)
+    paper = float(np.median(residual))
+    spread = 1.4826 * float(np.median(np.abs(residual - np.float32(paper))))
     coarse = paper + max(5.0 * spread, MIN_CONTRAST / 2)
     # The spread also counts a shadow's edge or a gradient the lighting analysis left, and
     # five times it can sit above a faint stroke. So the floor comes from the paper's
@@ -340,13 +337,13 @@ def _threshold(residual: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     # Ink that stands out above the coarse floor is surely there. Where nothing does (a
     # hard shadow across the page doubles the spread), what the finer floor finds must be
     # strong, thin strokes: blank paper under such lighting yields faint hairlines only.
-    sure = ordered.size - _rank(ordered, coarse) >= 3
+    sure = np.count_nonzero(residual > coarse) >= 3
     if sure:
         floor = min(coarse, floor)
-    candidates = ordered[_rank(ordered, floor) :]  # residual[residual > floor], sorted
+    candidates = residual[residual > floor]
     if candidates.size < 3:
         return None  # nothing stands out from the paper: no ink
-    ink = sorted_percentile(candidates, 90)
+    ink = float(np.percentile(candidates, 90))
     if ink - paper < (MIN_CONTRAST if sure else SHADOWED_CONTRAST):
         return None
     mask = _drop_specks(residual > max(floor, (paper + ink) / 2))
@@ -360,7 +357,7 @@ def _threshold(residual: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     near = (slice(max(0, y0 - 2), y1 + 2), slice(max(0, x0 - 2), x1 + 2))
     soft = np.zeros(residual.shape, np.float32)
     soft[near] = np.clip((residual[near] - paper) / (ink - paper), 0.0, 1.0)
-    soft[near] *= max_filter(mask[near], 5)
+    soft[near] *= ndimage.maximum_filter(mask[near], size=5)
     return soft, mask
 
 
@@ -368,10 +365,7 @@ def _pixel_noise(residual: np.ndarray) -> float:
     """Robust sigma of the differences between horizontal neighbours, over sqrt 2."""
     if residual.shape[1] < 2:
         return float("inf")
-    steps = np.abs(np.diff(residual, axis=1))
-    if steps.size - np.count_nonzero(steps) > steps.size // 2:
-        return 0.0  # flat paper: most neighbours are equal, so the median step is 0
-    return 1.4826 * sorted_median(np.sort(steps, axis=None)) / float(np.sqrt(2.0))
+    return 1.4826 * float(np.median(np.abs(np.diff(residual, axis=1)))) / math.sqrt(2.0)
 
 
 def _drop_specks(mask: np.ndarray) -> np.ndarray:
@@ -426,14 +420,9 @@ def _to_working(crop: np.ndarray) -> np.ndarray:
     """
     factor = max(crop.shape) / WORK_BOX
     if factor > 1.0:
-        crop = max_filter(crop, math.ceil(factor))
+        crop = ndimage.maximum_filter(crop, size=math.ceil(factor))
     shape = (max(1, round(crop.shape[0] / factor)), max(1, round(crop.shape[1] / factor)))
-    small = resize(crop, shape)
-    margin = WORK_BOX // 4
-    # np.pad(small, margin), without its set-up (which costs more than the copy here).
-    work = np.zeros((shape[0] + 2 * margin, shape[1] + 2 * margin), np.float32)
-    work[margin:-margin, margin:-margin] = small
-    return work
+    return np.pad(resize(crop, shape), WORK_BOX // 4)
 
 
 def stroke_width(mask: np.ndarray) -> float:
@@ -445,12 +434,12 @@ def stroke_width(mask: np.ndarray) -> float:
     # so the distances, and the result, are those of the whole picture.
     y0, x0, y1, x1 = box
     mask = mask[max(0, y0 - 1) : y1 + 1, max(0, x0 - 1) : x1 + 1]
-    depth = distance_to_zero(mask)
+    depth = ndimage.distance_transform_edt(mask)
     # Pixels at least as deep as all eight neighbours lie on the strokes' centre lines.
-    ridge = mask & (depth >= max_filter(depth, 3))
+    ridge = mask & (depth >= ndimage.maximum_filter(depth, size=3))
     if not ridge.any():
         return 0.0
-    return 2.0 * sorted_median(np.sort(depth[ridge])) - 1.0
+    return 2.0 * float(np.median(depth[ridge])) - 1.0
 
 
 def _normalise_stroke(work: np.ndarray) -> np.ndarray | None:
@@ -470,12 +459,12 @@ def _normalise_stroke(work: np.ndarray) -> np.ndarray | None:
         return None
     # The redrawn digit's box shrinks or grows with the stroke, so aim at the new box.
     target = max(2.0, STROKE_TARGET * (long_side - width) / (1.0 - STROKE_TARGET))
-    distance = distance_to_zero(~skeleton(mask))
+    distance = ndimage.distance_transform_edt(~skeleton(mask))
     redrawn = np.clip(target / 2.0 + 0.5 - distance, 0.0, 1.0)
     if width > target:
         # Thinning also erodes: a stubby arm shorter than it is wide has no skeleton
         # branch, but its core survives erosion.
-        depth = distance_to_zero(mask)
+        depth = ndimage.distance_transform_edt(mask)
         redrawn = np.maximum(redrawn, np.clip(depth - (width - target) / 2.0, 0.0, 1.0))
     return redrawn.astype(np.float32)
 
@@ -556,13 +545,10 @@ def _fit_box(ink: np.ndarray) -> np.ndarray:
 def _paste_centred(digit: np.ndarray) -> np.ndarray:
     """Place the digit so its centre of mass lands on pixel (14, 14), as MNIST did."""
     out = np.zeros((MNIST_SIDE, MNIST_SIDE), np.float32)
-    total = digit.sum()
-    if total <= 0:
+    if digit.sum() <= 0:
         return out
-    # ndimage.center_of_mass's own arithmetic, without its per-call set-up.
     h, w = digit.shape
-    cy = float((digit * np.arange(h, dtype=float)[:, None]).sum() / total)
-    cx = float((digit * np.arange(w, dtype=float)[None, :]).sum() / total)
+    cy, cx = ndimage.center_of_mass(digit)
     # Clamping keeps all the ink when an odd shape would push it off the field.
     top = min(max(round(MNIST_SIDE / 2 - cy), 0), MNIST_SIDE - h)
     left = min(max(round(MNIST_SIDE / 2 - cx), 0), MNIST_SIDE - w)
@@ -574,18 +560,9 @@ def _paste_centred(digit: np.ndarray) -> np.ndarray:
 
 
 def resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Float resize: area averaging to shrink (anti-aliased), bicubic to enlarge (sharp).
-
-    Pillow's resampling of a float image; where vision/_flat.c is built, its copy of that
-    code, so that the compiled flat-paper path and this one resample alike. (Pillow 13
-    resamples some shapes vertically first, which moves a few values by one float32 step.)
-    """
+    """Float resize: area averaging to shrink (anti-aliased), bicubic to enlarge (sharp)."""
     if image.shape == shape:
         return image.astype(np.float32, copy=False)
-    if _flat is not None:
-        out = np.empty(shape, np.float32)
-        _flat.resize(np.ascontiguousarray(image, dtype=np.float32), out)
-        return out
     shrinking = shape[0] * shape[1] < image.shape[0] * image.shape[1]
     method = Image.Resampling.BOX if shrinking else Image.Resampling.BICUBIC
     pil = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32))
@@ -604,107 +581,6 @@ def _shrink(image: np.ndarray, short_side: int) -> np.ndarray:
 def _odd(x: float) -> int:
     n = max(1, int(x))
     return n if n % 2 else n + 1
-
-
-def max_filter(image: np.ndarray, size: int) -> np.ndarray:
-    """ndimage.maximum_filter(image, size) to the bit, several times faster on these small
-    pictures.
-
-    Its default border mode reflects the picture at its edges, which for a maximum is the
-    same as clipping the window to the picture; the window is separable, so the maximum is
-    taken over shifted slices along each axis in turn.
-    """
-    if size <= 1:
-        return image.copy()
-    if min(image.shape) < size:
-        return ndimage.maximum_filter(image, size=size)  # reflection may wrap: keep scipy's
-    low, high = -(size // 2), size - size // 2 - 1  # scipy's window: [i + low, i + high]
-    out = image
-    for axis in (0, 1):
-        src, out = out, out.copy()
-        n = src.shape[axis]
-        for offset in range(low, high + 1):
-            if offset == 0:
-                continue
-            # out[i] = max(out[i], src[i + offset]) where i + offset is inside the picture
-            dst = slice(max(0, -offset), n - max(0, offset))
-            shifted = slice(max(0, offset), n + min(0, offset))
-            if axis == 0:
-                np.maximum(out[dst], src[shifted], out=out[dst])
-            else:
-                np.maximum(out[:, dst], src[:, shifted], out=out[:, dst])
-    return out
-
-
-def median_filter(image: np.ndarray, size: int) -> np.ndarray:
-    """ndimage.median_filter(image, size, mode="nearest") for an odd size, to the bit, 2-3x
-    faster on these small pictures: every window's pixels side by side, then one partition
-    per row of windows (scipy's rank filter keeps a sorted window as it slides). Windows are
-    made a block of rows at a time, at most WINDOW_VALUES values, so memory stays small."""
-    if size % 2 == 0:
-        return ndimage.median_filter(image, size=size, mode="nearest")
-    h, w = image.shape
-    half, area = size // 2, size * size
-    padded = np.pad(image, half, mode="edge")  # "nearest": the edge pixel repeats outward
-    windows = sliding_window_view(padded, (size, size))
-    out = np.empty_like(image)
-    rows = max(1, WINDOW_VALUES // (w * area))
-    for top in range(0, h, rows):
-        block = windows[top : top + rows].reshape(-1, area)
-        out[top : top + rows] = np.partition(block, area // 2, axis=1)[:, area // 2].reshape(
-            -1, w)
-    return out
-
-
-def distance_to_zero(mask: np.ndarray) -> np.ndarray:
-    """ndimage.distance_transform_edt(mask): each pixel's distance to the nearest zero,
-    the same float64 values (square roots of exact integers), compiled where built."""
-    if _flat is not None and mask.size:
-        out = np.empty(mask.shape, np.float64)
-        if _flat.edt(np.ascontiguousarray(mask, dtype=bool), out):
-            return out
-    return ndimage.distance_transform_edt(mask)
-
-
-def _rank(ordered: np.ndarray, value: float) -> int:
-    """How many of the sorted values are <= value, as `values > value` compares them: in
-    the array's own precision (searchsorted alone would compare in double)."""
-    return int(np.searchsorted(ordered, ordered.dtype.type(value), side="right"))
-
-
-def sorted_median(ordered: np.ndarray) -> float:
-    """np.median of a sorted 1-D array, to the bit: the middle value, or the mean of the
-    middle two (np.median finds them by partitioning; here they are already in place)."""
-    middle = ordered.size // 2
-    if ordered.size % 2:
-        return float(ordered[middle])
-    return float(np.mean(ordered[middle - 1 : middle + 1]))
-
-
-def median_distance(ordered: np.ndarray, centre: float) -> float:
-    """np.median(np.abs(ordered - centre)) of a sorted 1-D array, to the bit. When over half
-    the values are exactly `centre` (flat paper's residual: most pixels are the paper
-    itself) it is 0 without sorting the distances."""
-    at = ordered.dtype.type(centre)
-    ties = _rank(ordered, centre) - int(np.searchsorted(ordered, at, side="left"))
-    if ties > ordered.size // 2:
-        return 0.0
-    return sorted_median(np.sort(np.abs(ordered - centre)))
-
-
-def sorted_percentile(ordered: np.ndarray, q: float) -> float:
-    """np.percentile(ordered, q) of a sorted 1-D array, to the bit (its default 'linear'
-    method, in the array's precision) without its partition and set-up."""
-    n = ordered.size
-    virtual = (n - 1) * (q / 100)
-    if virtual >= n - 1:
-        return float(ordered[-1])
-    below = math.floor(virtual)
-    low, high = ordered[below], ordered[below + 1]
-    gamma = virtual - below
-    step = high - low
-    # numpy's _lerp: from the nearer end, so that gamma = 1 lands exactly on `high`.
-    return float(high - step * (1 - gamma) if gamma >= 0.5 else low + step * gamma)
 
 
 def mask_bbox(mask: np.ndarray) -> BBox | None:

@@ -51,13 +51,9 @@ class _Piece:
     box: BBox  # in ink-map pixels
 
 
-def segment_number(grey: np.ndarray) -> list[np.ndarray]:
-    """One grey crop per digit, left to right, each ready for `to_mnist`; [] when blank."""
-    return [digit.image for digit in segment_digits(grey)]
-
-
 def segment_digits(grey: np.ndarray) -> list[Digit]:
-    """Like `segment_number`, with each digit's box in the input picture."""
+    """One grey crop per digit, left to right, each ready for `to_mnist`, with its box in
+    the input picture; [] when blank."""
     ink = ink_map(grey)
     if ink.blank:
         return []
@@ -241,7 +237,7 @@ def _cut_out(piece: _Piece, ink: InkMap, labels: np.ndarray) -> Digit | None:
 
 # --- cutting one piece in two or three, for the number reader to check ------------------
 #
-# segment_digits decides from the ink alone; number_reader.py lets the classifier check
+# segment_digits decides from the ink alone; vision/number.py lets the classifier check
 # it, and offers it these cuts of each piece. A straight cut between digits that overlap
 # slices off part of one of them, so cuts follow the cheapest path down through the ink.
 
