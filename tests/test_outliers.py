@@ -11,7 +11,7 @@ from digitlab.data import outliers
 from digitlab.data.loader import DeviceData, Split
 from digitlab.engine.steps import AutogradStep, soft_targets
 from digitlab.vision.number import weights_for
-from digitlab.vision.preprocess import mask_bbox
+from digitlab.vision.strokes import mask_bbox
 
 
 def test_fused_pairs_are_wide_mnist_style_pictures_fixed_by_the_seed(mnist_train_split):

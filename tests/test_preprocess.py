@@ -8,7 +8,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from digitlab.errors import ImageError
-from digitlab.vision import preprocess
+from digitlab.vision import preprocess, strokes
 from digitlab.vision.preprocess import (
     from_mnist_like,
     looks_mnist_like,
@@ -411,7 +411,7 @@ def _zhang_suen_reference(mask: np.ndarray) -> np.ndarray:
     changed = True
     while changed:
         changed = False
-        for table in preprocess._THIN_TABLES:
+        for table in strokes._THIN_TABLES:
             code = ndimage.correlate(img, bits, mode="constant")
             removable = (img == 1) & table[code]
             if removable.any():
@@ -444,7 +444,7 @@ def test_thinning_matches_the_whole_picture_reference() -> None:
                                 rng.integers(0, 4, 300), strict=True)]
     masks += [draw(d, stroke=s) < 0.5 for d in "017" for s in (6, 24, 60)]
     for mask in masks:
-        assert np.array_equal(preprocess._thin(mask), _zhang_suen_reference(mask))
+        assert np.array_equal(strokes._thin(mask), _zhang_suen_reference(mask))
 
 
 def test_drop_specks_matches_the_area_rule_everywhere() -> None:

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from digitlab.vision.preprocess import WORK_BOX, mask_bbox, resize, to_mnist
+from digitlab.vision.preprocess import WORK_BOX, resize, to_mnist
 from digitlab.vision.segment import Digit, cut_options, segment_digits
+from digitlab.vision.strokes import mask_bbox
 
 CROP_SIDE = WORK_BOX + WORK_BOX // 5  # crops are shrunk to this many px before to_mnist
 MERGE_GAP = 0.2  # neighbours this close (share of the taller one's height) may be one digit

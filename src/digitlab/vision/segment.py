@@ -14,14 +14,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy import ndimage
 
-from digitlab.vision.preprocess import (
-    BBox,
-    InkMap,
-    ink_map,
-    mask_bbox,
-    resize,
-    stroke_width,
-)
+from digitlab.vision.preprocess import InkMap, ink_map, resize
+from digitlab.vision.strokes import BBox, mask_bbox, stroke_width
 
 MERGE_OVERLAP = 0.5  # shared columns / the narrower piece's width above which pieces join
 DIGIT_ASPECT = 0.75  # median width / height of an MNIST digit
