@@ -15,7 +15,7 @@ import torch
 
 from digitlab.engine.distributed import Dist, shard
 from digitlab.engine.rundir import read_metrics
-from digitlab.engine.train import steps_per_epoch
+from digitlab.engine.trainer import steps_per_epoch
 
 pytestmark = pytest.mark.slow
 

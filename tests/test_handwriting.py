@@ -105,7 +105,7 @@ def test_real_digits_stay_recognisable_in_shape(mnist_test_split):
 def test_robust_preset_trains_with_the_hook():
     from digitlab.config import resolve
     from digitlab.data.loader import DeviceData
-    from digitlab.engine.train import Trainer
+    from digitlab.engine.trainer import Trainer
 
     cfg = resolve(preset="robust", flags={"device": "cpu"})
     assert cfg.handwriting_augment and cfg.aug_rotate > 0

@@ -261,7 +261,7 @@ def test_a_lone_slow_picture_is_read_in_the_slow_lane_and_drawings_pass_it() -> 
             slow = []
             for k in (6, 7):
                 slow.append(asyncio.ensure_future(reader(b"slow%d" % k)))
-                await until(lambda n=len(slow): len(slow_threads) == n)
+                await until(lambda: len(slow_threads) == len(slow))
             drawn = [(await asyncio.wait_for(reader(b"%d" % k), 10)).answer["digit"]
                      for k in range(5)]
             assert not any(f.done() for f in slow)

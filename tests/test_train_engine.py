@@ -19,7 +19,8 @@ from digitlab.engine.ensemble import evaluate_ensemble
 from digitlab.engine.evaluate import evaluate, evaluate_run
 from digitlab.engine.precision import Precision
 from digitlab.engine.rundir import load_model, read_metrics
-from digitlab.engine.train import Trainer, fit
+from digitlab.engine.train import fit
+from digitlab.engine.trainer import Trainer
 
 pytestmark = pytest.mark.slow
 

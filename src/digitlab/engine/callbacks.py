@@ -19,7 +19,7 @@ from digitlab.engine.evaluate import EvalResult
 from digitlab.errors import DigitlabError
 
 if TYPE_CHECKING:
-    from digitlab.engine.train import Trainer
+    from digitlab.engine.trainer import Trainer
 
 
 def weights_meta(cfg: TrainConfig, args: dict[str, Any], **extra: Any) -> dict[str, Any]:
