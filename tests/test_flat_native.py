@@ -348,6 +348,10 @@ def test_the_compiled_path_takes_its_constants_from_preprocess(monkeypatch) -> N
         assert small is not None and not small.blank
         assert (small.image > 0).any(axis=1).sum() <= 13  # 12 px, and its soft edge
         assert difference(small.image, python_steps(seven).image) <= FAR_DIFFERENCE
+        # a digit must span more than the picture: both paths find none
+        monkeypatch.setattr(preprocess, "MIN_EXTENT", (200.0, 0.02))
+        preprocess._configure_compiled()
+        assert preprocess.flat_to_mnist(seven).blank and python_steps(seven).blank
         for bad in (40, 0):
             monkeypatch.setattr(preprocess, "DIGIT_BOX", bad)
             with pytest.raises(ValueError):

@@ -38,7 +38,8 @@ static struct {
     int set; /* configure has run */
     int digit_box, work_box, max_work_side, flat_levels, flat_far;
     double stroke_target, stroke_low, stroke_high, min_contrast, shadowed_contrast,
-        speck_fraction, flat_share, flat_border_share, flat_border_run;
+        speck_fraction, flat_share, flat_border_share, flat_border_run, min_extent_px,
+        min_extent_share, stroke_like_width, stroke_like_ink, min_paper;
 } rules;
 
 typedef struct {
@@ -685,7 +686,7 @@ static int flat_paper(Buffers *b) {
     if ((double)border < rules.flat_border_share * (double)(2 * (size_t)w + 2 * (size_t)h))
         return DECLINE;
     float level = (float)(paper / 255.0);
-    float d = (float)((double)level > 0.05 ? (double)level : 0.05);
+    float d = (float)((double)level > rules.min_paper ? (double)level : rules.min_paper);
     for (int v = 0; v < 256; v++) {
         float g = (float)v / 255.0f;
         b->r_of[v] = dark ? (level - g) / d : g - level;
@@ -823,8 +824,9 @@ static int threshold(Buffers *b, Box *box, Box *near) {
     if (status != DONE) return status;
     if (!mask_bbox(mask, h, w, box)) return BLANK;
     int extent = box->y1 - box->y0 > box->x1 - box->x0 ? box->y1 - box->y0 : box->x1 - box->x0;
-    double need = 0.02 * (double)(h > w ? h : w);
-    if (!((double)extent >= (need > 3.0 ? need : 3.0))) return BLANK;
+    double need = rules.min_extent_share * (double)(h > w ? h : w);
+    if (!((double)extent >= (need > rules.min_extent_px ? need : rules.min_extent_px)))
+        return BLANK;
     if (!sure) { /* preprocess._stroke_like */
         if (box->y0 == 0 || box->x0 == 0 || box->y1 == h || box->x1 == w) return BLANK;
         double width;
@@ -832,7 +834,9 @@ static int threshold(Buffers *b, Box *box, Box *near) {
         if (status != DONE) return status;
         size_t count = 0;
         for (size_t i = 0; i < n; i++) count += mask[i];
-        if (!(width <= 0.25 * extent && (double)count / (double)n <= 0.15)) return BLANK;
+        if (!(width <= rules.stroke_like_width * extent
+              && (double)count / (double)n <= rules.stroke_like_ink))
+            return BLANK;
     }
     near->y0 = box->y0 - 2 > 0 ? box->y0 - 2 : 0;
     near->x0 = box->x0 - 2 > 0 ? box->x0 - 2 : 0;
@@ -1290,15 +1294,18 @@ static PyObject *py_configure(PyObject *self, PyObject *args, PyObject *kwargs) 
     static char *names[] = {"digit_box", "work_box", "max_work_side", "flat_levels",
                             "flat_far_levels", "stroke_target", "stroke_low", "stroke_high",
                             "min_contrast", "shadowed_contrast", "speck_fraction",
-                            "flat_share", "flat_border_share", "flat_border_run", NULL};
+                            "flat_share", "flat_border_share", "flat_border_run",
+                            "min_extent_px", "min_extent_share", "stroke_like_width",
+                            "stroke_like_ink", "min_paper", NULL};
     int digit_box, work_box, max_work_side, flat_levels, flat_far;
-    double d[9];
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iiiiiddddddddd", names, &digit_box,
+    double d[14];
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iiiiidddddddddddddd", names, &digit_box,
                                      &work_box, &max_work_side, &flat_levels, &flat_far, &d[0],
-                                     &d[1], &d[2], &d[3], &d[4], &d[5], &d[6], &d[7], &d[8]))
+                                     &d[1], &d[2], &d[3], &d[4], &d[5], &d[6], &d[7], &d[8],
+                                     &d[9], &d[10], &d[11], &d[12], &d[13]))
         return NULL;
     int finite = 1;
-    for (int i = 0; i < 9; i++) finite &= isfinite(d[i]) != 0;
+    for (int i = 0; i < 14; i++) finite &= isfinite(d[i]) != 0;
     /* The buffers are sized from these: the digit fits the 28x28 field, the working copy
        and the picture stay within what the distance transform takes. */
     if (!finite || digit_box < 1 || digit_box > MNIST_SIDE || work_box < 4 || work_box > 1000 ||
@@ -1312,6 +1319,8 @@ static PyObject *py_configure(PyObject *self, PyObject *args, PyObject *kwargs) 
     rules.stroke_target = d[0], rules.stroke_low = d[1], rules.stroke_high = d[2];
     rules.min_contrast = d[3], rules.shadowed_contrast = d[4], rules.speck_fraction = d[5];
     rules.flat_share = d[6], rules.flat_border_share = d[7], rules.flat_border_run = d[8];
+    rules.min_extent_px = d[9], rules.min_extent_share = d[10];
+    rules.stroke_like_width = d[11], rules.stroke_like_ink = d[12], rules.min_paper = d[13];
     rules.set = 1;
     Py_RETURN_NONE;
 }

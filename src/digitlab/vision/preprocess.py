@@ -30,6 +30,11 @@ MAX_WORK_SIDE = 1600  # bigger inputs are averaged down first; a digit needs far
 MIN_CONTRAST = 0.08  # ink must differ from paper by this much (of full scale) to count
 SHADOWED_CONTRAST = 0.24  # ... and by this much where a hard shadow hides it (_threshold)
 SPECK_FRACTION = 0.02  # components smaller than this share of the largest are dirt
+MIN_EXTENT = (3.0, 0.02)  # a digit's box spans this many pixels and share of the picture
+# Lines a pen drew are this thin for their length (stroke width / box's longer side) and
+# cover at most this share of the picture (_stroke_like).
+STROKE_LIKE = (0.25, 0.15)
+MIN_PAPER = 0.05  # paper darker than this is taken as this when ink is scaled by it
 # Flat paper (see _flat_paper_residual): this share of the pixels, and of the border's,
 # lies within FLAT_LEVELS grey levels of the commonest value; ink is FLAT_FAR away. Where
 # a stroke crosses the border, its pixels there count as paper's when they are a run along
@@ -52,7 +57,9 @@ def _configure_compiled() -> None:
         stroke_target=STROKE_TARGET, stroke_low=STROKE_RANGE[0], stroke_high=STROKE_RANGE[1],
         min_contrast=MIN_CONTRAST, shadowed_contrast=SHADOWED_CONTRAST,
         speck_fraction=SPECK_FRACTION, flat_share=FLAT_SHARE,
-        flat_border_share=FLAT_BORDER_SHARE, flat_border_run=FLAT_BORDER_RUN)
+        flat_border_share=FLAT_BORDER_SHARE, flat_border_run=FLAT_BORDER_RUN,
+        min_extent_px=MIN_EXTENT[0], min_extent_share=MIN_EXTENT[1],
+        stroke_like_width=STROKE_LIKE[0], stroke_like_ink=STROKE_LIKE[1], min_paper=MIN_PAPER)
 
 
 _configure_compiled()
@@ -174,7 +181,7 @@ def _photo_residual(grey: np.ndarray) -> np.ndarray:
     if dark:
         # Light scales paper and ink alike, so in a shadow the contrast shrinks with the
         # paper's brightness; dividing by it makes shaded strokes as strong as lit ones.
-        residual /= np.maximum(1.0 - background, 0.05)
+        residual /= np.maximum(1.0 - background, MIN_PAPER)
     return residual
 
 
@@ -203,7 +210,7 @@ def _flat_paper_residual(grey: np.ndarray) -> np.ndarray | None:
         return None
     level = np.float32(paper / 255.0)
     if dark:
-        return (level - grey) / max(float(level), 0.05)
+        return (level - grey) / max(float(level), MIN_PAPER)
     return grey - level
 
 
@@ -390,14 +397,15 @@ def _stroke_like(mask: np.ndarray, box: BBox) -> bool:
     if box[0] == 0 or box[1] == 0 or box[2] == mask.shape[0] or box[3] == mask.shape[1]:
         return False
     extent = max(box[2] - box[0], box[3] - box[1])
-    return stroke_width(mask) <= 0.25 * extent and float(mask.mean()) <= 0.15
+    return (stroke_width(mask) <= STROKE_LIKE[0] * extent
+            and float(mask.mean()) <= STROKE_LIKE[1])
 
 
 def _has_stroke(box: BBox, shape: tuple[int, ...]) -> bool:
     """A digit (its ink's box) spans a visible part of the picture; specks of paper grain
     do not."""
     extent = max(box[2] - box[0], box[3] - box[1])
-    return extent >= max(3.0, 0.02 * max(shape))
+    return extent >= max(MIN_EXTENT[0], MIN_EXTENT[1] * max(shape))
 
 
 # --- geometry: crop, stroke width, 20-px box, centre of mass -----------------------------
