@@ -405,7 +405,7 @@ def _zhang_suen_reference(mask: np.ndarray) -> np.ndarray:
     """Zhang & Suen thinning computed over the whole picture at every sub-iteration (each
     pixel's neighbourhood code by correlation), as the preprocessing first did it."""
     bits = np.zeros((3, 3), np.uint8)
-    for bit, (dy, dx) in enumerate(preprocess._NEIGHBOURS):
+    for bit, (dy, dx) in enumerate(strokes._NEIGHBOURS):
         bits[1 + dy, 1 + dx] = 1 << bit
     img = np.pad(mask.astype(np.uint8), 1)
     changed = True
