@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import numpy as np
 import torch
@@ -33,8 +33,8 @@ from digitlab.backends.torch import (
 )
 from digitlab.files import atomic_output
 
-__all__ = ["EXPORTERS", "FORMATS", "TOLERANCE", "CheckResult", "ExportError", "ExportResult",
-           "export_model", "export_module", "read_torchscript"]
+__all__ = ["EXPORTERS", "FORMATS", "TOLERANCE", "CheckResult", "ExportError", "ExportOptions",
+           "ExportResult", "export_model", "export_module", "read_torchscript"]
 
 FORMATS = ("onnx", "torchscript")
 EXPORTERS = ("auto", "dynamo", "torchscript")
@@ -133,33 +133,31 @@ def check_images(dataset: str, normalize: str, *, root: Path | None, count: int
 
 
 def _default_out(run: Path, fmt: str, model_name: str) -> Path:
+    suffix = SUFFIX.get(fmt, "")  # an unknown format is refused by export_module
     if run.is_dir() and os.access(run, os.W_OK):
-        return run / f"model{SUFFIX[fmt]}"
-    return Path(f"{model_name}{SUFFIX[fmt]}")
+        return run / f"model{suffix}"
+    return Path(f"{model_name}{suffix}")
 
 
-def export_model(
-    *,
-    run: Path,
-    fmt: str = "onnx",
-    out: Path | None = None,
-    root: Path | None = None,
-    exporter: str = "auto",
-    check_count: int = 10000,
-    tolerance: float = TOLERANCE,
-    contract_extra: dict[str, Any] | None = None,
-) -> ExportResult:
-    """Export the model of a run directory (or weights file) and check it on `check_count`
-    real test images; the file is only put in place if the check passes. `contract_extra`
-    adds keys to the contract the file carries."""
+class ExportOptions(TypedDict, total=False):
+    """export_module's optional settings, which export_model passes on as they are."""
+
+    root: Path | None  # where the check's test images are (default: the user cache)
+    exporter: str  # auto, dynamo or torchscript
+    check_count: int  # real test images the file is checked on
+    tolerance: float  # largest difference of probabilities from the model's own
+    contract_extra: dict[str, Any] | None  # keys added to the contract the file carries
+
+
+def export_model(*, run: Path, fmt: str = "onnx", out: Path | None = None,
+                 **options: Unpack[ExportOptions]) -> ExportResult:
+    """Export the model of a run directory (or weights file) as export_module does; `out`
+    defaults to a file named after the run and the model."""
     from digitlab.engine.rundir import load_model
 
-    _check_options(fmt, exporter, check_count)
     model, meta = load_model(run, "cpu")
     out = out if out is not None else _default_out(run, fmt, meta["model"])
-    return export_module(model, meta, fmt=fmt, out=out, root=root, exporter=exporter,
-                         check_count=check_count, tolerance=tolerance,
-                         contract_extra=contract_extra)
+    return export_module(model, meta, fmt=fmt, out=out, **options)
 
 
 def _check_options(fmt: str, exporter: str, check_count: int) -> None:
