@@ -36,12 +36,14 @@ def test_version():
         f"digitlab {__version__}, torch {torch.__version__}, device auto -> cpu")
 
 
+@pytest.mark.slow
 def test_python_dash_m_works():
     out = subprocess.run([sys.executable, "-m", "digitlab", "--version"],
                          capture_output=True, text=True, check=True)
     assert out.stdout.startswith(f"digitlab {__version__}")
 
 
+@pytest.mark.slow
 def test_the_command_ends_as_python_would_with_torch_loaded():
     # main() ends the process itself once torch is loaded (skipping the CUDA libraries'
     # destructors): output through a pipe is complete, atexit handlers run, codes are kept

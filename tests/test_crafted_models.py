@@ -92,6 +92,7 @@ CRAFTED = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CRAFTED))
 def test_a_crafted_run_is_one_error_line(case: str, tmp_path: Path, image: Path) -> None:
     meta, config, message = CRAFTED[case]

@@ -118,6 +118,7 @@ def drawings(count: int, seed: int, *, overhang: float = 0.0) -> list[np.ndarray
     return out
 
 
+@pytest.mark.slow
 def test_random_drawings_match_the_python_steps() -> None:
     taken = compare(drawings(400, seed=1))
     assert taken >= 250, taken  # most drawings are the compiled path's to answer
@@ -240,6 +241,7 @@ def test_edge_cases_match() -> None:
     assert preprocess.flat_to_mnist(blank).blank  # answered, not declined
 
 
+@pytest.mark.slow
 def test_odd_arrays_match() -> None:
     """Whatever an array holds (dots, bars, grain, gradients, NaN, infinities, negative or
     0..255 values, a few pixels), an answer from the compiled path is the Python one."""

@@ -198,6 +198,7 @@ def test_drawings_keep_their_latency_while_two_hostile_uploads_run(server):
 # --- query strings and headers ------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_top_k_of_five_thousand_digits_is_422(server):
     status, headers, body = post(server, inputs.drawing(), "image/png",
                                  "/api/predict?" + inputs.huge_top_k())

@@ -38,6 +38,7 @@ def test_the_hostile_benchmark_reports_each_input_and_stops_its_server(tmp_path)
     assert pid not in [p[0] for p in processes()]  # the server it started is stopped
 
 
+@pytest.mark.slow
 def test_an_unknown_input_is_one_line(tmp_path):
     run = subprocess.run([sys.executable, str(SCRIPT), "--inputs", "nope"],
                          capture_output=True, text=True, timeout=60)

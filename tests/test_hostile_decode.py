@@ -86,6 +86,7 @@ def measure(how: str, warm: Path, path: Path) -> dict:
     return json.loads(done.stdout)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc")
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("how", ["prepare", "predict"])

@@ -109,6 +109,7 @@ def test_dimensions_whose_product_overflows_int64_are_a_data_error(tmp_path):
         read_idx(path)
 
 
+@pytest.mark.slow
 def test_a_gzip_bomb_is_not_decompressed_past_its_declared_size(tmp_path):
     """A labels file declaring 10 entries whose gzip expands to 300 MB of zeros."""
     path = tmp_path / "t10k-labels-idx1-ubyte.gz"
@@ -120,6 +121,7 @@ def test_a_gzip_bomb_is_not_decompressed_past_its_declared_size(tmp_path):
     assert _peak_rss_mib() - before < 50
 
 
+@pytest.mark.slow
 def test_a_gzip_bomb_declaring_a_huge_size_is_refused_before_decompressing(tmp_path):
     header = bytes([0, 0, 8, 3]) + struct.pack(">3I", 1 << 20, 1 << 10, 1 << 10)  # 1 TiB
     path = tmp_path / "train-images-idx3-ubyte.gz"
@@ -130,6 +132,7 @@ def test_a_gzip_bomb_declaring_a_huge_size_is_refused_before_decompressing(tmp_p
     assert _peak_rss_mib() - before < 50
 
 
+@pytest.mark.slow
 def test_gzipped_garbage_is_read_only_as_far_as_the_header(tmp_path):
     path = tmp_path / "junk.gz"
     path.write_bytes(_gzip_bomb(b"PK\x03\x04 not an IDX file", 400 << 20))

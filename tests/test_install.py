@@ -67,6 +67,7 @@ def drawings(tmp_path_factory) -> list[Path]:
     return paths
 
 
+@pytest.mark.slow
 def test_predict_reads_digits_without_any_extra(drawings):
     code, out, err, tried = run_without(EXTRA_MODULES, "predict", "--json",
                                         *map(str, drawings))
@@ -158,6 +159,7 @@ def wheel(tmp_path_factory) -> Path:
     return built
 
 
+@pytest.mark.slow
 def test_the_wheel_carries_model_page_and_extension(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     for name in ("assets/default-model.onnx", "assets/default-model.safetensors",

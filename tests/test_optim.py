@@ -30,6 +30,7 @@ def _train(model: nn.Module, opt: torch.optim.Optimizer, steps: int = 6) -> None
     (optim.SGD, torch.optim.SGD, {"momentum": 0.9, "nesterov": True, "fused": True}),
     (optim.Adam, torch.optim.Adam, {}),
 ])
+@pytest.mark.slow
 def test_same_steps_and_state_as_torch(ours, theirs, kwargs):
     torch.manual_seed(0)
     a = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3))
@@ -51,6 +52,7 @@ def test_same_steps_and_state_as_torch(ours, theirs, kwargs):
     opt_b.load_state_dict(state_a)
 
 
+@pytest.mark.slow
 def test_training_does_not_import_the_compiler():
     # torch._dynamo costs ~150 MB resident and seconds of start-up; an eager run needs none
     # of it. A fresh process, because this one may have imported it already.

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 READ_A_DIGIT = """
 import numpy as np
 from digitlab.api import Recognizer
@@ -40,6 +42,7 @@ def read_a_digit(home: Path, **env: str) -> str:
     return done.stdout.strip()
 
 
+@pytest.mark.slow
 def test_onnxruntime_telemetry_is_off_unless_the_user_turns_it_on(tmp_path: Path) -> None:
     quiet = tmp_path / "quiet"
     quiet.mkdir()

@@ -597,6 +597,7 @@ def test_cors_is_off_unless_asked_for(client, recognizer):
     # With several workers the model is tried in a spawned process; its error comes back.
     (["--run", "/nonexistent/run", "--workers", "2"], "/nonexistent/run"),
 ])
+@pytest.mark.slow
 def test_serve_refuses_bad_options_in_one_line(args, message):
     result = CliRunner().invoke(cli_app, ["serve", *args])
     assert result.exit_code == 1

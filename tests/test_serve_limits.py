@@ -56,6 +56,7 @@ def closed_within(s: socket.socket, seconds: float) -> bytes | None:
     return data
 
 
+@pytest.mark.slow
 def test_a_bounded_slowloris_is_cut_off_and_others_are_served(recognizer, monkeypatch):
     """Sockets dripping a header line at a time, stalled mid-body, or silent are answered
     408 (JSON) or closed once the head or body is late; a normal request meanwhile is
@@ -110,6 +111,7 @@ def test_a_head_within_the_limit_is_served(recognizer):
         assert answer(s)[0] == 200
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lines", [limits.MAX_HEADERS - 1, limits.MAX_HEADERS + 1])
 def test_header_lines_past_the_limit_are_431(recognizer, lines):
     """A head within the size limit but with too many header lines is refused with its
@@ -128,6 +130,7 @@ def test_header_lines_past_the_limit_are_431(recognizer, lines):
         assert status == 200 and answered["digit"] in range(10)
 
 
+@pytest.mark.slow
 def test_keep_alive_requests_each_get_their_own_time(recognizer, monkeypatch):
     """The head and body timers restart with each request on a connection."""
     monkeypatch.setattr(limits, "HEAD_S", 1.0)
@@ -145,6 +148,7 @@ def test_keep_alive_requests_each_get_their_own_time(recognizer, monkeypatch):
             time.sleep(0.7)  # under each limit, over both together
 
 
+@pytest.mark.slow
 def test_connections_past_the_cap_are_503(recognizer, monkeypatch):
     monkeypatch.setattr(limits, "MAX_CONNECTIONS", 4)
     with in_thread(create_app(recognizer)) as address:
@@ -162,6 +166,7 @@ def test_connections_past_the_cap_are_503(recognizer, monkeypatch):
         assert post(address, drawing())[0] == 200
 
 
+@pytest.mark.slow
 def test_a_pipelined_request_is_not_cut_off_as_a_late_head(recognizer, monkeypatch):
     """Two requests sent in one go: the second's head came with the first, so the time
     it takes to answer is not counted as waiting for a head."""

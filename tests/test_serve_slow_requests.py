@@ -72,6 +72,7 @@ def post(address, body: bytes) -> tuple[int, dict, float, bytes]:
     return int(head.split()[1]), json.loads(answer), time.monotonic() - began, head
 
 
+@pytest.mark.slow
 def test_slow_requests_whose_clients_left_are_skipped(recognizer, monkeypatch):
     """Six slow requests whose clients close at once cost at most what had started (one
     per slow-lane thread): a slow request sent next is answered in about its own time."""
@@ -86,6 +87,7 @@ def test_slow_requests_whose_clients_left_are_skipped(recognizer, monkeypatch):
         assert seconds < 2.6  # not behind six seconds of abandoned work
 
 
+@pytest.mark.slow
 def test_drawings_keep_their_latency_while_two_slow_uploads_are_read(recognizer, monkeypatch):
     """Two slow pictures, each sent alone, are read in the slow lane: drawings sent
     meanwhile are answered as quickly as ever."""
@@ -127,6 +129,7 @@ cli(["serve", "--port", "0", "--no-access-log", "--workers", "1"])
 """
 
 
+@pytest.mark.slow
 def test_sigterm_answers_requests_in_flight_with_json(tmp_path: Path):
     """SIGTERM while two slow requests are being read and three wait: the two are answered
     as usual, the three with a JSON 503 at once (never read); no traceback, a clean exit."""

@@ -18,6 +18,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from conftest import processes
 from digitlab.serve import workers
 from digitlab.serve.workers import NOT_SERVING, TAKE_OVER_S, Acceptor, Counts
@@ -215,6 +217,7 @@ def healthy(url: str) -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_a_serving_worker_killed_three_times_quickly_is_replaced_each_time() -> None:
     """Each kill hits the worker started in place of the last one, as soon as it serves:
     deaths of workers that served never end the server."""
@@ -230,6 +233,7 @@ def test_a_serving_worker_killed_three_times_quickly_is_replaced_each_time() -> 
         assert "could not start" not in text
 
 
+@pytest.mark.slow
 def test_workers_end_with_their_parent_and_free_the_port() -> None:
     with two_workers() as (proc, url, _log):
         port = int(url.rsplit(":", 1)[1])

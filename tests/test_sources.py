@@ -164,6 +164,7 @@ def test_pypi_wheel_path_for_real(tmp_path):
 
 @pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
                     reason="Debian's dataset-fashion-mnist is not installed")
+@pytest.mark.slow
 def test_fashion_mnist_from_the_debian_package(tmp_path):
     lines: list[str] = []
     sources.fetch("fashion-mnist", root=tmp_path, mirrors=[], report=lines.append)
@@ -177,6 +178,7 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+@pytest.mark.slow
 def test_a_mirror_serving_a_gzip_bomb_costs_no_memory(tmp_path):
     import struct
     import zlib

@@ -313,6 +313,7 @@ def test_storage_urls_are_shown_without_their_password(url: str, shown: str) -> 
 @pytest.mark.parametrize("url", ["postgresql://user:s3/cret@127.0.0.1:1/x",
                                  "postgresql://:s3/cret@127.0.0.1:1/x",
                                  "postgresql//user:s3/cret@127.0.0.1:1/x"])
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["option", "environment"])
 def test_a_storage_that_cannot_be_opened_never_shows_its_password(
         url: str, how: str, tiny_space: Path, tmp_path: Path) -> None:

@@ -57,6 +57,7 @@ def test_slow_requests_alongside_are_answered_and_reported(mnist_root: Path) -> 
     assert "number requests answered meanwhile from 1 more client" in done.stdout
 
 
+@pytest.mark.slow
 def test_a_bad_count_of_slow_clients_is_one_clear_error() -> None:
     done = subprocess.run([sys.executable, str(SCRIPT), "--slow", "number", "--slow-clients",
                            "0"], capture_output=True, text=True, timeout=60)
