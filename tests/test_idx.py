@@ -109,16 +109,21 @@ def test_dimensions_whose_product_overflows_int64_are_a_data_error(tmp_path):
         read_idx(path)
 
 
+def _refused_in_little_memory(path, message: str) -> None:
+    """read_idx refuses the file with `message`, its peak memory rising under 50 MiB."""
+    before = _peak_rss_mib()
+    with pytest.raises(DataError, match=message):
+        read_idx(path)
+    assert _peak_rss_mib() - before < 50
+
+
 @pytest.mark.slow
 def test_a_gzip_bomb_is_not_decompressed_past_its_declared_size(tmp_path):
     """A labels file declaring 10 entries whose gzip expands to 300 MB of zeros."""
     path = tmp_path / "t10k-labels-idx1-ubyte.gz"
     path.write_bytes(_gzip_bomb(bytes([0, 0, 8, 1]) + struct.pack(">I", 10), 300 << 20))
     assert path.stat().st_size < 400_000
-    before = _peak_rss_mib()
-    with pytest.raises(DataError, match="decompresses to more than the 18 bytes its header"):
-        read_idx(path)
-    assert _peak_rss_mib() - before < 50
+    _refused_in_little_memory(path, "decompresses to more than the 18 bytes its header")
 
 
 @pytest.mark.slow
@@ -126,20 +131,14 @@ def test_a_gzip_bomb_declaring_a_huge_size_is_refused_before_decompressing(tmp_p
     header = bytes([0, 0, 8, 3]) + struct.pack(">3I", 1 << 20, 1 << 10, 1 << 10)  # 1 TiB
     path = tmp_path / "train-images-idx3-ubyte.gz"
     path.write_bytes(_gzip_bomb(header, 300 << 20))
-    before = _peak_rss_mib()
-    with pytest.raises(DataError, match="more than the 1,073,741,824 an IDX file may hold"):
-        read_idx(path)
-    assert _peak_rss_mib() - before < 50
+    _refused_in_little_memory(path, "more than the 1,073,741,824 an IDX file may hold")
 
 
 @pytest.mark.slow
 def test_gzipped_garbage_is_read_only_as_far_as_the_header(tmp_path):
     path = tmp_path / "junk.gz"
     path.write_bytes(_gzip_bomb(b"PK\x03\x04 not an IDX file", 400 << 20))
-    before = _peak_rss_mib()
-    with pytest.raises(DataError, match="bad magic number 0x504b0304"):
-        read_idx(path)
-    assert _peak_rss_mib() - before < 50
+    _refused_in_little_memory(path, "bad magic number 0x504b0304")
 
 
 def test_multi_member_and_zero_padded_gzip_files_still_read(tmp_path):
