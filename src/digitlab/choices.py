@@ -9,13 +9,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal, TypeAlias, get_args
 
 from digitlab import assets
+from digitlab.normalisation import Normalize
 
 Optimizer = Literal["adam", "adamw", "sgd"]
 Schedule = Literal["none", "onecycle", "cosine", "step"]
 Amp = Literal["none", "auto", "bf16", "fp16"]
-Normalize = Literal["unit", "standard"]
 LossAverage = Literal["batch", "sample"]
 Backend = Literal["torch", "onnxruntime"]
+
+__all__ = ["AMP_MODES", "BACKENDS", "DEVICES", "OPTIMIZERS", "PRESETS", "SCHEDULES", "Amp",
+           "Backend", "LossAverage", "Normalize", "Optimizer", "Preset", "Schedule",
+           "preset_files"]
 
 OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
 SCHEDULES: tuple[str, ...] = get_args(Schedule)

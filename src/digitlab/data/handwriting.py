@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from digitlab.normalisation import MNIST_MEAN, MNIST_STD
+from digitlab.normalisation import from_unit, to_unit
 
 P_THICKER, P_THINNER = 0.3, 0.15
 P_BLUR = 0.3
@@ -106,10 +106,9 @@ def gaps(x: torch.Tensor, generator: Generator = None) -> torch.Tensor:
 def augment_handwriting(x: torch.Tensor, *, normalize: str, generator: Generator = None
                         ) -> torch.Tensor:
     """Thickness, gaps, blur and contrast changes on one batch of normalised images."""
-    unit = x * MNIST_STD + MNIST_MEAN if normalize == "standard" else x
-    unit = gaps(thickness(unit, generator), generator)
+    unit = gaps(thickness(to_unit(x, normalize), generator), generator)
     unit = contrast(blur(unit, generator), generator).clamp_(0.0, 1.0)
-    return (unit - MNIST_MEAN) / MNIST_STD if normalize == "standard" else unit
+    return from_unit(unit, normalize)
 
 
 class HandwritingAugment:

@@ -142,9 +142,6 @@ class EpochHook(Callback):
 
 
 def _viewable(x: torch.Tensor, normalize: str) -> torch.Tensor:
-    from digitlab.normalisation import MNIST_MEAN, MNIST_STD
+    from digitlab.normalisation import to_unit
 
-    x = x.detach().float().cpu()
-    if normalize == "standard":
-        x = x * MNIST_STD + MNIST_MEAN
-    return x.clamp(0, 1)
+    return to_unit(x.detach().float().cpu(), normalize).clamp(0, 1)
