@@ -15,3 +15,9 @@ class RunDirError(DigitlabError):
 
 class ImageError(DigitlabError):
     """A user image is missing, unreadable, too large, too small or not an image."""
+
+
+def first_line(exc: BaseException) -> str:
+    """A library's exception as a phrase for one of digitlab's error lines: the first line
+    of its message, or its type's name where it has none."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -26,7 +26,7 @@ from digitlab.backends.onnx import OnnxBackend, make_contract, with_contract
 from digitlab.backends.torch import (
     TOLERANCE,
     Probabilities,
-    first_line,
+    exporter_failure,
     onnx_bytes,
     probabilities,
     quiet_exporter,
@@ -78,12 +78,12 @@ def torchscript_bytes(model: nn.Module, contract: dict[str, Any], *,
         with quiet_exporter():
             compiled, how = torch.jit.trace(model, example), "trace"
     except Exception as exc:
-        notes.append(f"torch.jit.trace failed ({first_line(exc)}); used torch.jit.script")
+        notes.append(f"torch.jit.trace failed ({exporter_failure(exc)}); used torch.jit.script")
         try:
             with quiet_exporter():
                 compiled, how = torch.jit.script(model), "script"
         except Exception as exc2:
-            raise ExportError(f"TorchScript export failed ({first_line(exc2)})") from None
+            raise ExportError(f"TorchScript export failed ({exporter_failure(exc2)})") from None
     buffer = io.BytesIO()
     with quiet_exporter():
         torch.jit.save(compiled, buffer, _extra_files=extra)
@@ -97,7 +97,7 @@ def read_torchscript(path: Path) -> tuple[torch.jit.ScriptModule, dict[str, Any]
         with quiet_exporter():
             module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as exc:
-        raise ExportError(f"{path}: not a loadable TorchScript file ({first_line(exc)})"
+        raise ExportError(f"{path}: not a loadable TorchScript file ({exporter_failure(exc)})"
                           ) from None
     try:
         contract = json.loads(extra[EXTRA_FILE])

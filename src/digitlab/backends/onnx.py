@@ -15,7 +15,7 @@ import numpy as np
 
 import digitlab
 from digitlab.backends.base import BackendError, ExportError, model_facts
-from digitlab.errors import DigitlabError
+from digitlab.errors import DigitlabError, first_line
 from digitlab.normalisation import mean_std
 
 __all__ = ["FORMAT_VERSION", "INPUT_NAME", "OUTPUT_NAME", "PREFIX", "OnnxBackend",
@@ -188,8 +188,8 @@ class OnnxBackend:
             self.session = ort.InferenceSession(source, options,
                                                 providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise BackendError(f"{path}: not a loadable ONNX model ({first})") from None
+            raise BackendError(f"{path}: not a loadable ONNX model ({first_line(exc)})"
+                               ) from None
         props = self.session.get_modelmeta().custom_metadata_map
         self.contract = contract_from_props(dict(props), source=path)
         self.path = path

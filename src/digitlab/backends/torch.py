@@ -32,7 +32,7 @@ from digitlab.data.loader import normalise
 from digitlab.errors import DigitlabError
 from digitlab.normalisation import mean_std
 
-__all__ = ["TOLERANCE", "Probabilities", "TorchBackend", "first_line", "inference_layout",
+__all__ = ["TOLERANCE", "Probabilities", "TorchBackend", "exporter_failure", "inference_layout",
            "onnx_bytes", "onnx_twin", "probabilities", "quiet_exporter"]
 
 TOLERANCE = 1e-4  # max abs difference of probabilities between an export and PyTorch
@@ -111,7 +111,7 @@ def quiet_exporter() -> Iterator[io.StringIO]:
         logger.setLevel(level)
 
 
-def first_line(exc: BaseException) -> str:
+def exporter_failure(exc: BaseException) -> str:
     """An exporter's exception in one line: its type and the first line of its message."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()  # the exporters colour their text
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:300]
@@ -137,8 +137,8 @@ def onnx_bytes(model: nn.Module, *, exporter: str = "auto",
         except Exception as exc:  # the exporter raises many kinds; any of them means "fall back"
             if exporter == "dynamo":
                 raise ExportError(f"the torch.export-based ONNX exporter failed "
-                                  f"({first_line(exc)})") from None
-            notes.append(f"torch.export-based exporter failed ({first_line(exc)}); "
+                                  f"({exporter_failure(exc)})") from None
+            notes.append(f"torch.export-based exporter failed ({exporter_failure(exc)}); "
                          "used the TorchScript-based exporter")
     buffer = io.BytesIO()
     try:
@@ -150,7 +150,7 @@ def onnx_bytes(model: nn.Module, *, exporter: str = "auto",
                 dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
             )
     except Exception as exc:
-        raise ExportError(f"the TorchScript-based ONNX exporter failed ({first_line(exc)})"
+        raise ExportError(f"the TorchScript-based ONNX exporter failed ({exporter_failure(exc)})"
                           ) from None
     return buffer.getvalue(), "torchscript"
 

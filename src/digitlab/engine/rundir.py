@@ -16,7 +16,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from digitlab.errors import DigitlabError, RunDirError
+from digitlab.errors import DigitlabError, RunDirError, first_line
 from digitlab.files import atomic_write
 from digitlab.models.registry import create_model
 
@@ -206,7 +206,3 @@ def load_model(run_or_file: Path, device: torch.device | str = "cpu"
         raise RunDirError(f"{run_or_file}: weights do not fit the model ({first_line(exc)})"
                           ) from None
     return model.to(device).eval(), meta
-
-
-def first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -26,7 +26,7 @@ from digitlab.engine.evaluate import EvalResult, evaluate
 from digitlab.engine.optim import build_optimizer, build_scheduler
 from digitlab.engine.precision import Precision
 from digitlab.engine.steps import make_step
-from digitlab.errors import DigitlabError, RunDirError
+from digitlab.errors import DigitlabError, RunDirError, first_line
 from digitlab.models.registry import create_model, model_args
 
 __all__ = ["Trainer", "epoch_batches", "steps_per_epoch"]
@@ -179,8 +179,8 @@ class Trainer:
             if self.ema is not None and state["ema"] is not None:
                 self.ema.load_state_dict(state["ema"])
         except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise RunDirError(f"the checkpoint's weights do not fit the model ({first})") from None
+            raise RunDirError(f"the checkpoint's weights do not fit the model "
+                              f"({first_line(exc)})") from None
         if self.ema is not None and state["ema"] is None:
             self.ema.module.load_state_dict(self.model.state_dict())
         saved_cfg = state["config"]

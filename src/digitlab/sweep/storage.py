@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from digitlab.config import TrainConfig
+from digitlab.errors import first_line
 from digitlab.sweep.pruner import make_pruner
 from digitlab.sweep.space import Space, SweepError
 
@@ -60,11 +61,6 @@ def open_storage(url: str) -> Any:
             raise SweepError(f"cannot open storage {redact(url)}: "
                              f"{scrub(first_line(exc), url)}") from None
     raise SweepError(f"cannot open storage {redact(url)}: {scrub(last, url)}")
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def _credentials(url: str) -> str:
